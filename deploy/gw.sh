@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The two commands of README.md, and what they need on a fresh Debian 12 box:
+#   bash deploy/gw.sh demo   # build and run the self-contained demo
+#   bash deploy/gw.sh test   # run the whole test suite
+#   bash deploy/gw.sh bench  # the benchmark behind BENCHMARKS.md
+# Each installs what it needs on first run (apt packages; Rust if missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BUILD_PKGS=(build-essential pkg-config ca-certificates curl)
+TEST_PKGS=(mosquitto mosquitto-clients)
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    echo "error: need root (or sudo) to run: $*" >&2; exit 1; fi
+}
+
+apt_install() {
+  local missing=()
+  for p in "$@"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "==> installing Debian packages: ${missing[*]}"
+  # A private TMPDIR: apt once failed halfway when a shared /tmp entry vanished.
+  local t; t=$(mktemp -d)
+  as_root env TMPDIR="$t" DEBIAN_FRONTEND=noninteractive apt-get update -q
+  as_root env TMPDIR="$t" DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+  rm -rf "$t"
+}
+
+ensure_rust() {
+  if ! command -v cargo >/dev/null; then
+    [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+  fi
+  if ! command -v cargo >/dev/null; then
+    echo "==> installing the Rust toolchain (rustup)"
+    curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+    . "$HOME/.cargo/env"
+  fi
+}
+
+cmd="${1:-}"; shift || true
+case "$cmd" in
+  demo)
+    apt_install "${BUILD_PKGS[@]}"; ensure_rust
+    cargo build --release --locked --bin gatewarden
+    exec target/release/gatewarden demo --config config/demo.toml "$@"
+    ;;
+  test)
+    apt_install "${BUILD_PKGS[@]}" "${TEST_PKGS[@]}"; ensure_rust
+    # mosquitto is started by the tests themselves on free loopback ports.
+    cargo test --locked "$@"
+    ;;
+  bench)
+    apt_install "${BUILD_PKGS[@]}" "${TEST_PKGS[@]}"; ensure_rust
+    cargo build --release --locked --bins
+    exec target/release/gatewarden-bench "$@"
+    ;;
+  *)
+    echo "usage: bash deploy/gw.sh demo|test|bench" >&2; exit 2 ;;
+esac

@@ -1,0 +1,473 @@
+//! The administrator's command line. Every command is a request to the
+//! running daemon's API (sled is single-process), with plain tables by
+//! default and `--json` for scripts.
+
+use super::*;
+use anyhow::{bail, Context as _};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+#[derive(Args, Debug, Clone)]
+pub struct Conn {
+    /// The daemon's config file (to find its API address and token).
+    #[arg(long, short, env = "GATEWARDEN_CONFIG", default_value = "/etc/gatewarden/gatewarden.toml", global = true)]
+    pub config: std::path::PathBuf,
+    /// API base URL; overrides the config's http.listen.
+    #[arg(long, env = "GATEWARDEN_API", global = true)]
+    pub api: Option<String>,
+    /// Admin token; by default read from the config or the token file the daemon wrote.
+    #[arg(long, env = "GATEWARDEN_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// Print raw JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ElderCmd {
+    /// Enroll an elder.
+    Add {
+        #[arg(long)]
+        name: String,
+        /// Optional id (default: generated, e.g. E00012).
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long, default_value = "")]
+        building: String,
+        #[arg(long, default_value = "")]
+        unit: String,
+        #[arg(long, default_value = "")]
+        room: String,
+        /// Grid (网格): selects the escalation ladder.
+        #[arg(long, default_value = "")]
+        grid: String,
+        #[arg(long)]
+        phone: Option<String>,
+        /// Wristband: a MAC (C3:A1:F0:00:11:01) or ibeacon:<uuid>:<major>:<minor>. Repeatable.
+        #[arg(long = "band")]
+        bands: Vec<String>,
+        /// Emergency contact NAME:PHONE[:RELATION]. Repeatable.
+        #[arg(long = "contact")]
+        contacts: Vec<String>,
+        /// over70, alone, bereaved, disabled. Repeatable.
+        #[arg(long = "category")]
+        categories: Vec<String>,
+        #[arg(long, default_value = "")]
+        notes: String,
+    },
+    /// List enrolled elders.
+    List,
+    /// Show one elder with last-seen and leaves.
+    Show { id: String },
+    /// Change an elder's details or wristbands.
+    Update {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        building: Option<String>,
+        #[arg(long)]
+        unit: Option<String>,
+        #[arg(long)]
+        room: Option<String>,
+        #[arg(long)]
+        grid: Option<String>,
+        #[arg(long)]
+        phone: Option<String>,
+        #[arg(long = "add-band")]
+        add_bands: Vec<String>,
+        #[arg(long = "remove-band")]
+        remove_bands: Vec<String>,
+        /// Replaces all emergency contacts.
+        #[arg(long = "contact")]
+        contacts: Vec<String>,
+        #[arg(long)]
+        notes: Option<String>,
+    },
+    /// Remove an elder and their presence history.
+    Remove { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StaffCmd {
+    Add {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        phone: Option<String>,
+        #[arg(long, default_value = "")]
+        role: String,
+        #[arg(long, default_value = "")]
+        grid: String,
+    },
+    List,
+    Remove { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EscalationCmd {
+    /// Set a grid's ladder. Levels are given in order: --level "网格员:grid-wecom:s1,s2" --level "社区办:office-ding".
+    Set {
+        #[arg(long)]
+        grid: String,
+        /// NAME:CHANNEL[+CHANNEL…][:STAFF[,STAFF…]]
+        #[arg(long = "level", required = true)]
+        levels: Vec<String>,
+    },
+    /// Show the default ladder and each grid's.
+    List,
+    /// Remove a grid's ladder (it falls back to the default).
+    Remove { grid: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LeaveCmd {
+    /// Register a planned absence: no alert while it lasts.
+    Add {
+        elder: String,
+        /// YYYY-MM-DD (China time) or RFC 3339.
+        #[arg(long)]
+        until: String,
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long, default_value = "")]
+        note: String,
+        #[arg(long, default_value = "")]
+        by: String,
+    },
+    List { elder: Option<String> },
+    Remove { id: u64 },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AlertsCmd {
+    /// Open alerts (or all with --all).
+    List {
+        #[arg(long)]
+        all: bool,
+    },
+    /// Acknowledge an alert: stops reminders and escalation.
+    Ack {
+        id: u64,
+        #[arg(long)]
+        by: String,
+    },
+    /// Send a real test message through a channel.
+    TestChannel { name: String },
+    /// Notifications not yet delivered, with their last error.
+    Outbox,
+    /// Requeue a notification that failed permanently (after fixing the channel).
+    Retry { id: u64 },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WristbandCmd {
+    /// Wristbands heard that nobody is enrolled with.
+    Unknown,
+}
+
+pub struct Client {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+    pub json: bool,
+}
+
+impl Client {
+    pub fn new(c: &Conn) -> anyhow::Result<Client> {
+        let cfg = crate::config::Config::load(&c.config).ok();
+        let base = match (&c.api, &cfg) {
+            (Some(a), _) => a.trim_end_matches('/').to_string(),
+            (None, Some(cfg)) => format!("http://{}", cfg.http.listen),
+            (None, None) => bail!("cannot read {} to find the daemon; pass --config or --api", c.config.display()),
+        };
+        let token = match (&c.token, &cfg) {
+            (Some(t), _) => t.clone(),
+            (None, Some(cfg)) => match cfg.admin_token().map_err(anyhow::Error::msg)? {
+                Some(t) => t,
+                None => {
+                    let p = crate::daemon::admin_token_path(cfg);
+                    std::fs::read_to_string(&p)
+                        .with_context(|| format!("cannot read the admin token at {} (has the daemon run once? are you root or the service user?)", p.display()))?
+                        .trim()
+                        .to_string()
+                }
+            },
+            (None, None) => bail!("no admin token: pass --token or --config"),
+        };
+        let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build()?;
+        Ok(Client { base, token, http, json: c.json })
+    }
+
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let url = format!("{}/api/v1{path}", self.base);
+        let mut req = self.http.request(method, &url).bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.with_context(|| format!("cannot reach the daemon at {} — is `gatewarden run` running?", self.base))?;
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let msg = v.get("error").and_then(|e| e.as_str()).unwrap_or("(no detail)");
+            bail!("{msg} (HTTP {})", status.as_u16());
+        }
+        Ok(v)
+    }
+}
+
+fn s(v: &Value, k: &str) -> String {
+    match v.get(k) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => "-".into(),
+        Some(x) => x.to_string(),
+    }
+}
+
+fn local(v: &Value, k: &str) -> String {
+    v.get(k)
+        .and_then(|x| x.as_str())
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).unwrap()).format("%Y-%m-%d %H:%M").to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+/// Print rows as an aligned table (or the raw JSON).
+fn table(c: &Client, v: &Value, headers: &[&str], row: impl Fn(&Value) -> Vec<String>) {
+    if c.json {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        return;
+    }
+    let rows: Vec<Vec<String>> = v.as_array().map(|a| a.iter().map(&row).collect()).unwrap_or_default();
+    let mut w: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for r in &rows {
+        for (i, cell) in r.iter().enumerate() {
+            w[i] = w[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells.iter().enumerate().map(|(i, c)| format!("{c}{}", " ".repeat(w[i] - c.chars().count()))).collect::<Vec<_>>().join("  ").trim_end().to_string()
+    };
+    println!("{}", line(headers.iter().map(|h| h.to_string()).collect()));
+    for r in rows {
+        println!("{}", line(r));
+    }
+}
+
+fn one(c: &Client, v: &Value, summary: String) {
+    if c.json {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    } else {
+        println!("{summary}");
+    }
+}
+
+use reqwest::Method;
+
+pub async fn elder(c: &Client, cmd: ElderCmd) -> anyhow::Result<()> {
+    match cmd {
+        ElderCmd::Add { name, id, building, unit, room, grid, phone, bands, contacts, categories, notes } => {
+            let i = ElderInput { id, name, building, unit, room, grid, phone, bands, contacts, categories, notes };
+            let v = c.call(Method::POST, "/elders", Some(serde_json::to_value(i)?)).await?;
+            one(c, &v, format!("enrolled elder {} ({})", s(&v, "id"), s(&v, "name")));
+        }
+        ElderCmd::List => {
+            let v = c.call(Method::GET, "/elders", None).await?;
+            table(c, &v, &["ID", "NAME", "BUILDING", "UNIT", "ROOM", "GRID", "WRISTBANDS"], |e| {
+                let bands = e["bands"].as_array().map(|b| b.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(",")).unwrap_or_default();
+                vec![s(e, "id"), s(e, "name"), s(e, "building"), s(e, "unit"), s(e, "room"), s(e, "grid"), bands]
+            });
+        }
+        ElderCmd::Show { id } => {
+            let v = c.call(Method::GET, &format!("/elders/{id}"), None).await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        ElderCmd::Update { id, name, building, unit, room, grid, phone, add_bands, remove_bands, contacts, notes } => {
+            let p = ElderPatch {
+                name,
+                building,
+                unit,
+                room,
+                grid,
+                phone,
+                add_bands,
+                remove_bands,
+                contacts: if contacts.is_empty() { None } else { Some(contacts) },
+                categories: None,
+                notes,
+            };
+            let v = c.call(Method::PATCH, &format!("/elders/{id}"), Some(serde_json::to_value(p)?)).await?;
+            one(c, &v, format!("updated elder {}", s(&v, "id")));
+        }
+        ElderCmd::Remove { id } => {
+            let v = c.call(Method::DELETE, &format!("/elders/{id}"), None).await?;
+            one(c, &v, format!("removed elder {} ({})", s(&v, "id"), s(&v, "name")));
+        }
+    }
+    Ok(())
+}
+
+pub async fn staff(c: &Client, cmd: StaffCmd) -> anyhow::Result<()> {
+    match cmd {
+        StaffCmd::Add { id, name, phone, role, grid } => {
+            let v = c.call(Method::POST, "/staff", Some(json!({"id": id, "name": name, "phone": phone, "role": role, "grid": grid}))).await?;
+            one(c, &v, format!("added staff member {} ({})", s(&v, "id"), s(&v, "name")));
+        }
+        StaffCmd::List => {
+            let v = c.call(Method::GET, "/staff", None).await?;
+            table(c, &v, &["ID", "NAME", "PHONE", "ROLE", "GRID"], |x| {
+                let phone = x["phone"].as_str().map(crate::telemetry::mask_phone).unwrap_or_else(|| "-".into());
+                vec![s(x, "id"), s(x, "name"), phone, s(x, "role"), s(x, "grid")]
+            });
+        }
+        StaffCmd::Remove { id } => {
+            let v = c.call(Method::DELETE, &format!("/staff/{id}"), None).await?;
+            one(c, &v, format!("removed staff member {}", s(&v, "id")));
+        }
+    }
+    Ok(())
+}
+
+/// "网格员:grid-wecom+grid-ntfy:s1,s2" → a level.
+pub fn parse_level(spec: &str) -> anyhow::Result<Value> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (name, chans, staff) = match parts.as_slice() {
+        [n, c] => (*n, *c, ""),
+        [n, c, s] => (*n, *c, *s),
+        _ => bail!("level {spec:?} must be NAME:CHANNEL[+CHANNEL…][:STAFF[,STAFF…]]"),
+    };
+    let channels: Vec<&str> = chans.split('+').filter(|x| !x.is_empty()).collect();
+    if name.is_empty() || channels.is_empty() {
+        bail!("level {spec:?} needs a name and at least one channel");
+    }
+    let staff: Vec<&str> = staff.split(',').filter(|x| !x.is_empty()).collect();
+    Ok(json!({"name": name, "channels": channels, "staff": staff}))
+}
+
+pub async fn escalation(c: &Client, cmd: EscalationCmd) -> anyhow::Result<()> {
+    match cmd {
+        EscalationCmd::Set { grid, levels } => {
+            let body: Vec<Value> = levels.iter().map(|l| parse_level(l)).collect::<anyhow::Result<_>>()?;
+            let v = c.call(Method::PUT, &format!("/ladders/{grid}"), Some(Value::Array(body))).await?;
+            one(c, &v, format!("grid {grid}: {} level(s) set", v.as_array().map_or(0, |a| a.len())));
+        }
+        EscalationCmd::List => {
+            let v = c.call(Method::GET, "/ladders", None).await?;
+            if c.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            let show = |grid: &str, levels: &Value| {
+                for (i, l) in levels.as_array().into_iter().flatten().enumerate() {
+                    println!("{grid:<12} {}. {:<10} channels={} staff={}", i + 1, s(l, "name"), l["channels"], l["staff"]);
+                }
+            };
+            show("(default)", &v["default"]);
+            for g in v["grids"].as_array().into_iter().flatten() {
+                show(&s(g, "grid"), &g["levels"]);
+            }
+        }
+        EscalationCmd::Remove { grid } => {
+            c.call(Method::DELETE, &format!("/ladders/{grid}"), None).await?;
+            println!("grid {grid} now uses the default ladder");
+        }
+    }
+    Ok(())
+}
+
+pub async fn leave(c: &Client, cmd: LeaveCmd) -> anyhow::Result<()> {
+    match cmd {
+        LeaveCmd::Add { elder, until, from, note, by } => {
+            let i = LeaveInput { elder, from, until, note, by };
+            let v = c.call(Method::POST, "/leaves", Some(serde_json::to_value(i)?)).await?;
+            one(c, &v, format!("leave {} for {}: {} → {}", s(&v, "id"), s(&v, "elder"), local(&v, "from"), local(&v, "until")));
+        }
+        LeaveCmd::List { elder } => {
+            let q = elder.map(|e| format!("?elder={e}")).unwrap_or_default();
+            let v = c.call(Method::GET, &format!("/leaves{q}"), None).await?;
+            table(c, &v, &["ID", "ELDER", "FROM", "UNTIL", "NOTE"], |l| vec![s(l, "id"), s(l, "elder"), local(l, "from"), local(l, "until"), s(l, "note")]);
+        }
+        LeaveCmd::Remove { id } => {
+            let v = c.call(Method::DELETE, &format!("/leaves/{id}"), None).await?;
+            one(c, &v, format!("removed leave {} of {}", s(&v, "id"), s(&v, "elder")));
+        }
+    }
+    Ok(())
+}
+
+pub async fn alerts(c: &Client, cmd: AlertsCmd) -> anyhow::Result<()> {
+    match cmd {
+        AlertsCmd::List { all } => {
+            let v = c.call(Method::GET, &format!("/alerts?all={all}"), None).await?;
+            table(c, &v, &["ID", "KIND", "SUBJECT", "STATE", "LEVEL", "OPENED", "ACKED BY", "DETAIL"], |a| {
+                let level = a["level"].as_u64().map(|l| (l + 1).to_string()).unwrap_or_default();
+                vec![s(a, "id"), s(a, "kind"), s(&a["subject"], "id"), s(a, "state"), level, local(a, "opened_at"), s(a, "acked_by"), s(a, "detail")]
+            });
+        }
+        AlertsCmd::Ack { id, by } => {
+            let v = c.call(Method::POST, &format!("/alerts/{id}/ack"), Some(json!({"by": by}))).await?;
+            one(c, &v, format!("alert {} acknowledged by {}", s(&v, "id"), s(&v, "acked_by")));
+        }
+        AlertsCmd::TestChannel { name } => {
+            let v = c.call(Method::POST, &format!("/channels/{name}/test"), None).await?;
+            one(c, &v, format!("channel {name}: {}", s(&v, "result")));
+        }
+        AlertsCmd::Outbox => {
+            let v = c.call(Method::GET, "/outbox", None).await?;
+            table(c, &v, &["ID", "CHANNEL", "ALERT", "KIND", "STATE", "ATTEMPTS", "NEXT TRY", "LAST ERROR"], |n| {
+                vec![s(n, "id"), s(n, "channel"), s(n, "alert_id"), s(n, "kind"), s(n, "delivery"), s(n, "attempts"), local(n, "next_attempt_at"), s(n, "last_error")]
+            });
+        }
+        AlertsCmd::Retry { id } => {
+            let v = c.call(Method::POST, &format!("/outbox/{id}/retry"), None).await?;
+            one(c, &v, format!("notification {} queued again on {}", s(&v, "id"), s(&v, "channel")));
+        }
+    }
+    Ok(())
+}
+
+pub async fn presence(c: &Client) -> anyhow::Result<()> {
+    let v = c.call(Method::GET, "/presence", None).await?;
+    table(c, &v, &["ELDER", "NAME", "ADDRESS", "LAST SEEN", "WHERE", "SOURCE", "UNSEEN", "BATTERY", "LEAVE"], |r| {
+        let h = r["unseen_hours"].as_f64().unwrap_or(0.0);
+        let unseen = if h >= 48.0 { format!("{:.1}d !", h / 24.0) } else if h >= 24.0 { format!("{:.1}d", h / 24.0) } else { format!("{h:.1}h") };
+        let bat = r["battery"].as_u64().map(|b| format!("{b}%")).unwrap_or_else(|| "-".into());
+        let leave = if r["on_leave"].as_bool() == Some(true) { "yes" } else { "" };
+        vec![s(r, "elder"), s(r, "name"), s(r, "address"), local(r, "last_seen"), s(r, "place"), s(r, "source"), unseen, bat, leave.into()]
+    });
+    Ok(())
+}
+
+pub async fn wristbands(c: &Client, cmd: WristbandCmd) -> anyhow::Result<()> {
+    match cmd {
+        WristbandCmd::Unknown => {
+            let v = c.call(Method::GET, "/wristbands/unknown", None).await?;
+            table(c, &v, &["WRISTBAND", "LAST SEEN", "GATEWAY", "RSSI", "COUNT"], |u| {
+                vec![s(u, "band"), local(u, "last_seen"), s(u, "gateway"), s(u, "rssi"), s(u, "count")]
+            });
+        }
+    }
+    Ok(())
+}
+
+pub async fn check_in(c: &Client, elder: String, by: String, note: String) -> anyhow::Result<()> {
+    let i = CheckInInput { elder: elder.clone(), by, note };
+    c.call(Method::POST, "/checkins", Some(serde_json::to_value(i)?)).await?;
+    println!("check-in recorded: {elder} was seen");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ladder_level_specs_parse_and_bad_ones_explain_the_format() {
+        let v = parse_level("网格员:grid-wecom+grid-ntfy:s1,s2").unwrap();
+        assert_eq!(v["channels"], json!(["grid-wecom", "grid-ntfy"]));
+        assert_eq!(v["staff"], json!(["s1", "s2"]));
+        assert!(parse_level("nochannel").unwrap_err().to_string().contains("NAME:CHANNEL"));
+    }
+}

@@ -1,0 +1,536 @@
+//! `gatewarden run`: wires the tasks together and owns shutdown.
+//!
+//! Tasks and channels (see ARCHITECTURE.md):
+//! - `mqtt::run` → bounded `Parsed` channel (4096, blocks when full) → monitor
+//! - admin API → bounded `Command` channel (256, blocks) → monitor
+//! - monitor: owns `Presence` and `Engine`; writes the store; wakes the outbox
+//! - one outbox `Worker` per channel: reads the store, sends, records outcomes
+
+use crate::alert::channel::Sender;
+use crate::alert::engine::{Action, AckError, Engine, Input, Settings, Watch};
+use crate::alert::outbox::{Backoff, Delivery, Notification, Worker};
+use crate::alert::{message, token, Alert, AlertKind, AlertState, Level, NoticeKind, Subject};
+use crate::clock::{chrono_dur, Clock, Timestamp};
+use crate::config::Config;
+use crate::mqtt::Parsed;
+use crate::presence::{Elder, Observation, Presence, PresenceEvent};
+use crate::store::Store;
+use crate::telemetry::{AlertLabels, Metrics};
+use anyhow::Context as _;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_util::sync::CancellationToken;
+
+/// Requests from the admin API to the monitor, which owns the state machines.
+pub enum Command {
+    ReloadElder(String),
+    RemoveElder(String),
+    ReloadLeaves(String),
+    ReloadLadders,
+    Observe(Observation, oneshot::Sender<Vec<PresenceEvent>>),
+    Ack { id: u64, by: String, reply: oneshot::Sender<Result<Alert, AckError>> },
+    Tick(oneshot::Sender<()>),
+    /// Write buffered presence to the store now (before reading it back).
+    Flush(oneshot::Sender<()>),
+}
+
+/// What every task may read. Mutable state lives in the monitor or the store.
+pub struct Shared {
+    pub cfg: Arc<Config>,
+    pub store: Store,
+    pub clock: Clock,
+    pub metrics: Arc<Metrics>,
+    pub commands: mpsc::Sender<Command>,
+    pub outbox_wake: Arc<Notify>,
+    pub senders: HashMap<String, Sender>,
+    pub ack_secret: Vec<u8>,
+    pub admin_token: String,
+    pub started: Instant,
+}
+
+impl Shared {
+    pub fn ack_url(&self, alert: u64, level: usize) -> String {
+        let exp = self.clock.now() + chrono_dur(self.cfg.http.ack_link_ttl.get());
+        format!("{}/ack/{}", self.cfg.public_url(), token::sign(&self.ack_secret, alert, level, exp))
+    }
+
+    /// The ladder for a grid: the store's, else the config's default.
+    pub fn ladder(&self, grid: &str) -> Vec<Level> {
+        match self.store.get_ladder(grid) {
+            Ok(Some(l)) if !l.is_empty() => l,
+            _ => self
+                .cfg
+                .alert
+                .ladder
+                .iter()
+                .map(|l| Level { name: l.name.clone(), channels: l.channels.clone(), staff: l.staff.clone() })
+                .collect(),
+        }
+    }
+
+    pub async fn command(&self, c: Command) -> anyhow::Result<()> {
+        self.commands.send(c).await.map_err(|_| anyhow::anyhow!("the daemon is shutting down"))
+    }
+}
+
+struct Monitor {
+    sh: Arc<Shared>,
+    presence: Presence,
+    engine: Engine,
+    last_purge: Option<Timestamp>,
+}
+
+impl Monitor {
+    fn load(sh: Arc<Shared>) -> anyhow::Result<Monitor> {
+        let cfg = &sh.cfg;
+        let now = sh.clock.now();
+        let judging_from = now + chrono_dur(cfg.presence.startup_grace.get());
+        let mut engine = Engine::new(Settings::from_config(cfg), judging_from, 1);
+        let mut presence = Presence::new(cfg.presence.unknown_bands_max, cfg.presence.max_clock_skew.get());
+        let store = &sh.store;
+        for a in store.list_alerts()? {
+            engine.load_alert(a);
+        }
+        for u in store.list_unknown()? {
+            presence.load_unknown(u);
+        }
+        for (g, at) in store.list_gateways()? {
+            engine.load_gateway(g, at, now);
+        }
+        let mut m = Monitor { sh: sh.clone(), presence, engine, last_purge: None };
+        for e in store.list_elders()? {
+            m.load_elder(&e)?;
+        }
+        m.reload_ladders()?;
+        sh.metrics.elders.set(m.presence.elder_count() as i64);
+        m.update_alert_gauges();
+        tracing::info!(
+            elders = m.presence.elder_count(),
+            open_alerts = m.engine.open_alerts().count(),
+            judging_from = %judging_from.to_rfc3339(),
+            "state loaded; absence is judged after the start-up grace"
+        );
+        Ok(m)
+    }
+
+    fn load_elder(&mut self, e: &Elder) -> anyhow::Result<()> {
+        // A restart is not a sighting: last-seen comes from the store, untouched.
+        let last = match self.presence.last_seen(&e.id).cloned() {
+            Some(l) => Some(l),
+            None => self.sh.store.get_last_seen(&e.id)?,
+        };
+        let leaves = self.sh.store.list_leaves(Some(&e.id))?.into_iter().map(|l| (l.from, l.until)).collect();
+        self.engine.upsert_elder(
+            e.id.clone(),
+            Watch {
+                grid: e.grid.clone(),
+                enrolled_at: Some(e.enrolled_at),
+                last_seen: last.as_ref().map(|l| l.at),
+                last_band: last.as_ref().and_then(|l| l.band_at),
+                has_band: !e.bands.is_empty(),
+                leaves,
+            },
+        );
+        self.presence.upsert_elder(e, last);
+        Ok(())
+    }
+
+    fn reload_ladders(&mut self) -> anyhow::Result<()> {
+        self.engine.set_default_ladder_len(self.sh.cfg.alert.ladder.len());
+        for (grid, levels) in self.sh.store.list_ladders()? {
+            self.engine.set_ladder_len(&grid, Some(levels.len()));
+        }
+        Ok(())
+    }
+
+    fn observe(&mut self, obs: Observation) -> Vec<PresenceEvent> {
+        let now = self.sh.clock.now();
+        let is_band = matches!(obs, Observation::Band(_));
+        let events = self.presence.handle(obs, now);
+        let mut actions = Vec::new();
+        for ev in &events {
+            match ev {
+                PresenceEvent::Seen { source, .. } => {
+                    self.sh.metrics.sightings.get_or_create(&crate::telemetry::KindLabel { kind: source.as_str().into() }).inc();
+                }
+                PresenceEvent::UnknownBand { band } => {
+                    tracing::info!(%band, "unknown wristband seen; see `gatewarden wristbands unknown`");
+                    continue;
+                }
+                PresenceEvent::UnknownElder { elder } => {
+                    tracing::warn!(%elder, "observation names an elder who is not enrolled");
+                    continue;
+                }
+                _ => {}
+            }
+            actions.extend(self.engine.handle(Input::Presence(ev.clone()), now));
+        }
+        if is_band && !events.iter().any(|e| matches!(e, PresenceEvent::Seen { .. })) {
+            self.sh.metrics.unknown_band_sightings.inc();
+        }
+        self.apply(actions);
+        events
+    }
+
+    fn on_parsed(&mut self, p: Parsed) {
+        match p {
+            Parsed::Sighting(s) => {
+                self.observe(Observation::Band(s));
+            }
+            Parsed::GatewayStatus { gateway, online } => {
+                tracing::info!(%gateway, online, "gateway status");
+                let acts = self.engine.handle(Input::GatewayStatus { gateway, online }, self.sh.clock.now());
+                self.apply(acts);
+            }
+            Parsed::Ignored => {}
+        }
+    }
+
+    fn tick(&mut self) {
+        let now = self.sh.clock.now();
+        let acts = self.engine.handle(Input::Tick, now);
+        self.apply(acts);
+        if self.last_purge.map_or(true, |t| now - t > chrono::Duration::hours(1)) {
+            self.last_purge = Some(now);
+            let before = now - chrono_dur(self.sh.cfg.alert.outbox.retention.get());
+            match self.sh.store.purge_deliveries(before) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(purged = n, "old delivered notifications purged"),
+                Err(e) => tracing::error!(error = %e, "purge failed"),
+            }
+        }
+    }
+
+    /// Write-behind of presence state. Alerts are never buffered here.
+    fn flush(&mut self) {
+        let dirty = self.presence.take_dirty();
+        let (unknown, removed) = self.presence.take_unknown_dirty();
+        let gateways: Vec<(String, Timestamp)> = self.engine.gateway_names().map(|(n, t)| (n.clone(), t)).collect();
+        let r = self
+            .sh
+            .store
+            .put_last_seen_batch(&dirty)
+            .and_then(|_| self.sh.store.put_unknown_batch(&unknown, &removed))
+            .and_then(|_| self.sh.store.put_gateways(&gateways));
+        match r {
+            Ok(()) => {
+                self.sh.metrics.store_flushes.inc();
+            }
+            Err(e) => tracing::error!(error = %e, "cannot persist presence"),
+        };
+    }
+
+    /// Persist alert changes and their notifications in one transaction, fsync,
+    /// then wake the outbox. Nothing is sent that is not stored first.
+    fn apply(&mut self, actions: Vec<Action>) {
+        if actions.is_empty() {
+            return;
+        }
+        let now = self.sh.clock.now();
+        let mut alerts = Vec::new();
+        let mut notes = Vec::new();
+        for a in actions {
+            match a {
+                Action::Save(alert) => {
+                    let state = alert.state.as_str();
+                    self.sh.metrics.alert_event(alert.kind.as_str(), state);
+                    tracing::info!(alert = alert.id, kind = alert.kind.as_str(), subject = %alert.subject.id(), state, level = alert.level, "alert changed");
+                    alerts.push(alert);
+                }
+                Action::Notify { alert, levels, kind } => notes.extend(self.notifications(&alert, &levels, kind, now)),
+            }
+        }
+        if let Err(e) = self.sh.store.commit_alerts(&alerts, &mut notes) {
+            tracing::error!(error = %e, "CANNOT STORE ALERTS: notifications may be lost; check the disk");
+        }
+        if !notes.is_empty() {
+            self.sh.outbox_wake.notify_waiters();
+        }
+        self.update_alert_gauges();
+    }
+
+    fn notifications(&self, a: &Alert, levels: &[usize], kind: NoticeKind, now: Timestamp) -> Vec<Notification> {
+        let sh = &self.sh;
+        let elder = match &a.subject {
+            Subject::Elder(id) => sh.store.get_elder(id).ok().flatten(),
+            Subject::Gateway(_) => None,
+        };
+        let grid = elder.as_ref().map(|e| e.grid.clone()).unwrap_or_default();
+        let ladder = sh.ladder(&grid);
+        let last = elder.as_ref().and_then(|e| self.presence.last_seen(&e.id).cloned());
+        let mut out = Vec::new();
+        let mut channels_done = BTreeSet::new();
+        for &lvl in levels {
+            let Some(level) = ladder.get(lvl).or(ladder.last()) else {
+                tracing::error!(alert = a.id, grid = %grid, "no escalation ladder: this alert reaches nobody. Configure [[alert.ladder]] or `gatewarden escalation set`");
+                sh.metrics.delivery("(none)", "no_route");
+                continue;
+            };
+            let staff: Vec<_> = level.staff.iter().filter_map(|s| sh.store.get_staff(s).ok().flatten()).collect();
+            let ctx = message::Context {
+                site: &sh.cfg.site,
+                site_name: sh.cfg.site_name.as_deref().unwrap_or(&sh.cfg.site),
+                language: sh.cfg.language,
+                elder: elder.as_ref(),
+                last: last.as_ref(),
+                level_name: &level.name,
+                staff: &staff,
+                ack_url: Some(sh.ack_url(a.id, lvl)),
+                now,
+            };
+            let msg = message::render(a, kind, &ctx);
+            for ch in &level.channels {
+                // Two levels sharing a group robot get one message, not two.
+                if !channels_done.insert(ch.clone()) {
+                    continue;
+                }
+                if !sh.senders.contains_key(ch) {
+                    tracing::error!(channel = %ch, "ladder names an unknown channel");
+                    continue;
+                }
+                out.push(Notification {
+                    id: 0,
+                    alert_id: Some(a.id),
+                    channel: ch.clone(),
+                    kind,
+                    level: lvl,
+                    message: msg.clone(),
+                    created_at: now,
+                    attempts: 0,
+                    next_attempt_at: now,
+                    last_error: None,
+                    delivery: Delivery::Pending,
+                    delivered_at: None,
+                });
+            }
+        }
+        out
+    }
+
+    fn update_alert_gauges(&self) {
+        let mut counts: HashMap<(AlertKind, AlertState), i64> = HashMap::new();
+        for a in self.engine.open_alerts() {
+            *counts.entry((a.kind, a.state)).or_default() += 1;
+        }
+        for k in AlertKind::ALL {
+            for s in [AlertState::Firing, AlertState::Acknowledged] {
+                let l = AlertLabels { kind: k.as_str().into(), state: s.as_str().into() };
+                self.sh.metrics.alerts.get_or_create(&l).set(*counts.get(&(k, s)).unwrap_or(&0));
+            }
+        }
+    }
+
+    fn command(&mut self, c: Command) {
+        let now = self.sh.clock.now();
+        let res: anyhow::Result<()> = (|| {
+            match c {
+                Command::ReloadElder(id) => {
+                    if let Some(e) = self.sh.store.get_elder(&id)? {
+                        self.load_elder(&e)?;
+                    }
+                }
+                Command::RemoveElder(id) => {
+                    self.presence.remove_elder(&id);
+                    let acts = self.engine.remove_elder(&id, now);
+                    self.apply(acts);
+                }
+                Command::ReloadLeaves(id) => {
+                    let leaves = self.sh.store.list_leaves(Some(&id))?.into_iter().map(|l| (l.from, l.until)).collect();
+                    if let Some(w) = self.engine.elder_mut(&id) {
+                        w.leaves = leaves;
+                    }
+                    self.tick();
+                }
+                Command::ReloadLadders => self.reload_ladders()?,
+                Command::Observe(obs, reply) => {
+                    let _ = reply.send(self.observe(obs));
+                }
+                Command::Ack { id, by, reply } => {
+                    let r = self.engine.ack(id, &by, now);
+                    let out = match r {
+                        Ok(acts) => {
+                            let alert = acts.iter().rev().find_map(|a| match a {
+                                Action::Save(a) => Some(a.clone()),
+                                _ => None,
+                            });
+                            self.apply(acts);
+                            Ok(alert.expect("ack saves the alert"))
+                        }
+                        Err(e) => Err(e),
+                    };
+                    let _ = reply.send(out);
+                }
+                Command::Tick(reply) => {
+                    self.tick();
+                    let _ = reply.send(());
+                }
+                Command::Flush(reply) => {
+                    self.flush();
+                    let _ = reply.send(());
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = res {
+            tracing::error!(error = %format!("{e:#}"), "admin command failed");
+        }
+        self.sh.metrics.elders.set(self.presence.elder_count() as i64);
+    }
+
+    async fn run(mut self, mut mqtt: mpsc::Receiver<Parsed>, mut cmds: mpsc::Receiver<Command>, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(self.sh.cfg.presence.tick_interval.get());
+        let mut flush = tokio::time::interval(self.sh.cfg.store.flush_every.get());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                Some(c) = cmds.recv() => self.command(c),
+                _ = tick.tick() => self.tick(),
+                _ = flush.tick() => self.flush(),
+                p = mqtt.recv() => match p {
+                    Some(p) => self.on_parsed(p),
+                    None => break,
+                },
+            }
+        }
+        // Drain what the MQTT task already handed us, then persist everything.
+        while let Ok(p) = mqtt.try_recv() {
+            self.on_parsed(p);
+        }
+        self.flush();
+        if let Err(e) = self.sh.store.flush() {
+            tracing::error!(error = %e, "final store flush failed");
+        }
+        tracing::info!("monitor stopped; store flushed");
+    }
+}
+
+/// Build everything and run until SIGTERM / SIGINT (or `cancel`).
+pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
+    let cfg = Arc::new(cfg);
+    let clock = if cfg.debug.manual_clock {
+        tracing::warn!("debug.manual_clock is on: the clock can be moved through the API. Never use this on a real gate");
+        Clock::adjustable()
+    } else {
+        Clock::system()
+    };
+    if let Some(parent) = cfg.store.path.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let store = Store::open(&cfg.store.path)?;
+    let admin_token = match cfg.admin_token().map_err(anyhow::Error::msg)? {
+        Some(t) => t,
+        None => {
+            let t = store.secret("admin_token")?;
+            let path = admin_token_path(&cfg);
+            write_private(&path, &t).with_context(|| format!("cannot write the admin token to {}", path.display()))?;
+            tracing::info!(path = %path.display(), "admin API token written (the CLI reads it from there)");
+            t
+        }
+    };
+    let ack_secret = match cfg.ack_secret().map_err(anyhow::Error::msg)? {
+        Some(s) => s.into_bytes(),
+        None => store.secret("ack_link_key")?.into_bytes(),
+    };
+    if cfg.alert.ladder.is_empty() && store.list_ladders()?.is_empty() {
+        tracing::warn!("no escalation ladder is configured: alerts will reach nobody. Add [[alert.ladder]] to the config");
+    }
+    let metrics = Arc::new(Metrics::new());
+    let timeout = cfg.alert.outbox.request_timeout.get();
+    let senders: HashMap<String, Sender> =
+        cfg.alert.channels.iter().map(|c| (c.name.clone(), Sender::new(c.clone(), timeout))).collect();
+    let (cmd_tx, cmd_rx) = mpsc::channel(256);
+    let (mqtt_tx, mqtt_rx) = mpsc::channel(4096);
+    let sh = Arc::new(Shared {
+        cfg: cfg.clone(),
+        store: store.clone(),
+        clock: clock.clone(),
+        metrics: metrics.clone(),
+        commands: cmd_tx,
+        outbox_wake: Arc::new(Notify::new()),
+        senders,
+        ack_secret,
+        admin_token,
+        started: Instant::now(),
+    });
+
+    if cfg.mqtt.external_addr().map_err(anyhow::Error::msg)?.is_none() {
+        crate::mqtt::start_embedded_broker(cfg.mqtt.embedded_listen)?;
+    }
+    let monitor = Monitor::load(sh.clone())?;
+    let listener = tokio::net::TcpListener::bind(cfg.http.listen)
+        .await
+        .with_context(|| format!("cannot listen on http.listen = {}", cfg.http.listen))?;
+    tracing::info!(listen = %cfg.http.listen, site = %cfg.site, "gatewarden running: /healthz, /metrics, /api/v1");
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(monitor.run(mqtt_rx, cmd_rx, cancel.clone()));
+    tasks.spawn(crate::mqtt::run(cfg.clone(), mqtt_tx, metrics.clone(), cancel.clone()));
+    let backoff = Backoff { initial: cfg.alert.outbox.retry_initial.get(), max: cfg.alert.outbox.retry_max.get() };
+    for s in sh.senders.values() {
+        let w = Worker {
+            sender: s.clone(),
+            store: store.clone(),
+            clock: clock.clone(),
+            wake: sh.outbox_wake.clone(),
+            metrics: metrics.clone(),
+            backoff,
+        };
+        tasks.spawn(w.run(cancel.clone()));
+    }
+    let app = crate::admin::api::router(sh.clone());
+    let c = cancel.clone();
+    tasks.spawn(async move {
+        let r = axum::serve(listener, app).with_graceful_shutdown(async move { c.cancelled().await }).await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+
+    let c = cancel.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown requested");
+        c.cancel();
+    });
+    cancel.cancelled().await;
+    let deadline = tokio::time::sleep(Duration::from_secs(10));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            r = tasks.join_next() => if r.is_none() { break },
+            _ = &mut deadline => {
+                tracing::warn!("tasks did not stop within 10 s; flushing and exiting");
+                break;
+            }
+        }
+    }
+    store.flush()?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+pub fn admin_token_path(cfg: &Config) -> std::path::PathBuf {
+    let p = &cfg.store.path;
+    p.parent().unwrap_or(std::path::Path::new(".")).join("admin.token")
+}
+
+fn write_private(path: &std::path::Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(path)?;
+    f.write_all(content.as_bytes())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,13 @@
+//! gatewarden: an edge daemon for the gates of a residential compound.
+//! See ARCHITECTURE.md for the map of tasks, channels and state owners.
+
+pub mod admin;
+pub mod alert;
+pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod mqtt;
+pub mod presence;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,160 @@
+//! The one binary: `gatewarden run` is the daemon; every other subcommand is
+//! a tool for administrators that talks to it.
+
+use clap::{Parser, Subcommand};
+use gatewarden::admin::cli::{self, AlertsCmd, Client, Conn, ElderCmd, EscalationCmd, LeaveCmd, StaffCmd, WristbandCmd};
+use gatewarden::config::Config;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(name = "gatewarden", version, about = "Compound gate and elder-wristband daemon", propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the daemon.
+    Run {
+        #[arg(long, short, env = "GATEWARDEN_CONFIG", default_value = "/etc/gatewarden/gatewarden.toml")]
+        config: PathBuf,
+    },
+    /// Run the self-contained demo: daemon, embedded broker, a local webhook
+    /// sink that prints what staff would receive, and a scripted scenario.
+    Demo {
+        #[arg(long, short, default_value = "config/demo.toml")]
+        config: PathBuf,
+        /// Exit when the scenario has played instead of running on.
+        #[arg(long)]
+        exit_after_scenario: bool,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+    /// Elders under wristband watch.
+    Elder {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        cmd: ElderCmd,
+    },
+    /// Staff who receive and acknowledge alerts.
+    Staff {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        cmd: StaffCmd,
+    },
+    /// Escalation ladders per grid.
+    Escalation {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        cmd: EscalationCmd,
+    },
+    /// Planned absences (leaves).
+    Leave {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        cmd: LeaveCmd,
+    },
+    /// Record a staff visit ("visited, all well"): counts as a sighting.
+    Checkin {
+        #[command(flatten)]
+        conn: Conn,
+        elder: String,
+        #[arg(long)]
+        by: String,
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Alerts, acknowledgements, channels and the outbox.
+    Alerts {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        cmd: AlertsCmd,
+    },
+    /// Elders by time since last seen, longest first.
+    Presence {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Wristbands.
+    Wristbands {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        cmd: WristbandCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCmd {
+    /// Check a config file; prints every problem with its key path.
+    Check { file: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(dispatch(cli.cmd)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
+    let client = |c: &Conn| Client::new(c);
+    match cmd {
+        Cmd::Run { config } => {
+            let cfg = load(&config)?;
+            gatewarden::telemetry::init_logging(&cfg.log);
+            gatewarden::daemon::run(cfg, tokio_util::sync::CancellationToken::new()).await?;
+        }
+        Cmd::Demo { config, exit_after_scenario } => {
+            let cfg = load(&config)?;
+            gatewarden::telemetry::init_logging(&cfg.log);
+            gatewarden::demo::run(cfg, &config, exit_after_scenario).await?;
+        }
+        Cmd::Config { cmd: ConfigCmd::Check { file } } => {
+            return Ok(match Config::load(&file) {
+                Ok(_) => {
+                    println!("{}: OK", file.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(2)
+                }
+            });
+        }
+        Cmd::Elder { conn, cmd } => cli::elder(&client(&conn)?, cmd).await?,
+        Cmd::Staff { conn, cmd } => cli::staff(&client(&conn)?, cmd).await?,
+        Cmd::Escalation { conn, cmd } => cli::escalation(&client(&conn)?, cmd).await?,
+        Cmd::Leave { conn, cmd } => cli::leave(&client(&conn)?, cmd).await?,
+        Cmd::Checkin { conn, elder, by, note } => cli::check_in(&client(&conn)?, elder, by, note).await?,
+        Cmd::Alerts { conn, cmd } => cli::alerts(&client(&conn)?, cmd).await?,
+        Cmd::Presence { conn } => cli::presence(&client(&conn)?).await?,
+        Cmd::Wristbands { conn, cmd } => cli::wristbands(&client(&conn)?, cmd).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+    Ok(Config::load(path)?)
+}

@@ -1,0 +1,490 @@
+//! The one owner of the sled database. Everything that must survive a crash
+//! lives here behind typed methods; raw keys and `IVec`s never leave this file.
+//! Values are JSON (inspectable with `gatewarden` itself), keys are ids.
+
+use crate::alert::outbox::{Delivery, Notification};
+use crate::alert::{Alert, AlertId, Level, Staff};
+use crate::clock::Timestamp;
+use crate::presence::{BandId, Elder, LastSeen, Leave, UnknownBand};
+use serde::{de::DeserializeOwned, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+use std::path::Path;
+
+/// Bumped whenever the layout changes; `open` migrates older stores forward.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store at {path}: {source}. Is another gatewarden running with this store? (sled is single-process)")]
+    Open { path: String, source: sled::Error },
+    #[error("store error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt record in {tree}: {source}")]
+    Corrupt { tree: &'static str, source: serde_json::Error },
+    #[error("the store was written by a newer gatewarden (schema {found}, this build knows {SCHEMA_VERSION}); upgrade gatewarden or restore a backup")]
+    TooNew { found: u32 },
+    #[error("wristband {band} is already bound to elder {elder}")]
+    BandTaken { band: String, elder: String },
+    #[error("{what} {id:?} already exists")]
+    Exists { what: &'static str, id: String },
+    #[error("no {what} {id:?}")]
+    NotFound { what: &'static str, id: String },
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    meta: sled::Tree,
+    elders: sled::Tree,
+    bands: sled::Tree,
+    staff: sled::Tree,
+    ladders: sled::Tree,
+    leaves: sled::Tree,
+    last_seen: sled::Tree,
+    unknown: sled::Tree,
+    gateways: sled::Tree,
+    alerts: sled::Tree,
+    outbox: sled::Tree,
+    deliveries: sled::Tree,
+}
+
+fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("store values serialize")
+}
+
+fn dec<T: DeserializeOwned>(tree: &'static str, b: &[u8]) -> Result<T> {
+    serde_json::from_slice(b).map_err(|source| StoreError::Corrupt { tree, source })
+}
+
+fn all<T: DeserializeOwned>(tree: &sled::Tree, name: &'static str) -> Result<Vec<T>> {
+    tree.iter().values().map(|v| dec(name, &v?)).collect()
+}
+
+fn band_key(b: &BandId) -> Vec<u8> {
+    b.to_string().into_bytes()
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store> {
+        let db = sled::Config::new()
+            .path(path)
+            .flush_every_ms(Some(500))
+            .open()
+            .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+        let t = |n: &str| db.open_tree(n);
+        let s = Store {
+            meta: t("meta")?,
+            elders: t("elders")?,
+            bands: t("bands")?,
+            staff: t("staff")?,
+            ladders: t("ladders")?,
+            leaves: t("leaves")?,
+            last_seen: t("last_seen")?,
+            unknown: t("unknown_bands")?,
+            gateways: t("gateways")?,
+            alerts: t("alerts")?,
+            outbox: t("outbox")?,
+            deliveries: t("deliveries")?,
+            db,
+        };
+        s.migrate()?;
+        Ok(s)
+    }
+
+    fn migrate(&self) -> Result<()> {
+        let found = match self.meta.get("schema_version")? {
+            None => {
+                self.meta.insert("schema_version", enc(&SCHEMA_VERSION))?;
+                return Ok(());
+            }
+            Some(v) => dec::<u32>("meta", &v)?,
+        };
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::TooNew { found });
+        }
+        // Future migrations go here, one step per version: `if found < 2 { … }`.
+        if found < SCHEMA_VERSION {
+            self.meta.insert("schema_version", enc(&SCHEMA_VERSION))?;
+        }
+        Ok(())
+    }
+
+    pub fn schema_version(&self) -> Result<u32> {
+        Ok(self.meta.get("schema_version")?.map(|v| dec("meta", &v)).transpose()?.unwrap_or(0))
+    }
+
+    /// Make everything written so far durable (fsync).
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.meta.get("schema_version").is_ok()
+    }
+
+    /// A fresh id, monotonic across restarts.
+    pub fn next_id(&self) -> Result<u64> {
+        Ok(self.db.generate_id()? + 1)
+    }
+
+    /// A named secret (e.g. the ack-link key), created on first use.
+    pub fn secret(&self, name: &str) -> Result<String> {
+        let key = format!("secret:{name}");
+        if let Some(v) = self.meta.get(&key)? {
+            return dec("meta", &v);
+        }
+        let s: String = {
+            use rand::Rng;
+            let bytes: [u8; 32] = rand::thread_rng().gen();
+            hex::encode(bytes)
+        };
+        match self.meta.compare_and_swap(&key, None as Option<&[u8]>, Some(enc(&s)))? {
+            Ok(()) => Ok(s),
+            Err(cur) => dec("meta", &cur.current.expect("set by the racing writer")),
+        }
+    }
+
+    // ---- elders and their wristbands ----
+
+    /// Insert or replace an elder, keeping the wristband index unique. Refuses
+    /// a band that belongs to someone else.
+    pub fn put_elder(&self, e: &Elder, must_be_new: bool) -> Result<()> {
+        let r = (&self.elders, &self.bands).transaction(|(elders, bands)| {
+            let old: Option<Elder> = match elders.get(e.id.as_bytes())? {
+                Some(v) if must_be_new => {
+                    let _ = v;
+                    return Err(ConflictableTransactionError::Abort(StoreError::Exists { what: "elder", id: e.id.clone() }));
+                }
+                Some(v) => Some(dec("elders", &v).map_err(ConflictableTransactionError::Abort)?),
+                None => None,
+            };
+            for b in &e.bands {
+                if let Some(owner) = bands.get(band_key(b))? {
+                    let owner = String::from_utf8_lossy(&owner).to_string();
+                    if owner != e.id {
+                        return Err(ConflictableTransactionError::Abort(StoreError::BandTaken { band: b.to_string(), elder: owner }));
+                    }
+                }
+            }
+            if let Some(old) = old {
+                for b in old.bands.iter().filter(|b| !e.bands.contains(b)) {
+                    bands.remove(band_key(b))?;
+                }
+            }
+            for b in &e.bands {
+                bands.insert(band_key(b), e.id.as_bytes())?;
+            }
+            elders.insert(e.id.as_bytes(), enc(e))?;
+            Ok(())
+        });
+        r.map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Sled(e),
+        })?;
+        for b in &e.bands {
+            self.unknown.remove(band_key(b))?;
+        }
+        Ok(())
+    }
+
+    pub fn get_elder(&self, id: &str) -> Result<Option<Elder>> {
+        self.elders.get(id.as_bytes())?.map(|v| dec("elders", &v)).transpose()
+    }
+
+    pub fn list_elders(&self) -> Result<Vec<Elder>> {
+        all(&self.elders, "elders")
+    }
+
+    pub fn elder_for_band(&self, b: &BandId) -> Result<Option<String>> {
+        Ok(self.bands.get(band_key(b))?.map(|v| String::from_utf8_lossy(&v).to_string()))
+    }
+
+    /// Remove an elder with their bands, last-seen record and leaves.
+    pub fn remove_elder(&self, id: &str) -> Result<Elder> {
+        let e = self.get_elder(id)?.ok_or_else(|| StoreError::NotFound { what: "elder", id: id.into() })?;
+        for b in &e.bands {
+            self.bands.remove(band_key(b))?;
+        }
+        self.last_seen.remove(id.as_bytes())?;
+        for l in self.list_leaves(Some(id))? {
+            self.leaves.remove(l.id.to_be_bytes())?;
+        }
+        self.elders.remove(id.as_bytes())?;
+        Ok(e)
+    }
+
+    // ---- presence ----
+
+    pub fn put_last_seen_batch(&self, items: &[(String, LastSeen)]) -> Result<()> {
+        let mut b = sled::Batch::default();
+        for (id, l) in items {
+            b.insert(id.as_bytes(), enc(l));
+        }
+        self.last_seen.apply_batch(b)?;
+        Ok(())
+    }
+
+    pub fn get_last_seen(&self, id: &str) -> Result<Option<LastSeen>> {
+        self.last_seen.get(id.as_bytes())?.map(|v| dec("last_seen", &v)).transpose()
+    }
+
+    pub fn put_unknown_batch(&self, changed: &[UnknownBand], removed: &[BandId]) -> Result<()> {
+        let mut b = sled::Batch::default();
+        for u in changed {
+            b.insert(band_key(&u.band), enc(u));
+        }
+        for r in removed {
+            b.remove(band_key(r));
+        }
+        self.unknown.apply_batch(b)?;
+        Ok(())
+    }
+
+    pub fn list_unknown(&self) -> Result<Vec<UnknownBand>> {
+        all(&self.unknown, "unknown_bands")
+    }
+
+    pub fn put_gateways(&self, items: &[(String, Timestamp)]) -> Result<()> {
+        let mut b = sled::Batch::default();
+        for (name, at) in items {
+            b.insert(name.as_bytes(), enc(at));
+        }
+        self.gateways.apply_batch(b)?;
+        Ok(())
+    }
+
+    pub fn list_gateways(&self) -> Result<Vec<(String, Timestamp)>> {
+        self.gateways
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((String::from_utf8_lossy(&k).to_string(), dec("gateways", &v)?))
+            })
+            .collect()
+    }
+
+    // ---- leaves ----
+
+    pub fn put_leave(&self, l: &Leave) -> Result<()> {
+        self.leaves.insert(l.id.to_be_bytes(), enc(l))?;
+        Ok(())
+    }
+
+    pub fn list_leaves(&self, elder: Option<&str>) -> Result<Vec<Leave>> {
+        Ok(all::<Leave>(&self.leaves, "leaves")?.into_iter().filter(|l| elder.map_or(true, |e| l.elder == e)).collect())
+    }
+
+    pub fn remove_leave(&self, id: u64) -> Result<Leave> {
+        let v = self.leaves.remove(id.to_be_bytes())?.ok_or_else(|| StoreError::NotFound { what: "leave", id: id.to_string() })?;
+        dec("leaves", &v)
+    }
+
+    // ---- staff and escalation ladders ----
+
+    pub fn put_staff(&self, s: &Staff) -> Result<()> {
+        self.staff.insert(s.id.as_bytes(), enc(s))?;
+        Ok(())
+    }
+
+    pub fn get_staff(&self, id: &str) -> Result<Option<Staff>> {
+        self.staff.get(id.as_bytes())?.map(|v| dec("staff", &v)).transpose()
+    }
+
+    pub fn list_staff(&self) -> Result<Vec<Staff>> {
+        all(&self.staff, "staff")
+    }
+
+    pub fn remove_staff(&self, id: &str) -> Result<Staff> {
+        let v = self.staff.remove(id.as_bytes())?.ok_or_else(|| StoreError::NotFound { what: "staff member", id: id.into() })?;
+        dec("staff", &v)
+    }
+
+    pub fn put_ladder(&self, grid: &str, levels: &[Level]) -> Result<()> {
+        self.ladders.insert(grid.as_bytes(), enc(&levels))?;
+        Ok(())
+    }
+
+    pub fn get_ladder(&self, grid: &str) -> Result<Option<Vec<Level>>> {
+        self.ladders.get(grid.as_bytes())?.map(|v| dec("ladders", &v)).transpose()
+    }
+
+    pub fn list_ladders(&self) -> Result<Vec<(String, Vec<Level>)>> {
+        self.ladders
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((String::from_utf8_lossy(&k).to_string(), dec("ladders", &v)?))
+            })
+            .collect()
+    }
+
+    pub fn remove_ladder(&self, grid: &str) -> Result<()> {
+        self.ladders
+            .remove(grid.as_bytes())?
+            .ok_or_else(|| StoreError::NotFound { what: "ladder for grid", id: grid.into() })?;
+        Ok(())
+    }
+
+    // ---- alerts and the outbox ----
+
+    /// Persist alert changes and enqueue their notifications atomically, then
+    /// fsync: a notification is durable before any attempt to send it.
+    pub fn commit_alerts(&self, alerts: &[Alert], notifications: &mut [Notification]) -> Result<()> {
+        for n in notifications.iter_mut() {
+            n.id = self.next_id()?;
+        }
+        (&self.alerts, &self.outbox)
+            .transaction(|(at, ot)| {
+                for a in alerts {
+                    at.insert(&a.id.to_be_bytes(), enc(a))?;
+                }
+                for n in notifications.iter() {
+                    ot.insert(&n.id.to_be_bytes(), enc(n))?;
+                }
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Abort(()) => unreachable!("no aborts"),
+                TransactionError::Storage(e) => StoreError::Sled(e),
+            })?;
+        self.flush()
+    }
+
+    pub fn get_alert(&self, id: AlertId) -> Result<Option<Alert>> {
+        self.alerts.get(id.to_be_bytes())?.map(|v| dec("alerts", &v)).transpose()
+    }
+
+    /// Alerts, newest first.
+    pub fn list_alerts(&self) -> Result<Vec<Alert>> {
+        let mut v: Vec<Alert> = all(&self.alerts, "alerts")?;
+        v.reverse();
+        Ok(v)
+    }
+
+    /// Notifications not yet delivered (pending, and failed permanently), oldest first.
+    pub fn outbox(&self) -> Result<Vec<Notification>> {
+        all(&self.outbox, "outbox")
+    }
+
+    pub fn outbox_for_channel(&self, channel: &str) -> Result<Vec<Notification>> {
+        Ok(self.outbox()?.into_iter().filter(|n| n.channel == channel).collect())
+    }
+
+    /// Record the outcome of an attempt. A delivered notification moves to the
+    /// delivery log; anything else stays in the outbox.
+    pub fn update_notification(&self, n: &Notification) -> Result<()> {
+        let key = n.id.to_be_bytes();
+        if n.delivery == Delivery::Delivered {
+            (&self.outbox, &self.deliveries)
+                .transaction(|(o, d)| {
+                    o.remove(&key)?;
+                    d.insert(&key, enc(n))?;
+                    Ok::<_, ConflictableTransactionError<()>>(())
+                })
+                .map_err(|e| match e {
+                    TransactionError::Abort(()) => unreachable!("no aborts"),
+                    TransactionError::Storage(e) => StoreError::Sled(e),
+                })?;
+        } else {
+            self.outbox.insert(key, enc(n))?;
+        }
+        Ok(())
+    }
+
+    /// Put a permanently failed notification back in the queue (after fixing the channel).
+    pub fn retry_notification(&self, id: u64, now: Timestamp) -> Result<Notification> {
+        let v = self.outbox.get(id.to_be_bytes())?.ok_or_else(|| StoreError::NotFound { what: "notification", id: id.to_string() })?;
+        let mut n: Notification = dec("outbox", &v)?;
+        n.delivery = Delivery::Pending;
+        n.next_attempt_at = now;
+        self.outbox.insert(id.to_be_bytes(), enc(&n))?;
+        Ok(n)
+    }
+
+    pub fn list_deliveries(&self) -> Result<Vec<Notification>> {
+        all(&self.deliveries, "deliveries")
+    }
+
+    /// Drop delivered notifications older than `before`; returns how many.
+    pub fn purge_deliveries(&self, before: Timestamp) -> Result<usize> {
+        let mut n = 0;
+        for kv in self.deliveries.iter() {
+            let (k, v) = kv?;
+            let d: Notification = dec("deliveries", &v)?;
+            if d.delivered_at.is_some_and(|t| t < before) {
+                self.deliveries.remove(k)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+
+    fn elder(id: &str, bands: &[&str]) -> Elder {
+        Elder {
+            id: id.into(),
+            name: "测试".into(),
+            building: String::new(),
+            unit: String::new(),
+            room: String::new(),
+            grid: String::new(),
+            phone: None,
+            bands: bands.iter().map(|b| b.parse().unwrap()).collect(),
+            emergency_contacts: vec![],
+            categories: vec![],
+            notes: String::new(),
+            enrolled_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn a_wristband_cannot_be_bound_to_two_elders() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.put_elder(&elder("e1", &["c3a1f0001101"]), true).unwrap();
+        let err = s.put_elder(&elder("e2", &["C3:A1:F0:00:11:01"]), true).unwrap_err();
+        assert!(matches!(err, StoreError::BandTaken { ref elder, .. } if elder == "e1"), "{err}");
+        assert!(s.get_elder("e2").unwrap().is_none(), "nothing half-written");
+        assert!(matches!(s.put_elder(&elder("e1", &[]), true), Err(StoreError::Exists { .. })));
+        // Moving the band off e1 frees it.
+        s.put_elder(&elder("e1", &[]), false).unwrap();
+        s.put_elder(&elder("e2", &["c3a1f0001101"]), true).unwrap();
+        assert_eq!(s.elder_for_band(&"c3a1f0001101".parse().unwrap()).unwrap().as_deref(), Some("e2"));
+    }
+
+    #[test]
+    fn data_and_schema_version_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.put_elder(&elder("e1", &["c3a1f0001101"]), true).unwrap();
+            s.flush().unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+        assert_eq!(s.list_elders().unwrap().len(), 1);
+        let a = s.secret("ack").unwrap();
+        assert_eq!(s.secret("ack").unwrap(), a);
+    }
+
+    #[test]
+    fn a_store_from_a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.meta.insert("schema_version", enc(&(SCHEMA_VERSION + 1))).unwrap();
+            s.flush().unwrap();
+        }
+        let err = Store::open(dir.path()).err().expect("refused");
+        assert!(matches!(err, StoreError::TooNew { .. }), "{err}");
+    }
+}
