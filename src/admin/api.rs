@@ -178,8 +178,17 @@ fn find_elder(sh: &Shared, id: &str) -> Result<Elder, ApiError> {
     sh.store.get_elder(id)?.ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no elder {id:?} (see `gatewarden elder list`)")))
 }
 
+/// Presence is written behind; ask the monitor to flush so an answer is current.
+async fn flush_presence(sh: &Shared) -> Result<(), ApiError> {
+    let (tx, rx) = oneshot::channel();
+    sh.command(Command::Flush(tx)).await?;
+    rx.await.map_err(|_| anyhow::anyhow!("the daemon is shutting down"))?;
+    Ok(())
+}
+
 async fn get_elder(State(sh): S, Path(id): Path<String>) -> R<serde_json::Value> {
     let e = find_elder(&sh, &id)?;
+    flush_presence(&sh).await?;
     let last = sh.store.get_last_seen(&id)?;
     Ok(Json(json!({ "elder": e, "last_seen": last, "leaves": sh.store.list_leaves(Some(&id))? })))
 }
@@ -418,10 +427,7 @@ async fn retry_notification(State(sh): S, Path(id): Path<u64>) -> R<crate::alert
 // ---- presence ----
 
 async fn presence(State(sh): S) -> R<Vec<PresenceRow>> {
-    // Presence is written behind; ask the monitor to flush so the answer is current.
-    let (tx, rx) = oneshot::channel();
-    sh.command(Command::Flush(tx)).await?;
-    let _ = rx.await;
+    flush_presence(&sh).await?;
     let now = sh.clock.now();
     let leaves = sh.store.list_leaves(None)?;
     let mut rows: Vec<PresenceRow> = Vec::new();
