@@ -237,6 +237,18 @@ pub struct LastSeen {
     pub battery: Option<u8>,
 }
 
+/// Last-seen times closer than this to the stored one are not rewritten.
+pub const STORE_RESOLUTION: chrono::Duration = chrono::Duration::seconds(60);
+
+fn needs_write(stored: Option<&LastSeen>, now: &LastSeen) -> bool {
+    let Some(s) = stored else { return true };
+    s.place != now.place
+        || s.source != now.source
+        || s.battery != now.battery
+        || now.at - s.at >= STORE_RESOLUTION
+        || now.band_at.zip(s.band_at).map_or(now.band_at != s.band_at, |(n, o)| n - o >= STORE_RESOLUTION)
+}
+
 /// A BLE sighting of some wristband, as parsed from a gateway's MQTT message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BandSighting {
@@ -289,6 +301,9 @@ pub struct Presence {
     by_band: HashMap<BandId, ElderId>,
     elders: HashSet<ElderId>,
     last: HashMap<ElderId, LastSeen>,
+    /// What was last handed to the store, to skip writes that change nothing
+    /// that matters (see `needs_write`).
+    persisted: HashMap<ElderId, LastSeen>,
     dirty: HashSet<ElderId>,
     unknown: HashMap<BandId, UnknownBand>,
     unknown_dirty: HashSet<BandId>,
@@ -303,6 +318,7 @@ impl Presence {
             by_band: HashMap::new(),
             elders: HashSet::new(),
             last: HashMap::new(),
+            persisted: HashMap::new(),
             dirty: HashSet::new(),
             unknown: HashMap::new(),
             unknown_dirty: HashSet::new(),
@@ -324,6 +340,7 @@ impl Presence {
             }
         }
         if let Some(l) = last {
+            self.persisted.insert(elder.id.clone(), l.clone());
             self.last.insert(elder.id.clone(), l);
         }
     }
@@ -332,6 +349,7 @@ impl Presence {
         self.by_band.retain(|_, e| e != id);
         self.elders.remove(id);
         self.last.remove(id);
+        self.persisted.remove(id);
         self.dirty.remove(id);
     }
 
@@ -348,9 +366,21 @@ impl Presence {
     }
 
     /// Changed last-seen records since the previous call (write-behind).
+    /// A record whose only change is a newer time within `STORE_RESOLUTION` of
+    /// the stored one is not rewritten: against a threshold of days, a minute
+    /// of resolution is plenty, and it keeps a chatty band from rewriting the
+    /// store every second.
     pub fn take_dirty(&mut self) -> Vec<(ElderId, LastSeen)> {
         let ids: Vec<ElderId> = self.dirty.drain().collect();
-        ids.into_iter().filter_map(|id| self.last.get(&id).cloned().map(|l| (id, l))).collect()
+        let mut out = Vec::new();
+        for id in ids {
+            let Some(l) = self.last.get(&id) else { continue };
+            if needs_write(self.persisted.get(&id), l) {
+                self.persisted.insert(id.clone(), l.clone());
+                out.push((id, l.clone()));
+            }
+        }
+        out
     }
 
     /// Changed and evicted unknown-band records since the previous call.
@@ -518,6 +548,21 @@ mod tests {
         assert_eq!((l.at, l.place.as_str()), (t(5), "gate_north"));
         assert_eq!(p.take_dirty().len(), 1);
         assert!(p.take_dirty().is_empty());
+    }
+
+    #[test]
+    fn store_writes_are_skipped_when_only_the_time_moved_by_less_than_a_minute() {
+        let mut p = Presence::new(10, std::time::Duration::from_secs(300));
+        p.upsert_elder(&elder("e1", "c3a1f0001101"), None);
+        p.handle(Observation::Band(sighting("c3a1f0001101", "gw")), t(1));
+        assert_eq!(p.take_dirty().len(), 1);
+        p.handle(Observation::Band(sighting("c3a1f0001101", "gw")), t(1) + Duration::seconds(30));
+        assert!(p.take_dirty().is_empty(), "same place, 30 s later");
+        p.handle(Observation::Band(sighting("c3a1f0001101", "gw2")), t(1) + Duration::seconds(40));
+        assert_eq!(p.take_dirty().len(), 1, "a new place is written at once");
+        p.handle(Observation::Band(sighting("c3a1f0001101", "gw2")), t(1) + Duration::seconds(101));
+        assert_eq!(p.take_dirty().len(), 1, "a minute later the time is written");
+        assert_eq!(p.last_seen("e1").unwrap().at, t(1) + Duration::seconds(101), "memory is always exact");
     }
 
     #[test]

@@ -72,6 +72,9 @@ impl Store {
         let db = sled::Config::new()
             .path(path)
             .flush_every_ms(Some(500))
+            // sled's default page cache is 1 GiB; a gateway box has far less to spare
+            // and the working set (a few thousand elders) is tiny.
+            .cache_capacity(8 * 1024 * 1024)
             .open()
             .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
         let t = |n: &str| db.open_tree(n);

@@ -416,3 +416,97 @@ fn config_check_names_every_bad_key_and_exits_non_zero() {
     let o = std::process::Command::new(bin()).args(["config", "check"]).arg(&good).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_reconnects_by_itself_after_the_broker_restarts() {
+    let mut w = world(LADDER).await;
+    enroll(&w.d, "E1", "c3a1f0001101").await;
+    w.broker.restart();
+    eventually("MQTT disconnect noticed and reconnected", 20, async || {
+        let h = w.d.health().await;
+        (h["mqtt_connected"] == true && w.d.log().contains("MQTT connection lost")).then_some(())
+    })
+    .await;
+    // A non-persistent broker lost our subscriptions: they must have been renewed.
+    let p = w.broker.publisher().await;
+    eventually("a sighting after the broker restart", 20, async || {
+        p.publish("home/gw9/BTtoMQTT/C3A1F0001101", r#"{"id":"C3:A1:F0:00:11:01"}"#).await;
+        (w.d.last_seen("E1").await["place"] == "gw9").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signed_robots_and_ntfy_receive_what_their_services_expect_on_a_per_grid_ladder() {
+    let extra = r#"
+[[alert.channels]]
+name = "default-hook"
+kind = "webhook"
+url = "{R}/default"
+[[alert.channels]]
+name = "ding"
+kind = "dingtalk"
+url = "{R}/ding?access_token=abc"
+secret = "SECding"
+[[alert.channels]]
+name = "lark"
+kind = "feishu"
+url = "{R}/lark"
+secret = "larksecret"
+[[alert.channels]]
+name = "push"
+kind = "ntfy"
+url = "{R}/ntfy"
+topic = "duty"
+token = "tk_123"
+[[alert.ladder]]
+name = "default"
+channels = ["default-hook"]
+"#;
+    let w = world(extra).await;
+    w.d.post("/staff", json!({"id": "s1", "name": "李网格", "phone": "13900002222"})).await;
+    let o = w.d.cli(&["escalation", "set", "--grid", "g7", "--level", "网格员:ding+lark+push:s1"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let bad = w.d.cli(&["escalation", "set", "--grid", "g7", "--level", "网格员:nosuch"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown channel \"nosuch\""));
+    w.d.post("/elders", json!({"id": "E7", "name": "赵大爷", "grid": "g7", "bands": ["c3a1f0001107"]})).await;
+    w.d.advance("49h").await;
+    let (ding, lark, push) = eventually("all three channels", 10, async || {
+        let d = w.rx.accepted("/ding").first().cloned()?;
+        let l = w.rx.accepted("/lark").first().cloned()?;
+        let p = w.rx.accepted("/ntfy").first().cloned()?;
+        Some((d, l, p))
+    })
+    .await;
+    assert!(w.rx.accepted("/default").is_empty(), "grid g7 has its own ladder");
+    use base64::Engine as _;
+    use hmac::Mac;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    // DingTalk: timestamp and sign in the query; sign = b64(HMAC(secret, ts + "\n" + secret)), URL-encoded.
+    let q: std::collections::HashMap<String, String> = url_pairs(&ding.query);
+    assert_eq!(q["access_token"], "abc");
+    let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"SECding").unwrap();
+    m.update(format!("{}\nSECding", q["timestamp"]).as_bytes());
+    assert_eq!(q["sign"], b64.encode(m.finalize().into_bytes()));
+    assert_eq!(ding.json()["at"]["atMobiles"][0], "13900002222");
+    // Feishu: timestamp and sign in the body; sign = b64(HMAC(key = ts + "\n" + secret, msg = "")).
+    let v = lark.json();
+    let ts = v["timestamp"].as_str().unwrap();
+    let m = hmac::Hmac::<sha2::Sha256>::new_from_slice(format!("{ts}\nlarksecret").as_bytes()).unwrap();
+    assert_eq!(v["sign"].as_str().unwrap(), b64.encode(m.finalize().into_bytes()));
+    assert!(v["content"]["text"].as_str().unwrap().contains("赵大爷"));
+    // ntfy: JSON publish with topic, priority, click-through to the ack link, and the token.
+    let v = push.json();
+    assert_eq!(v["topic"], "duty");
+    assert_eq!(v["priority"], 4);
+    assert!(v["click"].as_str().unwrap().contains("/ack/"));
+    assert_eq!(push.header("authorization"), Some("Bearer tk_123"));
+}
+
+/// Decode `a=b&c=d` (percent-decoding values).
+fn url_pairs(q: &str) -> std::collections::HashMap<String, String> {
+    q.split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), percent_encoding::percent_decode_str(v).decode_utf8_lossy().to_string()))
+        .collect()
+}

@@ -43,17 +43,30 @@ pub async fn eventually<T>(what: &str, secs: u64, mut f: impl AsyncFnMut() -> Op
 pub struct Mosquitto {
     pub port: u16,
     child: Child,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Mosquitto {
     pub fn start() -> Mosquitto {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Self::spawn(&dir, port);
+        Mosquitto { port, child, dir }
+    }
+
+    /// Kill the broker (as a crash would) and start a new one on the same port.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(500));
+        self.child = Self::spawn(&self.dir, self.port);
+    }
+
+    fn spawn(dir: &tempfile::TempDir, port: u16) -> Child {
         let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
             .expect("mosquitto is not installed: run `bash deploy/gw.sh test`, which installs it");
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let conf = dir.path().join("m.conf");
         std::fs::write(
             &conf,
@@ -66,7 +79,7 @@ impl Mosquitto {
             assert!(Instant::now() < deadline, "mosquitto did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Mosquitto { port, child, _dir: dir }
+        child
     }
 
     pub async fn publisher(&self) -> Publisher {
@@ -310,7 +323,8 @@ impl Daemon {
     /// SIGTERM, and wait for a clean exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().expect("running");
-        Command::new("kill").args(["-TERM", &c.id().to_string()]).status().unwrap();
+        // The shell builtin: a minimal Debian may lack /bin/kill.
+        Command::new("sh").args(["-c", &format!("kill -TERM {}", c.id())]).status().unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(st) = c.try_wait().unwrap() {
