@@ -48,7 +48,16 @@ case "$cmd" in
   test)
     apt_install "${BUILD_PKGS[@]}" "${TEST_PKGS[@]}"; ensure_rust
     # mosquitto is started by the tests themselves on free loopback ports.
-    cargo test --locked "$@"
+    log=$(mktemp)
+    set +e
+    cargo test --locked "$@" 2>&1 | tee "$log"
+    status=${PIPESTATUS[0]}
+    set -e
+    # One closing line for the whole suite (cargo prints one per test binary).
+    grep -E '^test result: ' "$log" | sed -E 's/.* ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/' \
+      | awk '{p+=$1; f+=$2} END {printf "\nsuite: %d passed, %d failed\n", p, f}'
+    rm -f "$log"
+    exit "$status"
     ;;
   bench)
     apt_install "${BUILD_PKGS[@]}" "${TEST_PKGS[@]}"; ensure_rust
