@@ -94,7 +94,212 @@ pub struct Config {
     #[serde(default)]
     pub alert: AlertConfig,
     #[serde(default)]
+    pub vision: VisionConfig,
+    /// Gate access policy (shared by all gates).
+    #[serde(default)]
+    pub access: AccessConfig,
+    /// One entry per gate: its camera, its actuator and its rules.
+    #[serde(default)]
+    pub gates: Vec<GateConfig>,
+    #[serde(default)]
     pub debug: DebugConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VisionConfig {
+    /// Load the face models. Default: on when a gate has a camera. The wristband
+    /// features need no model and stay small without them.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// Where the ONNX models and the ONNX Runtime library are (fetched by
+    /// deploy/fetch-models.sh and verified against models/MANIFEST.tsv).
+    #[serde(default = "VisionConfig::default_models_dir")]
+    pub models_dir: PathBuf,
+    /// Defaults to ORT_DYLIB_PATH, else <models_dir>/onnxruntime/libonnxruntime.so.1.31.1.
+    #[serde(default)]
+    pub ort_library: Option<PathBuf>,
+    /// ONNX Runtime intra-op threads per model.
+    #[serde(default = "VisionConfig::default_intra_threads")]
+    pub intra_threads: usize,
+    /// Cosine similarity for a face match (see README: TAR/FAR).
+    #[serde(default = "VisionConfig::default_match_threshold")]
+    pub match_threshold: f32,
+    #[serde(default = "VisionConfig::default_liveness_threshold")]
+    pub liveness_threshold: f32,
+    #[serde(default = "VisionConfig::default_min_face_px")]
+    pub min_face_px: f32,
+}
+impl VisionConfig {
+    fn default_models_dir() -> PathBuf {
+        PathBuf::from("models")
+    }
+    fn default_intra_threads() -> usize {
+        2
+    }
+    fn default_match_threshold() -> f32 {
+        crate::vision::DEFAULT_MATCH_THRESHOLD
+    }
+    fn default_liveness_threshold() -> f32 {
+        0.5
+    }
+    fn default_min_face_px() -> f32 {
+        60.0
+    }
+}
+impl Default for VisionConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("vision defaults")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessConfig {
+    /// A face decision needs the same result in `agree_frames` of the last `window_frames`.
+    #[serde(default = "AccessConfig::default_agree")]
+    pub agree_frames: usize,
+    #[serde(default = "AccessConfig::default_window")]
+    pub window_frames: usize,
+    /// One person at one gate opens it at most once per cooldown.
+    #[serde(default = "AccessConfig::default_cooldown")]
+    pub cooldown: Dur,
+    #[serde(default)]
+    pub anti_passback: bool,
+    /// Snapshots of unknown faces are deleted after this.
+    #[serde(default = "AccessConfig::default_unknown_retention")]
+    pub unknown_retention: Dur,
+    /// Where unknown-face snapshots go (default: beside the store).
+    #[serde(default)]
+    pub snapshot_dir: Option<PathBuf>,
+    /// Keep enrolment photos after the template is made (default: no).
+    #[serde(default)]
+    pub keep_photos: bool,
+    /// Visitor records are purged this long after their pass ends.
+    #[serde(default = "AccessConfig::default_visitor_retention")]
+    pub visitor_retention: Dur,
+    /// A camera with no frame for this long raises "camera offline".
+    #[serde(default = "AccessConfig::default_camera_offline_after")]
+    pub camera_offline_after: Dur,
+}
+impl AccessConfig {
+    fn default_agree() -> usize {
+        3
+    }
+    fn default_window() -> usize {
+        5
+    }
+    fn default_cooldown() -> Dur {
+        Dur::secs(10)
+    }
+    fn default_unknown_retention() -> Dur {
+        Dur::secs(7 * 24 * 3600)
+    }
+    fn default_visitor_retention() -> Dur {
+        Dur::secs(30 * 24 * 3600)
+    }
+    fn default_camera_offline_after() -> Dur {
+        Dur::secs(120)
+    }
+}
+impl Default for AccessConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("access defaults")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GateDirection {
+    In,
+    Out,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GateConfig {
+    pub name: String,
+    /// rtsp://…, http://…/cam.mjpg, a video file, or /dev/videoN. None: credentials only.
+    #[serde(default)]
+    pub camera: Option<String>,
+    #[serde(default = "GateConfig::default_direction")]
+    pub direction: GateDirection,
+    /// Analyse at most this many frames per second (the latest frame is always used).
+    #[serde(default = "GateConfig::default_fps")]
+    pub max_fps: f32,
+    #[serde(default = "GateConfig::default_open_timeout")]
+    pub open_timeout: Dur,
+    #[serde(default = "GateConfig::default_read_timeout")]
+    pub read_timeout: Dur,
+    /// Visitors may pass only in these hours (China time), e.g. "07:00-22:00".
+    #[serde(default)]
+    pub visitor_hours: Option<String>,
+    #[serde(default)]
+    pub resident_hours: Option<String>,
+    pub actuator: ActuatorConfig,
+}
+impl GateConfig {
+    fn default_direction() -> GateDirection {
+        GateDirection::In
+    }
+    fn default_fps() -> f32 {
+        5.0
+    }
+    fn default_open_timeout() -> Dur {
+        Dur::secs(5)
+    }
+    fn default_read_timeout() -> Dur {
+        Dur::secs(3)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "lowercase")]
+pub enum ActuatorConfig {
+    /// Dry run: log the decision, move nothing.
+    Log,
+    /// Publish to a relay (Shelly: topic "shellies/<id>/relay/0/command", "on"/"off";
+    /// Tasmota: "cmnd/<id>/POWER", "ON"/"OFF").
+    Mqtt {
+        topic: String,
+        #[serde(default = "ActuatorConfig::default_on")]
+        on: String,
+        #[serde(default = "ActuatorConfig::default_off")]
+        off: String,
+        #[serde(default = "ActuatorConfig::default_pulse")]
+        pulse: Dur,
+    },
+    /// An HTTP request (e.g. a barrier controller's open URL).
+    Http {
+        url: String,
+        #[serde(default = "ActuatorConfig::default_method")]
+        method: String,
+        #[serde(default)]
+        body: Option<String>,
+    },
+    /// A Linux GPIO line through the character device (/dev/gpiochipN).
+    Gpio {
+        chip: PathBuf,
+        line: u32,
+        #[serde(default)]
+        active_low: bool,
+        #[serde(default = "ActuatorConfig::default_pulse")]
+        pulse: Dur,
+    },
+}
+impl ActuatorConfig {
+    fn default_on() -> String {
+        "on".into()
+    }
+    fn default_off() -> String {
+        "off".into()
+    }
+    fn default_pulse() -> Dur {
+        Dur::millis(800)
+    }
+    fn default_method() -> String {
+        "POST".into()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -628,6 +833,36 @@ impl Config {
                     bad(format!("alert.ladder[{i}].channels[{j}]"), format!("no channel named {c:?} in alert.channels"));
                 }
             }
+        }
+        let mut gate_names = std::collections::HashSet::new();
+        for (i, g) in self.gates.iter().enumerate() {
+            let key = |f: &str| format!("gates[{i}].{f}");
+            if g.name.is_empty() || g.name.contains(['/', '+', '#', ' ']) {
+                bad(key("name"), "must be a non-empty name without spaces, '/', '+' or '#'".into());
+            } else if !gate_names.insert(g.name.clone()) {
+                bad(key("name"), format!("duplicate gate name {:?}", g.name));
+            }
+            for (f, h) in [("visitor_hours", &g.visitor_hours), ("resident_hours", &g.resident_hours)] {
+                if let Some(h) = h {
+                    if let Err(e) = h.parse::<crate::gate::policy::Hours>() {
+                        bad(key(f), e);
+                    }
+                }
+            }
+            if !(g.max_fps > 0.0) {
+                bad(key("max_fps"), "must be greater than 0".into());
+            }
+            if let ActuatorConfig::Http { url, .. } = &g.actuator {
+                if reqwest::Url::parse(url).is_err() {
+                    bad(key("actuator.url"), format!("invalid URL {url:?}"));
+                }
+            }
+        }
+        if self.access.agree_frames == 0 || self.access.agree_frames > self.access.window_frames {
+            bad("access.agree_frames".into(), "must be 1..=access.window_frames".into());
+        }
+        if !(0.0..=1.0).contains(&self.vision.match_threshold) {
+            bad("vision.match_threshold".into(), "must be a cosine similarity in 0..1".into());
         }
         if self.http.admin_token.is_some() && self.http.admin_token_file.is_some() {
             bad("http.admin_token".into(), "set admin_token or admin_token_file, not both".into());

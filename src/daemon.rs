@@ -34,6 +34,8 @@ pub enum Command {
     Tick(oneshot::Sender<()>),
     /// Write buffered presence to the store now (before reading it back).
     Flush(oneshot::Sender<()>),
+    /// Raise or clear an alert from elsewhere in the box (gates, cameras).
+    Alert { kind: AlertKind, subject: Subject, detail: String, firing: bool },
 }
 
 /// What every task may read. Mutable state lives in the monitor or the store.
@@ -48,6 +50,14 @@ pub struct Shared {
     pub ack_secret: Vec<u8>,
     pub admin_token: String,
     pub started: Instant,
+    /// The gate task, when gates are configured.
+    pub gates: Option<mpsc::Sender<crate::gate::task::GateMsg>>,
+    /// The vision thread, when vision is enabled (enrolment photos go there).
+    pub vision: Option<std::sync::mpsc::Sender<crate::gate::task::VisionRequest>>,
+    /// Enrolled face templates, shared with the vision thread.
+    pub gallery: Arc<std::sync::RwLock<crate::vision::matcher::Gallery>>,
+    /// Key for PIN/card/QR hashes and ID-number hashes.
+    pub credential_key: Vec<u8>,
 }
 
 impl Shared {
@@ -184,6 +194,15 @@ impl Monitor {
                 let acts = self.engine.handle(Input::GatewayStatus { gateway, online }, self.sh.clock.now());
                 self.apply(acts);
             }
+            Parsed::Credential { gate, kind, value } => match &self.sh.gates {
+                // Never block the monitor on the gate task: a full queue drops the reading (the person retries).
+                Some(g) => {
+                    if g.try_send(crate::gate::task::GateMsg::Credential { gate, kind, value, reply: None }).is_err() {
+                        tracing::warn!("gate task busy; credential dropped");
+                    }
+                }
+                None => tracing::warn!(%gate, "credential for a gate that is not configured"),
+            },
             Parsed::Ignored => {}
         }
     }
@@ -255,7 +274,7 @@ impl Monitor {
         let sh = &self.sh;
         let elder = match &a.subject {
             Subject::Elder(id) => sh.store.get_elder(id).ok().flatten(),
-            Subject::Gateway(_) => None,
+            Subject::Gateway(_) | Subject::Gate(_) => None,
         };
         let grid = elder.as_ref().map(|e| e.grid.clone()).unwrap_or_default();
         let ladder = sh.ladder(&grid);
@@ -370,6 +389,10 @@ impl Monitor {
                     self.flush();
                     let _ = reply.send(());
                 }
+                Command::Alert { kind, subject, detail, firing } => {
+                    let acts = self.engine.handle(Input::External { kind, subject, detail, firing }, now);
+                    self.apply(acts);
+                }
             }
             Ok(())
         })();
@@ -445,6 +468,49 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
         cfg.alert.channels.iter().map(|c| (c.name.clone(), Sender::new(c.clone(), timeout))).collect();
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let (mqtt_tx, mqtt_rx) = mpsc::channel(4096);
+    let (mqtt_client, mqtt_loop) = crate::mqtt::connect(&cfg);
+    let credential_key = store.secret("credential_key")?.into_bytes();
+    let stop_threads = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gallery = Arc::new(std::sync::RwLock::new(crate::vision::matcher::Gallery::default()));
+    let vision_enabled = cfg.vision.enabled.unwrap_or_else(|| cfg.gates.iter().any(|g| g.camera.is_some()));
+    let (gate_tx, gate_rx) = mpsc::channel(64);
+    let mut cameras = Vec::new();
+    let mut vision_tx = None;
+    if vision_enabled {
+        let v = &cfg.vision;
+        let mut pipeline = crate::vision::pipeline::FacePipeline::load(&v.models_dir, v.ort_library.as_deref(), v.intra_threads)
+            .context("cannot load the face models ([vision] is enabled because a gate has a camera)")?;
+        pipeline.gates.min_face_px = v.min_face_px;
+        pipeline.liveness.threshold = v.liveness_threshold;
+        {
+            let mut g = gallery.write().expect("gallery");
+            for (person, e) in store.templates()? {
+                g.add(&person, &e);
+            }
+            tracing::info!(templates = g.len(), "face templates loaded");
+        }
+        for g in &cfg.gates {
+            if let Some(src) = &g.camera {
+                let cam = crate::capture::Camera::new(&g.name);
+                let (c, s, stop) = (cam.clone(), src.clone(), stop_threads.clone());
+                let (ot, rt) = (g.open_timeout.get(), g.read_timeout.get());
+                std::thread::Builder::new().name(format!("camera-{}", g.name)).spawn(move || crate::capture::run(c, s, ot, rt, stop))?;
+                cameras.push((g.name.clone(), cam, Duration::from_secs_f32(1.0 / g.max_fps)));
+            }
+        }
+        let (req_tx, req_rx) = std::sync::mpsc::channel();
+        vision_tx = Some(req_tx);
+        let worker = crate::gate::task::VisionWorker {
+            pipeline,
+            gallery: gallery.clone(),
+            cameras: cameras.clone(),
+            out: gate_tx.clone(),
+            requests: req_rx,
+            stop: stop_threads.clone(),
+            match_threshold: v.match_threshold,
+        };
+        std::thread::Builder::new().name("vision".into()).spawn(move || worker.run())?;
+    }
     let sh = Arc::new(Shared {
         cfg: cfg.clone(),
         store: store.clone(),
@@ -456,6 +522,10 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
         ack_secret,
         admin_token,
         started: Instant::now(),
+        gates: (!cfg.gates.is_empty()).then(|| gate_tx.clone()),
+        vision: vision_tx,
+        gallery: gallery.clone(),
+        credential_key: credential_key.clone(),
     });
 
     if cfg.mqtt.external_addr().map_err(anyhow::Error::msg)?.is_none() {
@@ -469,7 +539,46 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(monitor.run(mqtt_rx, cmd_rx, cancel.clone()));
-    tasks.spawn(crate::mqtt::run(cfg.clone(), mqtt_tx, metrics.clone(), cancel.clone()));
+    tasks.spawn(crate::mqtt::run(cfg.clone(), mqtt_client.clone(), mqtt_loop, mqtt_tx, metrics.clone(), cancel.clone()));
+    if !cfg.gates.is_empty() {
+        let rules = cfg
+            .gates
+            .iter()
+            .map(|g| crate::gate::policy::GateRule {
+                name: g.name.clone(),
+                direction: match g.direction {
+                    crate::config::GateDirection::In => crate::gate::log::Direction::In,
+                    crate::config::GateDirection::Out => crate::gate::log::Direction::Out,
+                },
+                visitor_hours: g.visitor_hours.as_deref().and_then(|h| h.parse().ok()),
+                resident_hours: g.resident_hours.as_deref().and_then(|h| h.parse().ok()),
+            })
+            .collect();
+        let a = &cfg.access;
+        let settings = crate::gate::policy::Settings {
+            match_threshold: cfg.vision.match_threshold,
+            liveness_threshold: cfg.vision.liveness_threshold,
+            agree_m: a.agree_frames,
+            agree_n: a.window_frames,
+            cooldown: chrono_dur(a.cooldown.get()),
+            anti_passback: a.anti_passback,
+            ..Default::default()
+        };
+        let mut policy = crate::gate::policy::Policy::new(settings, rules);
+        for r in store.list_people()? {
+            policy.upsert(r.person);
+        }
+        let task = crate::gate::task::GateTask {
+            sh: sh.clone(),
+            policy,
+            actuators: cfg.gates.iter().map(|g| (g.name.clone(), crate::gate::actuator::Actuator::new(g.actuator.clone(), Some(mqtt_client.clone())))).collect(),
+            mqtt: Some(mqtt_client.clone()),
+            cameras: cameras.iter().map(|(n, c, _)| (n.clone(), c.clone())).collect(),
+            snapshot_dir: cfg.access.snapshot_dir.clone().unwrap_or_else(|| admin_token_path(&cfg).with_file_name("snapshots")),
+            credential_key,
+        };
+        tasks.spawn(task.run(gate_rx, cancel.clone()));
+    }
     let backoff = Backoff { initial: cfg.alert.outbox.retry_initial.get(), max: cfg.alert.outbox.retry_max.get() };
     for s in sh.senders.values() {
         let w = Worker {
@@ -498,6 +607,7 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
         c.cancel();
     });
     cancel.cancelled().await;
+    stop_threads.store(true, std::sync::atomic::Ordering::Relaxed);
     let deadline = tokio::time::sleep(Duration::from_secs(10));
     tokio::pin!(deadline);
     loop {

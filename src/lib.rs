@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod alert;
+pub mod capture;
 pub mod clock;
 pub mod config;
 pub mod daemon;

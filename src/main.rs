@@ -2,7 +2,7 @@
 //! a tool for administrators that talks to it.
 
 use clap::{Parser, Subcommand};
-use gatewarden::admin::cli::{self, AlertsCmd, Client, Conn, ElderCmd, EscalationCmd, LeaveCmd, StaffCmd, WristbandCmd};
+use gatewarden::admin::cli::{self, AlertsCmd, Client, Conn, ElderCmd, EscalationCmd, LeaveCmd, LogCmd, ResidentCmd, StaffCmd, VisitorCmd, WristbandCmd};
 use gatewarden::config::Config;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -85,12 +85,53 @@ enum Cmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Residents and everyone else enrolled for gate access.
+    Resident {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        cmd: ResidentCmd,
+    },
+    /// Visitor passes.
+    Visitor {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        cmd: VisitorCmd,
+    },
+    /// The entry log.
+    Log {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        cmd: LogCmd,
+    },
+    /// Present a credential at a gate: `gate present north --pin 123456`.
+    Gate {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        cmd: GateCmd,
+    },
     /// Wristbands.
     Wristbands {
         #[command(flatten)]
         conn: Conn,
         #[command(subcommand)]
         cmd: WristbandCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum GateCmd {
+    Present {
+        gate: String,
+        #[arg(long, group = "cred")]
+        pin: Option<String>,
+        #[arg(long, group = "cred")]
+        card: Option<String>,
+        #[arg(long, group = "cred")]
+        qr: Option<String>,
     },
 }
 
@@ -157,6 +198,18 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Alerts { conn, cmd } => cli::alerts(&client(&conn)?, cmd).await?,
         Cmd::Presence { conn } => cli::presence(&client(&conn)?).await?,
         Cmd::Wristbands { conn, cmd } => cli::wristbands(&client(&conn)?, cmd).await?,
+        Cmd::Resident { conn, cmd } => cli::resident(&client(&conn)?, cmd).await?,
+        Cmd::Visitor { conn, cmd } => cli::visitor(&client(&conn)?, cmd).await?,
+        Cmd::Log { conn, cmd } => cli::log(&client(&conn)?, cmd).await?,
+        Cmd::Gate { conn, cmd: GateCmd::Present { gate, pin, card, qr } } => {
+            let (kind, value) = match (pin, card, qr) {
+                (Some(p), _, _) => ("pin", p),
+                (_, Some(c), _) => ("card", c),
+                (_, _, Some(q)) => ("qr", q),
+                _ => anyhow::bail!("give --pin, --card or --qr"),
+            };
+            cli::present(&client(&conn)?, &gate, kind, &value).await?
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

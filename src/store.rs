@@ -5,6 +5,8 @@
 use crate::alert::outbox::{Delivery, Notification};
 use crate::alert::{Alert, AlertId, Level, Staff};
 use crate::clock::Timestamp;
+use crate::gate::log::{self as entry_log, Chained, Entry};
+use crate::gate::policy::Person;
 use crate::presence::{BandId, Elder, LastSeen, Leave, UnknownBand};
 use serde::{de::DeserializeOwned, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -49,6 +51,9 @@ pub struct Store {
     alerts: sled::Tree,
     outbox: sled::Tree,
     deliveries: sled::Tree,
+    people: sled::Tree,
+    templates: sled::Tree,
+    entries: sled::Tree,
 }
 
 fn enc<T: Serialize>(v: &T) -> Vec<u8> {
@@ -91,6 +96,9 @@ impl Store {
             alerts: t("alerts")?,
             outbox: t("outbox")?,
             deliveries: t("deliveries")?,
+            people: t("people")?,
+            templates: t("face_templates")?,
+            entries: t("entry_log")?,
             db,
         };
         s.migrate()?;
@@ -424,6 +432,140 @@ impl Store {
             }
         }
         Ok(n)
+    }
+}
+
+/// A person's record for gate access, with what the law asks us to keep.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PersonRecord {
+    pub person: Person,
+    /// Who consented, when, how and to which purpose (PIPL; 2025 Measures).
+    #[serde(default)]
+    pub consent: Option<Consent>,
+    /// Visitors: "1101**********002X" and HMAC of the number, never the number.
+    #[serde(default)]
+    pub id_masked: Option<String>,
+    #[serde(default)]
+    pub id_hash: Option<String>,
+    #[serde(default)]
+    pub host_unit: Option<String>,
+    #[serde(default)]
+    pub plate: Option<String>,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Consent {
+    pub by: String,
+    pub at: Timestamp,
+    /// "paper form", "app", …
+    pub how: String,
+    pub purpose: String,
+}
+
+impl Store {
+    // ---- gate access: people, face templates, the entry log ----
+
+    /// Insert or replace; refuses a PIN, card or QR already used by someone else.
+    pub fn put_person(&self, r: &PersonRecord, must_be_new: bool) -> Result<()> {
+        let p = &r.person;
+        if must_be_new && self.people.contains_key(p.id.as_bytes())? {
+            return Err(StoreError::Exists { what: "person", id: p.id.clone() });
+        }
+        for other in self.list_people()?.iter().filter(|o| o.person.id != p.id) {
+            let o = &other.person;
+            let clash = (p.pin_hash.is_some() && p.pin_hash == o.pin_hash)
+                || p.cards.iter().any(|c| o.cards.contains(c))
+                || (p.qr_hash.is_some() && p.qr_hash == o.qr_hash);
+            if clash {
+                return Err(StoreError::Exists { what: "credential (PIN, card or QR) of person", id: o.id.clone() });
+            }
+        }
+        self.people.insert(p.id.as_bytes(), enc(r))?;
+        Ok(())
+    }
+
+    pub fn get_person(&self, id: &str) -> Result<Option<PersonRecord>> {
+        self.people.get(id.as_bytes())?.map(|v| dec("people", &v)).transpose()
+    }
+
+    pub fn list_people(&self) -> Result<Vec<PersonRecord>> {
+        all(&self.people, "people")
+    }
+
+    /// Remove a person and every face template of theirs.
+    pub fn remove_person(&self, id: &str) -> Result<PersonRecord> {
+        let r = self.get_person(id)?.ok_or_else(|| StoreError::NotFound { what: "person", id: id.into() })?;
+        self.remove_templates(id)?;
+        self.people.remove(id.as_bytes())?;
+        Ok(r)
+    }
+
+    pub fn add_template(&self, person: &str, embedding: &[f32]) -> Result<()> {
+        let key = format!("{person}\u{0}{:020}", self.next_id()?);
+        let bytes: Vec<u8> = embedding.iter().flat_map(|f| f.to_le_bytes()).collect();
+        self.templates.insert(key.as_bytes(), bytes)?;
+        Ok(())
+    }
+
+    pub fn remove_templates(&self, person: &str) -> Result<usize> {
+        let prefix = format!("{person}\u{0}");
+        let keys: Vec<_> = self.templates.scan_prefix(prefix.as_bytes()).keys().collect::<std::result::Result<_, _>>()?;
+        for k in &keys {
+            self.templates.remove(k)?;
+        }
+        Ok(keys.len())
+    }
+
+    /// Every (person, embedding).
+    pub fn templates(&self) -> Result<Vec<(String, Vec<f32>)>> {
+        self.templates
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                let k = String::from_utf8_lossy(&k).to_string();
+                let person = k.split('\u{0}').next().unwrap_or_default().to_string();
+                let e = v.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+                Ok((person, e))
+            })
+            .collect()
+    }
+
+    /// Append a decision to the hash chain (atomically with the head).
+    pub fn append_entry(&self, e: &Entry) -> Result<Chained> {
+        let r = (&self.entries, &self.meta).transaction(|(ent, meta)| {
+            let (seq, prev) = match meta.get("entry_log_head")? {
+                Some(v) => {
+                    let (s, h): (u64, String) = dec("meta", &v).map_err(ConflictableTransactionError::Abort)?;
+                    (s + 1, h)
+                }
+                None => (1, entry_log::GENESIS.to_string()),
+            };
+            let hash = entry_log::hash(seq, &prev, e);
+            let c = Chained { seq, prev, hash: hash.clone(), entry: e.clone() };
+            ent.insert(&seq.to_be_bytes(), enc(&c))?;
+            meta.insert("entry_log_head", enc(&(seq, hash)))?;
+            Ok(c)
+        });
+        r.map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Sled(e),
+        })
+    }
+
+    pub fn entries(&self) -> Result<Vec<Chained>> {
+        all(&self.entries, "entry_log")
+    }
+
+    pub fn entry_head(&self) -> Result<Option<(u64, String)>> {
+        self.meta.get("entry_log_head")?.map(|v| dec("meta", &v)).transpose()
+    }
+
+    /// For tests of `log verify` only: overwrite a stored record as an attacker would.
+    #[doc(hidden)]
+    pub fn tamper_entry(&self, c: &Chained) -> Result<()> {
+        self.entries.insert(c.seq.to_be_bytes(), enc(c))?;
+        Ok(())
     }
 }
 

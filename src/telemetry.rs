@@ -57,6 +57,12 @@ pub struct DeliveryLabels {
     pub result: String,
 }
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GateLabels {
+    pub gate: String,
+    pub credential: String,
+    pub result: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ChannelLabel {
     pub channel: String,
 }
@@ -75,6 +81,15 @@ pub struct Metrics {
     pub mqtt_connected: Gauge,
     pub elders: Gauge,
     pub store_flushes: Counter<u64, AtomicU64>,
+    pub gate_decisions: Family<GateLabels, Counter>,
+    pub camera_frames: Family<CameraLabel, Gauge>,
+    pub camera_connected: Family<CameraLabel, Gauge>,
+    pub camera_reconnects: Family<CameraLabel, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CameraLabel {
+    pub camera: String,
 }
 
 impl Default for Metrics {
@@ -99,6 +114,10 @@ impl Metrics {
             mqtt_connected: Gauge::default(),
             elders: Gauge::default(),
             store_flushes: Counter::default(),
+            gate_decisions: Family::default(),
+            camera_frames: Family::default(),
+            camera_connected: Family::default(),
+            camera_reconnects: Family::default(),
         };
         let r = &mut m.registry;
         r.register("mqtt_messages", "MQTT messages received, by what they were", m.messages.clone());
@@ -113,7 +132,15 @@ impl Metrics {
         r.register("mqtt_connected", "1 while connected to the MQTT broker", m.mqtt_connected.clone());
         r.register("elders", "Elders enrolled", m.elders.clone());
         r.register("store_flushes", "Write-behind flushes of presence to the store", m.store_flushes.clone());
+        r.register("gate_decisions", "Gate decisions, by gate, credential and result", m.gate_decisions.clone());
+        r.register("camera_frames", "Frames read from each camera", m.camera_frames.clone());
+        r.register("camera_connected", "1 while the camera delivers frames", m.camera_connected.clone());
+        r.register("camera_reconnects", "Times each camera was reopened after a loss", m.camera_reconnects.clone());
         m
+    }
+
+    pub fn gate_decision(&self, gate: &str, credential: &str, result: &str) {
+        self.gate_decisions.get_or_create(&GateLabels { gate: gate.into(), credential: credential.into(), result: result.into() }).inc();
     }
 
     pub fn message(&self, kind: &str) {

@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 type S = State<Arc<Shared>>;
 
 /// An API error: a status and a message a person can act on.
-pub struct ApiError(StatusCode, String);
+pub struct ApiError(pub StatusCode, pub String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -30,7 +30,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn bad(msg: impl Into<String>) -> ApiError {
+pub fn bad(msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, msg.into())
 }
 
@@ -73,6 +73,13 @@ pub fn router(sh: Arc<Shared>) -> Router {
         .route("/outbox/:id/retry", post(retry_notification))
         .route("/presence", get(presence))
         .route("/wristbands/unknown", get(unknown_bands))
+        .route("/residents", get(super::access::list_people).post(super::access::add_resident))
+        .route("/people", get(super::access::list_people))
+        .route("/people/:id", axum::routing::delete(super::access::forget))
+        .route("/visitors", post(super::access::register_visitor))
+        .route("/gates/:gate/credential", post(super::access::credential))
+        .route("/log", get(super::access::log))
+        .route("/log/verify", get(super::access::verify_log))
         .route("/debug/clock", post(move_clock))
         .route("/debug/tick", post(tick))
         .route_layer(axum::middleware::from_fn_with_state(sh.clone(), auth));
@@ -81,6 +88,8 @@ pub fn router(sh: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route("/ack/:token", get(ack_page).post(ack_link))
         .nest("/api/v1", api)
+        // Enrolment photos arrive base64 in JSON.
+        .layer(axum::extract::DefaultBodyLimit::max(32 * 1024 * 1024))
         .with_state(sh)
 }
 

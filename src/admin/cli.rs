@@ -175,6 +175,7 @@ pub struct Client {
     pub json: bool,
 }
 
+
 impl Client {
     pub fn new(c: &Conn) -> anyhow::Result<Client> {
         let cfg = crate::config::Config::load(&c.config).ok();
@@ -469,5 +470,209 @@ mod tests {
         assert_eq!(v["channels"], json!(["grid-wecom", "grid-ntfy"]));
         assert_eq!(v["staff"], json!(["s1", "s2"]));
         assert!(parse_level("nochannel").unwrap_err().to_string().contains("NAME:CHANNEL"));
+    }
+}
+
+// ---- gate access ----
+
+#[derive(Subcommand, Debug)]
+pub enum ResidentCmd {
+    /// Enrol a resident: face photos (with consent), and/or PIN and cards.
+    Add {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long, default_value = "")]
+        unit: String,
+        /// A photo with exactly one face. Repeatable.
+        #[arg(long = "photo")]
+        photos: Vec<std::path::PathBuf>,
+        /// Who gave consent to face enrolment (required with --photo).
+        #[arg(long)]
+        consent_by: Option<String>,
+        /// How consent was given: "paper form", "app", …
+        #[arg(long)]
+        consent_how: Option<String>,
+        #[arg(long)]
+        consent_purpose: Option<String>,
+        /// 4–8 digits for the keypad (a face-free way in).
+        #[arg(long, env = "GATEWARDEN_PIN", hide_env_values = true)]
+        pin: Option<String>,
+        #[arg(long = "card")]
+        cards: Vec<String>,
+        /// The elder record this resident is (face at a gate counts as a sighting).
+        #[arg(long)]
+        elder: Option<String>,
+        /// Put on the deny list.
+        #[arg(long)]
+        deny: bool,
+    },
+    /// Everyone enrolled for gate access (residents, visitors, deny list).
+    List,
+    /// Delete every biometric and personal record of a person.
+    Forget { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VisitorCmd {
+    /// Register a visitor with their resident ID card; prints a PIN and a QR pass.
+    Register {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        id_number: String,
+        #[arg(long)]
+        host_unit: String,
+        /// e.g. "4h"
+        #[arg(long, default_value = "4h")]
+        valid_for: String,
+        #[arg(long)]
+        photo: Option<std::path::PathBuf>,
+        #[arg(long)]
+        plate: Option<String>,
+        #[arg(long)]
+        consent_by: Option<String>,
+        #[arg(long)]
+        consent_how: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LogCmd {
+    /// Show decisions (newest last); filters combine.
+    Show {
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        person: Option<String>,
+        #[arg(long)]
+        gate: Option<String>,
+        /// Write CSV to standard output.
+        #[arg(long)]
+        csv: bool,
+    },
+    /// Check the hash chain: any edit or deletion is reported.
+    Verify,
+}
+
+fn photo_b64(p: &std::path::Path) -> anyhow::Result<String> {
+    use base64::Engine as _;
+    let bytes = std::fs::read(p).with_context(|| format!("cannot read photo {}", p.display()))?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+fn consent_json(by: Option<String>, how: Option<String>, purpose: Option<String>) -> Value {
+    match (by, how) {
+        (Some(by), Some(how)) => {
+            let mut c = json!({"by": by, "how": how});
+            if let Some(p) = purpose {
+                c["purpose"] = json!(p);
+            }
+            c
+        }
+        (None, None) => Value::Null,
+        _ => json!({"by": "", "how": ""}), // the daemon explains what is missing
+    }
+}
+
+pub async fn resident(c: &Client, cmd: ResidentCmd) -> anyhow::Result<()> {
+    match cmd {
+        ResidentCmd::Add { name, id, unit, photos, consent_by, consent_how, consent_purpose, pin, cards, elder, deny } => {
+            let photos: Vec<String> = photos.iter().map(|p| photo_b64(p)).collect::<anyhow::Result<_>>()?;
+            let body = json!({"id": id, "name": name, "unit": unit, "photos": photos, "pin": pin, "cards": cards,
+                "elder": elder, "deny": deny, "consent": consent_json(consent_by, consent_how, consent_purpose)});
+            let v = c.call(Method::POST, "/residents", Some(body)).await?;
+            one(c, &v, format!("enrolled {} ({} face template(s), PIN: {}, cards: {})", s(&v, "id"), s(&v, "templates"), s(&v, "has_pin"), s(&v, "cards")));
+        }
+        ResidentCmd::List => {
+            let v = c.call(Method::GET, "/people", None).await?;
+            table(c, &v, &["ID", "NAME", "KIND", "UNIT", "FACES", "PIN", "CARDS", "QR", "VALID UNTIL", "CONSENT"], |p| {
+                let consent = p["consent"]["by"].as_str().map(|b| format!("{b} ({})", p["consent"]["how"].as_str().unwrap_or(""))).unwrap_or_else(|| "-".into());
+                vec![s(p, "id"), s(p, "name"), s(p, "kind"), s(p, "unit"), s(p, "faces"), s(p, "pin"), s(p, "cards"), s(p, "qr"), local(p, "valid_until"), consent]
+            });
+        }
+        ResidentCmd::Forget { id } => {
+            let v = c.call(Method::DELETE, &format!("/people/{id}"), None).await?;
+            one(c, &v, format!("forgot {}: face templates and personal data deleted", s(&v, "forgotten")));
+        }
+    }
+    Ok(())
+}
+
+pub async fn visitor(c: &Client, cmd: VisitorCmd) -> anyhow::Result<()> {
+    match cmd {
+        VisitorCmd::Register { name, id_number, host_unit, valid_for, photo, plate, consent_by, consent_how } => {
+            let photo = photo.as_deref().map(photo_b64).transpose()?;
+            let body = json!({"name": name, "id_number": id_number, "host_unit": host_unit, "valid_for": valid_for,
+                "photo": photo, "plate": plate, "consent": consent_json(consent_by, consent_how, None)});
+            let v = c.call(Method::POST, "/visitors", Some(body)).await?;
+            if c.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            println!("visitor {} registered (ID {}), valid until {}", s(&v, "id"), s(&v, "id_masked"), local(&v, "valid_until"));
+            println!("PIN: {}", s(&v, "pin"));
+            let qr = s(&v, "qr");
+            if let Ok(code) = qrcode::QrCode::new(qr.as_bytes()) {
+                println!("{}", code.render::<qrcode::render::unicode::Dense1x2>().quiet_zone(true).build());
+            }
+            println!("QR payload: {qr}");
+        }
+    }
+    Ok(())
+}
+
+pub async fn log(c: &Client, cmd: LogCmd) -> anyhow::Result<()> {
+    match cmd {
+        LogCmd::Show { since, until, person, gate, csv } => {
+            let mut q = Vec::new();
+            for (k, v) in [("since", since), ("until", until), ("person", person), ("gate", gate)] {
+                if let Some(v) = v {
+                    q.push(format!("{k}={}", percent_encoding::utf8_percent_encode(&v, percent_encoding::NON_ALPHANUMERIC)));
+                }
+            }
+            if csv {
+                q.push("format=csv".into());
+                let url = format!("{}/api/v1/log?{}", c.base, q.join("&"));
+                let r = c.http.get(url).bearer_auth(&c.token).send().await?;
+                anyhow::ensure!(r.status().is_success(), "HTTP {}", r.status());
+                print!("{}", r.text().await?);
+                return Ok(());
+            }
+            let v = c.call(Method::GET, &format!("/log?{}", q.join("&")), None).await?;
+            table(c, &v, &["SEQ", "TIME", "GATE", "CREDENTIAL", "PERSON", "KIND", "SCORE", "LIVE", "RESULT", "REASON"], |r| {
+                let e = &r["entry"];
+                let f = |k: &str| e[k].as_f64().map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into());
+                let res = if e["opened"].as_bool() == Some(true) { "opened" } else { "denied" };
+                vec![s(r, "seq"), local(e, "at"), s(e, "gate"), s(e, "credential"), s(e, "person"), s(e, "person_kind"), f("score"), f("liveness"), res.into(), s(e, "reason")]
+            });
+        }
+        LogCmd::Verify => {
+            let url = format!("{}/api/v1/log/verify", c.base);
+            let r = c.http.get(url).bearer_auth(&c.token).send().await.context("cannot reach the daemon")?;
+            let v: Value = r.json().await?;
+            if v["ok"] == true {
+                println!("entry log intact: {} record(s), hash chain verified", s(&v, "records"));
+            } else {
+                bail!("ENTRY LOG TAMPERED: {}", s(&v, "error"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Present a PIN, card or QR at a gate (for keypads and readers without MQTT, and for tests).
+pub async fn present(c: &Client, gate: &str, kind: &str, value: &str) -> anyhow::Result<()> {
+    let v = c.call(Method::POST, &format!("/gates/{gate}/credential"), Some(json!({"kind": kind, "value": value}))).await?;
+    let reason = v["entry"]["reason"].as_str().unwrap_or("-").to_string();
+    if v["opened"] == true {
+        one(c, &v, format!("gate {gate}: opened ({reason})"));
+        Ok(())
+    } else {
+        one(c, &v, format!("gate {gate}: denied ({reason})"));
+        std::process::exit(3);
     }
 }

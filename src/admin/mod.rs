@@ -2,6 +2,7 @@
 //! and the CLI that talks to it. sled is single-process, so the CLI never
 //! opens the database while a daemon runs; it goes through the API.
 
+pub mod access;
 pub mod api;
 pub mod cli;
 

@@ -43,6 +43,12 @@ impl Settings {
                 (AlertKind::BatteryLow, p(&a.battery)),
                 (AlertKind::BandNotWorn, p(&a.band_not_worn)),
                 (AlertKind::GatewayOffline, p(&a.gateway_offline)),
+                (AlertKind::CameraOffline, p(&a.gateway_offline)),
+                (AlertKind::ActuatorFailure, p(&a.gateway_offline)),
+                // Security events at a gate are escalated like an SOS.
+                (AlertKind::SpoofAttempts, p(&a.sos)),
+                (AlertKind::DenyListed, p(&a.sos)),
+                (AlertKind::PinLockout, p(&a.gateway_offline)),
             ]),
         }
     }
@@ -69,6 +75,8 @@ struct GatewayWatch {
 pub enum Input {
     Presence(PresenceEvent),
     GatewayStatus { gateway: String, online: bool },
+    /// An alert raised (or cleared) by another part of the box, e.g. a gate.
+    External { kind: AlertKind, subject: Subject, detail: String, firing: bool },
     Tick,
 }
 
@@ -189,6 +197,13 @@ impl Engine {
                     self.open_alert(AlertKind::GatewayOffline, subject, now, None, "gateway reported offline (LWT)".into(), &mut out);
                 }
             }
+            Input::External { kind, subject, detail, firing } => {
+                if firing {
+                    self.open_alert(kind, subject, now, None, detail, &mut out);
+                } else {
+                    self.resolve(kind, &subject, now, detail, &mut out);
+                }
+            }
             Input::Tick => self.tick(now, &mut out),
         }
         out
@@ -205,8 +220,8 @@ impl Engine {
         a.acked_at = Some(now);
         let levels = a.notified_levels.clone();
         let mut out = vec![Action::Save(a.clone()), Action::Notify { alert: a.clone(), levels, kind: NoticeKind::Acknowledged }];
-        if a.kind == AlertKind::Sos {
-            // An SOS has no "seen again" to end it: a person responding ends it.
+        if a.kind.ends_on_ack() {
+            // An SOS or a security event has no "seen again" to end it: a person responding ends it.
             out.extend(self.close(id, now, format!("handled by {by}"), false).unwrap_or_default());
         }
         Ok(out)
@@ -352,7 +367,7 @@ impl Engine {
                 .and_then(|w| self.ladder_len.get(&w.grid))
                 .copied()
                 .unwrap_or(self.default_ladder_len),
-            Subject::Gateway(_) => self.default_ladder_len,
+            Subject::Gateway(_) | Subject::Gate(_) => self.default_ladder_len,
         }
     }
 
@@ -441,6 +456,11 @@ mod tests {
                 (AlertKind::BatteryLow, pol(24, 72)),
                 (AlertKind::BandNotWorn, pol(24, 72)),
                 (AlertKind::GatewayOffline, pol(6, 12)),
+                (AlertKind::CameraOffline, pol(6, 12)),
+                (AlertKind::ActuatorFailure, pol(6, 12)),
+                (AlertKind::SpoofAttempts, pol(6, 12)),
+                (AlertKind::DenyListed, pol(6, 12)),
+                (AlertKind::PinLockout, pol(6, 12)),
             ]),
         }
     }

@@ -39,6 +39,16 @@ fn kind_title(kind: AlertKind, lang: Language) -> &'static str {
         (AlertKind::BatteryLow, Language::En) => "Wristband battery low",
         (AlertKind::BandNotWorn, Language::En) => "Wristband possibly not worn",
         (AlertKind::GatewayOffline, Language::En) => "BLE gateway offline",
+        (AlertKind::CameraOffline, Language::Zh) => "门禁摄像头离线",
+        (AlertKind::SpoofAttempts, Language::Zh) => "疑似人脸伪造攻击",
+        (AlertKind::DenyListed, Language::Zh) => "黑名单人员出现",
+        (AlertKind::ActuatorFailure, Language::Zh) => "门禁开闸故障",
+        (AlertKind::PinLockout, Language::Zh) => "密码多次错误，键盘已锁定",
+        (AlertKind::CameraOffline, Language::En) => "Gate camera offline",
+        (AlertKind::SpoofAttempts, Language::En) => "Face spoofing attempts",
+        (AlertKind::DenyListed, Language::En) => "Deny-listed person at a gate",
+        (AlertKind::ActuatorFailure, Language::En) => "Gate actuator failure",
+        (AlertKind::PinLockout, Language::En) => "Keypad locked after wrong PINs",
     }
 }
 

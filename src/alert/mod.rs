@@ -26,11 +26,31 @@ pub enum AlertKind {
     BatteryLow,
     BandNotWorn,
     GatewayOffline,
+    CameraOffline,
+    /// Repeated liveness failures at a gate (a photo or screen held up).
+    SpoofAttempts,
+    DenyListed,
+    ActuatorFailure,
+    PinLockout,
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 5] =
-        [AlertKind::Absence, AlertKind::Sos, AlertKind::BatteryLow, AlertKind::BandNotWorn, AlertKind::GatewayOffline];
+    pub const ALL: [AlertKind; 10] = [
+        AlertKind::Absence,
+        AlertKind::Sos,
+        AlertKind::BatteryLow,
+        AlertKind::BandNotWorn,
+        AlertKind::GatewayOffline,
+        AlertKind::CameraOffline,
+        AlertKind::SpoofAttempts,
+        AlertKind::DenyListed,
+        AlertKind::ActuatorFailure,
+        AlertKind::PinLockout,
+    ];
+    /// Alerts about an event rather than a state: they end when someone acknowledges them.
+    pub fn ends_on_ack(self) -> bool {
+        matches!(self, AlertKind::Sos | AlertKind::SpoofAttempts | AlertKind::DenyListed | AlertKind::PinLockout)
+    }
     pub fn as_str(self) -> &'static str {
         match self {
             AlertKind::Absence => "absence",
@@ -38,14 +58,19 @@ impl AlertKind {
             AlertKind::BatteryLow => "battery_low",
             AlertKind::BandNotWorn => "band_not_worn",
             AlertKind::GatewayOffline => "gateway_offline",
+            AlertKind::CameraOffline => "camera_offline",
+            AlertKind::SpoofAttempts => "spoof_attempts",
+            AlertKind::DenyListed => "deny_listed",
+            AlertKind::ActuatorFailure => "actuator_failure",
+            AlertKind::PinLockout => "pin_lockout",
         }
     }
     /// Lower sorts first; SOS is the most urgent.
     pub fn severity(self) -> &'static str {
         match self {
             AlertKind::Sos => "critical",
-            AlertKind::Absence => "high",
-            AlertKind::BandNotWorn | AlertKind::GatewayOffline => "warning",
+            AlertKind::Absence | AlertKind::DenyListed | AlertKind::SpoofAttempts | AlertKind::ActuatorFailure => "high",
+            AlertKind::BandNotWorn | AlertKind::GatewayOffline | AlertKind::CameraOffline | AlertKind::PinLockout => "warning",
             AlertKind::BatteryLow => "info",
         }
     }
@@ -56,12 +81,13 @@ impl AlertKind {
 pub enum Subject {
     Elder(String),
     Gateway(String),
+    Gate(String),
 }
 
 impl Subject {
     pub fn id(&self) -> &str {
         match self {
-            Subject::Elder(s) | Subject::Gateway(s) => s,
+            Subject::Elder(s) | Subject::Gateway(s) | Subject::Gate(s) => s,
         }
     }
 }

@@ -2,6 +2,8 @@
 //! with its hash chain (`log`), ID-number validation for visitors (`idcard`).
 //! Face is never the only way in: PIN, card and QR open the gate the same way.
 
+pub mod actuator;
 pub mod idcard;
 pub mod log;
 pub mod policy;
+pub mod task;

@@ -81,11 +81,26 @@ pub fn options(cfg: &Config) -> MqttOptions {
     o
 }
 
+/// The client (for publishing events and relay commands) and its event loop.
+pub fn connect(cfg: &Config) -> (AsyncClient, rumqttc::EventLoop) {
+    AsyncClient::new(options(cfg), 256)
+}
+
 /// Receive, parse and forward. The channel to the monitor is bounded and this
 /// task awaits when it is full: that stops reading the socket, and the broker
 /// holds QoS 1 messages for us (backpressure, never loss).
-pub async fn run(cfg: Arc<Config>, tx: mpsc::Sender<Parsed>, metrics: Arc<Metrics>, cancel: CancellationToken) {
-    let (client, mut eventloop) = AsyncClient::new(options(&cfg), 256);
+pub async fn run(
+    cfg: Arc<Config>,
+    client: AsyncClient,
+    mut eventloop: rumqttc::EventLoop,
+    tx: mpsc::Sender<Parsed>,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
+    let mut topics = cfg.mqtt.topics.clone();
+    if !cfg.gates.is_empty() {
+        topics.push(format!("gatewarden/{}/gate/+/credential", cfg.site));
+    }
     let max = cfg.mqtt.max_payload_bytes;
     let mut backoff = cfg.mqtt.reconnect_min.get();
     loop {
@@ -98,7 +113,7 @@ pub async fn run(cfg: Arc<Config>, tx: mpsc::Sender<Parsed>, metrics: Arc<Metric
                 metrics.mqtt_connected.set(1);
                 backoff = cfg.mqtt.reconnect_min.get();
                 tracing::info!(session_present = ack.session_present, "connected to MQTT broker");
-                for t in &cfg.mqtt.topics {
+                for t in &topics {
                     if let Err(e) = client.try_subscribe(t.clone(), QoS::AtLeastOnce) {
                         tracing::error!(topic = %t, error = %e, "cannot subscribe");
                     }
@@ -109,6 +124,7 @@ pub async fn run(cfg: Arc<Config>, tx: mpsc::Sender<Parsed>, metrics: Arc<Metric
                 Ok(parsed) => {
                     metrics.message(match parsed {
                         Parsed::Sighting(_) => "sighting",
+                        Parsed::Credential { .. } => "credential",
                         _ => "status",
                     });
                     if tx.send(parsed).await.is_err() {

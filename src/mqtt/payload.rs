@@ -12,6 +12,9 @@ pub enum Parsed {
     Sighting(BandSighting),
     /// A gateway's LWT / status: "online" or "offline".
     GatewayStatus { gateway: String, online: bool },
+    /// A PIN, card number or QR payload from a keypad or reader at a gate,
+    /// on `gatewarden/<site>/gate/<gate>/credential`: `{"kind":"card","value":"…"}`.
+    Credential { gate: String, kind: crate::gate::log::Credential, value: String },
     /// A well-formed message we have no use for (a gateway's own telemetry).
     Ignored,
 }
@@ -127,6 +130,8 @@ pub fn parse(topic: &str, payload: &[u8], max_bytes: usize) -> Result<Parsed, Re
         ["home", gw, "BTtoMQTT", _mac] => parse_bt_to_mqtt(gw, text),
         ["home", _gw, "BTtoMQTT"] => Ok(Parsed::Ignored),
         ["gatewarden", _site, "sighting"] => parse_own(text),
+        ["gatewarden", _site, "gate", gate, "credential"] => parse_credential(gate, text),
+        ["gatewarden", _site, "gate", _gate, "event"] => Ok(Parsed::Ignored),
         _ => Err(reject(RejectReason::UnknownTopic, format!("no parser for topic {topic:?}"))),
     }
 }
@@ -189,6 +194,28 @@ fn parse_bt_to_mqtt(gw: &str, text: &str) -> Result<Parsed, Rejected> {
         sos: false,
         rssi: d.rssi,
     }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CredentialMsg {
+    kind: String,
+    value: String,
+}
+
+fn parse_credential(gate: &str, text: &str) -> Result<Parsed, Rejected> {
+    use crate::gate::log::Credential;
+    let m: CredentialMsg = json(text)?;
+    let kind = match m.kind.as_str() {
+        "pin" => Credential::Pin,
+        "card" => Credential::Card,
+        "qr" => Credential::Qr,
+        k => return Err(reject(RejectReason::Malformed, format!("credential kind {k:?} is not pin, card or qr"))),
+    };
+    if m.value.trim().is_empty() || m.value.len() > 512 {
+        return Err(reject(RejectReason::Malformed, "credential value must be 1..512 bytes"));
+    }
+    Ok(Parsed::Credential { gate: gate.to_string(), kind, value: m.value })
 }
 
 fn parse_own(text: &str) -> Result<Parsed, Rejected> {
@@ -287,6 +314,14 @@ mod tests {
     }
 
     #[test]
+    fn reader_credentials_are_parsed_and_bad_ones_rejected() {
+        let p = parse("gatewarden/s/gate/north/credential", br#"{"kind":"card","value":"04A1B2C3"}"#, MAX).unwrap();
+        assert_eq!(p, Parsed::Credential { gate: "north".into(), kind: crate::gate::log::Credential::Card, value: "04A1B2C3".into() });
+        let e = parse("gatewarden/s/gate/north/credential", br#"{"kind":"iris","value":"x"}"#, MAX).unwrap_err();
+        assert_eq!(e.reason, RejectReason::Malformed);
+    }
+
+    #[test]
     fn every_shared_sample_line_parses() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/mqtt/sightings.txt");
         let Ok(text) = std::fs::read_to_string(&path) else {
@@ -298,7 +333,7 @@ mod tests {
             let (topic, payload) = line.split_once('\t').unwrap();
             match parse(topic, payload.as_bytes(), MAX).unwrap_or_else(|e| panic!("{line}: {e:?}")) {
                 Parsed::Sighting(_) => sightings += 1,
-                Parsed::GatewayStatus { .. } | Parsed::Ignored => {}
+                Parsed::GatewayStatus { .. } | Parsed::Ignored | Parsed::Credential { .. } => {}
             }
         }
         assert_eq!(sightings, 5);

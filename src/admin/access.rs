@@ -1,0 +1,321 @@
+//! Admin API for gate access: residents (with face enrolment and consent),
+//! visitors (ID-checked passes with PIN and QR), credentials from readers,
+//! and the entry log (query, CSV, verify).
+
+use super::api::{bad, ApiError};
+use crate::daemon::Shared;
+use crate::gate::idcard::IdNumber;
+use crate::gate::log::{self as elog, Credential};
+use crate::gate::policy::{Person, PersonKind};
+use crate::gate::task::{secret_hash, GateMsg, VisionRequest, QR_PREFIX};
+use crate::store::{Consent, PersonRecord};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+type S = State<Arc<Shared>>;
+type R<T> = Result<Json<T>, ApiError>;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentInput {
+    pub by: String,
+    pub how: String,
+    #[serde(default = "ConsentInput::default_purpose")]
+    pub purpose: String,
+}
+impl ConsentInput {
+    pub fn default_purpose() -> String {
+        "小区门禁通行 / gate access to the compound".into()
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResidentInput {
+    #[serde(default)]
+    pub id: Option<String>,
+    pub name: String,
+    #[serde(default)]
+    pub unit: String,
+    /// The elder record this resident is (their face counts as a sighting).
+    #[serde(default)]
+    pub elder: Option<String>,
+    /// JPEG/PNG, base64.
+    #[serde(default)]
+    pub photos: Vec<String>,
+    #[serde(default)]
+    pub pin: Option<String>,
+    #[serde(default)]
+    pub cards: Vec<String>,
+    #[serde(default)]
+    pub consent: Option<ConsentInput>,
+    /// Put on the deny list instead of letting in.
+    #[serde(default)]
+    pub deny: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VisitorInput {
+    pub name: String,
+    pub id_number: String,
+    pub host_unit: String,
+    /// e.g. "4h"
+    pub valid_for: String,
+    #[serde(default)]
+    pub photo: Option<String>,
+    #[serde(default)]
+    pub plate: Option<String>,
+    #[serde(default)]
+    pub consent: Option<ConsentInput>,
+}
+
+fn check_pin(pin: &str) -> Result<(), ApiError> {
+    if pin.len() < 4 || pin.len() > 8 || !pin.chars().all(|c| c.is_ascii_digit()) {
+        return Err(bad("a PIN is 4 to 8 digits"));
+    }
+    Ok(())
+}
+
+/// Turn photos into templates on the vision thread; any bad photo refuses all.
+async fn templates(sh: &Shared, photos: &[String]) -> Result<Vec<Vec<f32>>, ApiError> {
+    if photos.is_empty() {
+        return Ok(vec![]);
+    }
+    let v = sh.vision.as_ref().ok_or_else(|| bad("face enrolment needs the face models: set [vision] enabled = true"))?;
+    let mut out = Vec::new();
+    for (i, p) in photos.iter().enumerate() {
+        let bytes = base64::engine::general_purpose::STANDARD.decode(p.trim()).map_err(|e| bad(format!("photo {}: not base64 ({e})", i + 1)))?;
+        let (tx, rx) = oneshot::channel();
+        v.send(VisionRequest::Enrol { image: bytes, reply: tx }).map_err(|_| anyhow::anyhow!("the vision thread stopped"))?;
+        match rx.await.map_err(|_| anyhow::anyhow!("the vision thread stopped"))? {
+            Ok(Ok(e)) => out.push(e),
+            Ok(Err(rejection)) => return Err(bad(format!("photo {}: {rejection}", i + 1))),
+            Err(e) => return Err(bad(format!("photo {}: {e}", i + 1))),
+        }
+    }
+    Ok(out)
+}
+
+fn save(sh: &Shared, r: &PersonRecord, must_be_new: bool, tmpl: &[Vec<f32>]) -> Result<(), ApiError> {
+    sh.store.put_person(r, must_be_new)?;
+    for e in tmpl {
+        sh.store.add_template(&r.person.id, e)?;
+    }
+    let mut g = sh.gallery.write().expect("gallery");
+    for e in tmpl {
+        g.add(&r.person.id, e);
+    }
+    Ok(())
+}
+
+async fn reload(sh: &Shared, id: &str) {
+    if let Some(g) = &sh.gates {
+        let _ = g.send(GateMsg::Reload(id.to_string())).await;
+    }
+}
+
+fn consent(sh: &Shared, c: Option<ConsentInput>, photos: bool) -> Result<Option<Consent>, ApiError> {
+    match c {
+        Some(c) if c.by.trim().is_empty() || c.how.trim().is_empty() => Err(bad("consent needs who gave it and how")),
+        Some(c) => Ok(Some(Consent { by: c.by, at: sh.clock.now(), how: c.how, purpose: c.purpose })),
+        // PIPL Art. 29 and the 2025 Measures: no face template without separate consent.
+        None if photos => Err(bad("a face is enrolled only with recorded consent: give --consent-by and --consent-how")),
+        None => Ok(None),
+    }
+}
+
+pub async fn add_resident(State(sh): S, Json(i): Json<ResidentInput>) -> R<serde_json::Value> {
+    if i.name.trim().is_empty() {
+        return Err(bad("name must not be empty"));
+    }
+    if let Some(p) = &i.pin {
+        check_pin(p)?;
+    }
+    if let Some(e) = &i.elder {
+        if sh.store.get_elder(e)?.is_none() {
+            return Err(ApiError(StatusCode::NOT_FOUND, format!("no elder {e:?}")));
+        }
+    }
+    let consent = consent(&sh, i.consent, !i.photos.is_empty())?;
+    let tmpl = templates(&sh, &i.photos).await?;
+    let id = i.id.unwrap_or_else(|| format!("R{:05}", sh.store.next_id().unwrap_or(0)));
+    let k = &sh.credential_key;
+    let person = Person {
+        id: id.clone(),
+        name: i.name,
+        kind: if i.deny { PersonKind::Denied } else { PersonKind::Resident },
+        unit: i.unit,
+        elder: i.elder,
+        pin_hash: i.pin.as_deref().map(|p| secret_hash(k, Credential::Pin, p)),
+        cards: i.cards.iter().map(|c| secret_hash(k, Credential::Card, c)).collect(),
+        qr_hash: None,
+        valid_from: None,
+        valid_until: None,
+    };
+    let r = PersonRecord { person, consent, id_masked: None, id_hash: None, host_unit: None, plate: None, created_at: sh.clock.now() };
+    save(&sh, &r, true, &tmpl)?;
+    reload(&sh, &id).await;
+    tracing::info!(person = %id, templates = tmpl.len(), "resident enrolled");
+    Ok(Json(json!({ "id": id, "templates": tmpl.len(), "has_pin": r.person.pin_hash.is_some(), "cards": r.person.cards.len() })))
+}
+
+pub async fn list_people(State(sh): S) -> R<Vec<serde_json::Value>> {
+    let counts = sh.store.templates()?.into_iter().fold(std::collections::HashMap::<String, usize>::new(), |mut m, (p, _)| {
+        *m.entry(p).or_default() += 1;
+        m
+    });
+    Ok(Json(
+        sh.store
+            .list_people()?
+            .into_iter()
+            .map(|r| {
+                let p = &r.person;
+                json!({
+                    "id": p.id, "name": p.name, "kind": p.kind, "unit": p.unit, "elder": p.elder,
+                    "faces": counts.get(&p.id).copied().unwrap_or(0),
+                    "pin": p.pin_hash.is_some(), "cards": p.cards.len(), "qr": p.qr_hash.is_some(),
+                    "valid_from": p.valid_from, "valid_until": p.valid_until,
+                    "consent": r.consent, "id_masked": r.id_masked, "host_unit": r.host_unit, "plate": r.plate,
+                })
+            })
+            .collect(),
+    ))
+}
+
+/// `forget`: every biometric and personal trace of the person goes.
+pub async fn forget(State(sh): S, Path(id): Path<String>) -> R<serde_json::Value> {
+    let r = sh.store.remove_person(&id)?;
+    sh.gallery.write().expect("gallery").remove_person(&id);
+    reload(&sh, &id).await;
+    tracing::info!(person = %id, "person forgotten");
+    Ok(Json(json!({ "forgotten": id, "name": r.person.name })))
+}
+
+pub async fn register_visitor(State(sh): S, Json(i): Json<VisitorInput>) -> R<serde_json::Value> {
+    if i.name.trim().is_empty() || i.host_unit.trim().is_empty() {
+        return Err(bad("a visitor needs a name and a host unit"));
+    }
+    let now = sh.clock.now();
+    let today = (now + chrono::Duration::hours(8)).date_naive();
+    let idn = IdNumber::parse(&i.id_number, today).map_err(|e| bad(format!("invalid ID number: {e}")))?;
+    let valid_for = crate::config::Dur::parse(&i.valid_for).map_err(bad)?;
+    if valid_for.get() > std::time::Duration::from_secs(7 * 24 * 3600) {
+        return Err(bad("a visitor pass lasts at most 7 days"));
+    }
+    let photos: Vec<String> = i.photo.into_iter().collect();
+    let consent = consent(&sh, i.consent, !photos.is_empty())?;
+    let tmpl = templates(&sh, &photos).await?;
+    let id = format!("V{:05}", sh.store.next_id()?);
+    let k = sh.credential_key.clone();
+    // A fresh 6-digit PIN no one else has, and a QR token.
+    let taken: std::collections::HashSet<String> = sh.store.list_people()?.into_iter().filter_map(|r| r.person.pin_hash).collect();
+    let pin = loop {
+        let p = format!("{:06}", rand::random::<u32>() % 1_000_000);
+        if !taken.contains(&secret_hash(&k, Credential::Pin, &p)) {
+            break p;
+        }
+    };
+    let qr = format!("{QR_PREFIX}{}", hex::encode(rand::random::<[u8; 12]>()));
+    let until = now + crate::clock::chrono_dur(valid_for.get());
+    let person = Person {
+        id: id.clone(),
+        name: i.name,
+        kind: PersonKind::Visitor,
+        unit: i.host_unit.clone(),
+        elder: None,
+        pin_hash: Some(secret_hash(&k, Credential::Pin, &pin)),
+        cards: vec![],
+        qr_hash: Some(secret_hash(&k, Credential::Qr, &qr)),
+        valid_from: Some(now),
+        valid_until: Some(until),
+    };
+    let r = PersonRecord {
+        person,
+        consent,
+        id_masked: Some(idn.masked()),
+        id_hash: Some(idn.keyed_hash(&k)),
+        host_unit: Some(i.host_unit),
+        plate: i.plate,
+        created_at: now,
+    };
+    save(&sh, &r, true, &tmpl)?;
+    reload(&sh, &id).await;
+    tracing::info!(visitor = %id, id_number = %idn.masked(), until = %until.to_rfc3339(), "visitor registered");
+    Ok(Json(json!({ "id": id, "pin": pin, "qr": qr, "valid_from": now, "valid_until": until, "id_masked": idn.masked(), "face": !tmpl.is_empty() })))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialInput {
+    /// pin, card or qr
+    pub kind: String,
+    pub value: String,
+}
+
+/// A keypad or reader that speaks HTTP. Answers with the decision.
+pub async fn credential(State(sh): S, Path(gate): Path<String>, Json(i): Json<CredentialInput>) -> R<serde_json::Value> {
+    let kind = match i.kind.as_str() {
+        "pin" => Credential::Pin,
+        "card" => Credential::Card,
+        "qr" => Credential::Qr,
+        k => return Err(bad(format!("kind {k:?} is not pin, card or qr"))),
+    };
+    if !sh.cfg.gates.iter().any(|g| g.name == gate) {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("no gate {gate:?}")));
+    }
+    let g = sh.gates.as_ref().ok_or_else(|| bad("no gates are configured"))?;
+    let (tx, rx) = oneshot::channel();
+    g.send(GateMsg::Credential { gate, kind, value: i.value, reply: Some(tx) }).await.map_err(|_| anyhow::anyhow!("the gate task stopped"))?;
+    let e = rx.await.map_err(|_| anyhow::anyhow!("the gate task stopped"))?;
+    Ok(Json(json!({ "opened": e.as_ref().is_some_and(|e| e.opened), "entry": e })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LogQuery {
+    since: Option<String>,
+    until: Option<String>,
+    person: Option<String>,
+    gate: Option<String>,
+    #[serde(default)]
+    format: Option<String>,
+}
+
+pub async fn log(State(sh): S, Query(q): Query<LogQuery>) -> Result<Response, ApiError> {
+    let t = |s: &Option<String>| s.as_deref().map(super::api::parse_time).transpose().map_err(bad);
+    let (since, until) = (t(&q.since)?, t(&q.until)?);
+    let rows: Vec<elog::Chained> = sh
+        .store
+        .entries()?
+        .into_iter()
+        .filter(|c| since.is_none_or(|s| c.entry.at >= s) && until.is_none_or(|u| c.entry.at < u))
+        .filter(|c| q.person.as_ref().is_none_or(|p| c.entry.person.as_ref() == Some(p)))
+        .filter(|c| q.gate.as_ref().is_none_or(|g| &c.entry.gate == g))
+        .collect();
+    if q.format.as_deref() == Some("csv") {
+        let mut out = String::from(elog::csv_header());
+        out.push('\n');
+        for r in &rows {
+            out.push_str(&elog::csv_row(r));
+            out.push('\n');
+        }
+        return Ok(([("content-type", "text/csv; charset=utf-8")], out).into_response());
+    }
+    Ok(Json(rows).into_response())
+}
+
+pub async fn verify_log(State(sh): S) -> Result<Response, ApiError> {
+    let entries = sh.store.entries()?;
+    let head = sh.store.entry_head()?;
+    match elog::verify(&entries, head.as_ref().map(|(s, h)| (*s, h.as_str()))) {
+        Ok(n) => Ok(Json(json!({ "ok": true, "records": n })).into_response()),
+        Err(e) => Ok((StatusCode::CONFLICT, Json(json!({ "ok": false, "error": e.to_string() }))).into_response()),
+    }
+}
