@@ -52,10 +52,8 @@ pub struct Shared {
     pub started: Instant,
     /// The gate task, when gates are configured.
     pub gates: Option<mpsc::Sender<crate::gate::task::GateMsg>>,
-    /// The vision thread, when vision is enabled (enrolment photos go there).
-    pub vision: Option<std::sync::mpsc::Sender<crate::gate::task::VisionRequest>>,
-    /// Enrolled face templates, shared with the vision thread.
-    pub gallery: Arc<std::sync::RwLock<crate::vision::matcher::Gallery>>,
+    /// The vision process, when vision is enabled (enrolment photos, gallery changes).
+    pub vision: Option<mpsc::Sender<crate::gate::task::VisionCmd>>,
     /// Key for PIN/card/QR hashes and ID-number hashes.
     pub credential_key: Vec<u8>,
 }
@@ -433,7 +431,7 @@ impl Monitor {
 }
 
 /// Build everything and run until SIGTERM / SIGINT (or `cancel`).
-pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: CancellationToken) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
     let clock = if cfg.debug.manual_clock {
         tracing::warn!("debug.manual_clock is on: the clock can be moved through the API. Never use this on a real gate");
@@ -470,46 +468,17 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
     let (mqtt_tx, mqtt_rx) = mpsc::channel(4096);
     let (mqtt_client, mqtt_loop) = crate::mqtt::connect(&cfg);
     let credential_key = store.secret("credential_key")?.into_bytes();
-    let stop_threads = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let gallery = Arc::new(std::sync::RwLock::new(crate::vision::matcher::Gallery::default()));
     let vision_enabled = cfg.vision.enabled.unwrap_or_else(|| cfg.gates.iter().any(|g| g.camera.is_some()));
     let (gate_tx, gate_rx) = mpsc::channel(64);
-    let mut cameras = Vec::new();
-    let mut vision_tx = None;
+    let camera_stats: crate::gate::task::CameraStats = Default::default();
+    let (vision_tx, vision_rx) = mpsc::channel(16);
     if vision_enabled {
-        let v = &cfg.vision;
-        let mut pipeline = crate::vision::pipeline::FacePipeline::load(&v.models_dir, v.ort_library.as_deref(), v.intra_threads)
-            .context("cannot load the face models ([vision] is enabled because a gate has a camera)")?;
-        pipeline.gates.min_face_px = v.min_face_px;
-        pipeline.liveness.threshold = v.liveness_threshold;
-        {
-            let mut g = gallery.write().expect("gallery");
-            for (person, e) in store.templates()? {
-                g.add(&person, &e);
-            }
-            tracing::info!(templates = g.len(), "face templates loaded");
+        // Fail fast, naming the file and the fix, rather than in the child.
+        for f in [crate::vision::face::DETECTOR, crate::vision::face::EMBEDDER, crate::vision::liveness::V2, crate::vision::liveness::V1SE] {
+            crate::vision::runtime::verify(&cfg.vision.models_dir.join(f))?;
         }
-        for g in &cfg.gates {
-            if let Some(src) = &g.camera {
-                let cam = crate::capture::Camera::new(&g.name);
-                let (c, s, stop) = (cam.clone(), src.clone(), stop_threads.clone());
-                let (ot, rt) = (g.open_timeout.get(), g.read_timeout.get());
-                std::thread::Builder::new().name(format!("camera-{}", g.name)).spawn(move || crate::capture::run(c, s, ot, rt, stop))?;
-                cameras.push((g.name.clone(), cam, Duration::from_secs_f32(1.0 / g.max_fps)));
-            }
-        }
-        let (req_tx, req_rx) = std::sync::mpsc::channel();
-        vision_tx = Some(req_tx);
-        let worker = crate::gate::task::VisionWorker {
-            pipeline,
-            gallery: gallery.clone(),
-            cameras: cameras.clone(),
-            out: gate_tx.clone(),
-            requests: req_rx,
-            stop: stop_threads.clone(),
-            match_threshold: v.match_threshold,
-        };
-        std::thread::Builder::new().name("vision".into()).spawn(move || worker.run())?;
+        let lib = crate::vision::runtime::library_path(&cfg.vision.models_dir, cfg.vision.ort_library.as_deref());
+        anyhow::ensure!(lib.exists(), "the ONNX Runtime library {} is missing. Fix: run `bash deploy/fetch-models.sh`, or set vision.ort_library", lib.display());
     }
     let sh = Arc::new(Shared {
         cfg: cfg.clone(),
@@ -523,8 +492,7 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
         admin_token,
         started: Instant::now(),
         gates: (!cfg.gates.is_empty()).then(|| gate_tx.clone()),
-        vision: vision_tx,
-        gallery: gallery.clone(),
+        vision: vision_enabled.then(|| vision_tx.clone()),
         credential_key: credential_key.clone(),
     });
 
@@ -573,11 +541,27 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
             policy,
             actuators: cfg.gates.iter().map(|g| (g.name.clone(), crate::gate::actuator::Actuator::new(g.actuator.clone(), Some(mqtt_client.clone())))).collect(),
             mqtt: Some(mqtt_client.clone()),
-            cameras: cameras.iter().map(|(n, c, _)| (n.clone(), c.clone())).collect(),
+            cameras: cfg.gates.iter().filter(|g| g.camera.is_some()).map(|g| g.name.clone()).collect(),
+            camera_stats: camera_stats.clone(),
             snapshot_dir: cfg.access.snapshot_dir.clone().unwrap_or_else(|| admin_token_path(&cfg).with_file_name("snapshots")),
             credential_key,
         };
         tasks.spawn(task.run(gate_rx, cancel.clone()));
+    }
+    if vision_enabled {
+        let binary = match std::env::var_os("GATEWARDEN_VISION_BIN") {
+            Some(p) => std::path::PathBuf::from(p),
+            None => std::env::current_exe()?.with_file_name("gatewarden-vision"),
+        };
+        anyhow::ensure!(binary.exists(), "{} is missing: it is built and installed with gatewarden", binary.display());
+        let sup = crate::gate::task::VisionSupervisor {
+            binary,
+            config: std::fs::canonicalize(config_path).with_context(|| format!("cannot find {}", config_path.display()))?,
+            store: store.clone(),
+            gates: gate_tx.clone(),
+            stats: camera_stats.clone(),
+        };
+        tasks.spawn(sup.run(vision_rx, cancel.clone()));
     }
     let backoff = Backoff { initial: cfg.alert.outbox.retry_initial.get(), max: cfg.alert.outbox.retry_max.get() };
     for s in sh.senders.values() {
@@ -607,7 +591,6 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
         c.cancel();
     });
     cancel.cancelled().await;
-    stop_threads.store(true, std::sync::atomic::Ordering::Relaxed);
     let deadline = tokio::time::sleep(Duration::from_secs(10));
     tokio::pin!(deadline);
     loop {

@@ -65,7 +65,11 @@ pub async fn run(cfg: Config, config_path: &Path, exit_after: bool) -> anyhow::R
     let received = Arc::new(AtomicUsize::new(0));
     start_sink(&sink_url, received.clone()).await?;
     let cancel = CancellationToken::new();
-    let daemon = tokio::spawn(crate::daemon::run(cfg.clone(), cancel.clone()));
+    let path = config_path.to_owned();
+    let daemon = tokio::spawn({
+        let (cfg, cancel) = (cfg.clone(), cancel.clone());
+        async move { crate::daemon::run(cfg, &path, cancel).await }
+    });
     let health = format!("http://{}/healthz", cfg.http.listen);
     let http = reqwest::Client::new();
     for i in 0.. {

@@ -171,7 +171,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Run { config } => {
             let cfg = load(&config)?;
             gatewarden::telemetry::init_logging(&cfg.log);
-            gatewarden::daemon::run(cfg, tokio_util::sync::CancellationToken::new()).await?;
+            gatewarden::daemon::run(cfg, &config, tokio_util::sync::CancellationToken::new()).await?;
         }
         Cmd::Demo { config, exit_after_scenario } => {
             let cfg = load(&config)?;

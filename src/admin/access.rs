@@ -7,7 +7,8 @@ use crate::daemon::Shared;
 use crate::gate::idcard::IdNumber;
 use crate::gate::log::{self as elog, Credential};
 use crate::gate::policy::{Person, PersonKind};
-use crate::gate::task::{secret_hash, GateMsg, VisionRequest, QR_PREFIX};
+use crate::gate::task::{secret_hash, GateMsg, VisionCmd, QR_PREFIX};
+use crate::vision::protocol::EnrolResult;
 use crate::store::{Consent, PersonRecord};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -92,26 +93,28 @@ async fn templates(sh: &Shared, photos: &[String]) -> Result<Vec<Vec<f32>>, ApiE
     let v = sh.vision.as_ref().ok_or_else(|| bad("face enrolment needs the face models: set [vision] enabled = true"))?;
     let mut out = Vec::new();
     for (i, p) in photos.iter().enumerate() {
-        let bytes = base64::engine::general_purpose::STANDARD.decode(p.trim()).map_err(|e| bad(format!("photo {}: not base64 ({e})", i + 1)))?;
+        base64::engine::general_purpose::STANDARD.decode(p.trim()).map_err(|e| bad(format!("photo {}: not base64 ({e})", i + 1)))?;
         let (tx, rx) = oneshot::channel();
-        v.send(VisionRequest::Enrol { image: bytes, reply: tx }).map_err(|_| anyhow::anyhow!("the vision thread stopped"))?;
-        match rx.await.map_err(|_| anyhow::anyhow!("the vision thread stopped"))? {
-            Ok(Ok(e)) => out.push(e),
-            Ok(Err(rejection)) => return Err(bad(format!("photo {}: {rejection}", i + 1))),
-            Err(e) => return Err(bad(format!("photo {}: {e}", i + 1))),
+        v.send(VisionCmd::Enrol { image: p.clone(), reply: tx }).await.map_err(|_| anyhow::anyhow!("the vision process is not running"))?;
+        match rx.await.map_err(|_| anyhow::anyhow!("the vision process is not running"))? {
+            EnrolResult::Ok(e) => out.push(e),
+            EnrolResult::Rejected(rejection) => return Err(bad(format!("photo {}: {rejection}", i + 1))),
+            EnrolResult::Error(e) => return Err(bad(format!("photo {}: {e}", i + 1))),
         }
     }
     Ok(out)
 }
 
-fn save(sh: &Shared, r: &PersonRecord, must_be_new: bool, tmpl: &[Vec<f32>]) -> Result<(), ApiError> {
+async fn save(sh: &Shared, r: &PersonRecord, must_be_new: bool, tmpl: &[Vec<f32>]) -> Result<(), ApiError> {
     sh.store.put_person(r, must_be_new)?;
     for e in tmpl {
         sh.store.add_template(&r.person.id, e)?;
     }
-    let mut g = sh.gallery.write().expect("gallery");
-    for e in tmpl {
-        g.add(&r.person.id, e);
+    if let Some(v) = &sh.vision {
+        for e in tmpl {
+            // If the vision process is restarting, it loads the template from the store.
+            let _ = v.send(VisionCmd::GalleryAdd { person: r.person.id.clone(), embedding: e.clone() }).await;
+        }
     }
     Ok(())
 }
@@ -161,7 +164,7 @@ pub async fn add_resident(State(sh): S, Json(i): Json<ResidentInput>) -> R<serde
         valid_until: None,
     };
     let r = PersonRecord { person, consent, id_masked: None, id_hash: None, host_unit: None, plate: None, created_at: sh.clock.now() };
-    save(&sh, &r, true, &tmpl)?;
+    save(&sh, &r, true, &tmpl).await?;
     reload(&sh, &id).await;
     tracing::info!(person = %id, templates = tmpl.len(), "resident enrolled");
     Ok(Json(json!({ "id": id, "templates": tmpl.len(), "has_pin": r.person.pin_hash.is_some(), "cards": r.person.cards.len() })))
@@ -193,7 +196,9 @@ pub async fn list_people(State(sh): S) -> R<Vec<serde_json::Value>> {
 /// `forget`: every biometric and personal trace of the person goes.
 pub async fn forget(State(sh): S, Path(id): Path<String>) -> R<serde_json::Value> {
     let r = sh.store.remove_person(&id)?;
-    sh.gallery.write().expect("gallery").remove_person(&id);
+    if let Some(v) = &sh.vision {
+        let _ = v.send(VisionCmd::GalleryRemove { person: id.clone() }).await;
+    }
     reload(&sh, &id).await;
     tracing::info!(person = %id, "person forgotten");
     Ok(Json(json!({ "forgotten": id, "name": r.person.name })))
@@ -246,7 +251,7 @@ pub async fn register_visitor(State(sh): S, Json(i): Json<VisitorInput>) -> R<se
         plate: i.plate,
         created_at: now,
     };
-    save(&sh, &r, true, &tmpl)?;
+    save(&sh, &r, true, &tmpl).await?;
     reload(&sh, &id).await;
     tracing::info!(visitor = %id, id_number = %idn.masked(), until = %until.to_rfc3339(), "visitor registered");
     Ok(Json(json!({ "id": id, "pin": pin, "qr": qr, "valid_from": now, "valid_until": until, "id_masked": idn.masked(), "face": !tmpl.is_empty() })))

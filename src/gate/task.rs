@@ -1,24 +1,24 @@
-//! The running gates. A vision thread (CPU-heavy, off the async runtime) takes
-//! the latest frame of each camera, recognises faces and reads QR codes; the
-//! gate task owns the `Policy` and carries its actions out: actuators, the
-//! entry log, MQTT events, presence for elders, alerts, snapshots.
+//! The running gates. The `gatewarden-vision` process takes the latest frame
+//! of each camera, recognises faces and reads QR codes; `VisionSupervisor`
+//! keeps it running and relays its results. The gate task owns the `Policy`
+//! and carries its actions out: actuators, the entry log, MQTT events,
+//! presence for elders, alerts, snapshots.
 
 use super::actuator::Actuator;
 use super::log::{Credential, Entry};
 use super::policy::{Action, FaceSeen, GateAlert, Input, Policy};
 use crate::alert::{AlertKind, Subject};
-use crate::capture::Camera;
 use crate::daemon::{Command, Shared};
 use crate::presence::Observation;
-use crate::vision::matcher::Gallery;
-use crate::vision::pipeline::{FacePipeline, Timings};
+use crate::vision::protocol::{EnrolResult, FromVision, ToVision};
+use base64::Engine as _;
 use hmac::{Hmac, Mac};
-use opencv::prelude::*;
 use sha2::Sha256;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -31,8 +31,7 @@ pub fn secret_hash(key: &[u8], kind: Credential, value: &str) -> String {
     hex::encode(m.finalize().into_bytes())
 }
 
-/// QR payloads gatewarden issues: "GW1:<token>".
-pub const QR_PREFIX: &str = "GW1:";
+pub use crate::vision::worker::QR_PREFIX;
 
 pub enum GateMsg {
     Frame { gate: String, faces: Vec<FaceSeen>, qr: Vec<String>, snapshot: Option<Vec<u8>> },
@@ -40,96 +39,131 @@ pub enum GateMsg {
     Reload(String),
 }
 
-pub type EnrolReply = oneshot::Sender<Result<Result<Vec<f32>, String>, String>>;
-
-/// Work for the vision thread besides cameras: enrolment photos.
-pub enum VisionRequest {
-    Enrol { image: Vec<u8>, reply: EnrolReply },
+/// Requests to the vision process.
+pub enum VisionCmd {
+    /// A base64 photo to turn into a template.
+    Enrol { image: String, reply: oneshot::Sender<EnrolResult> },
+    GalleryAdd { person: String, embedding: Vec<f32> },
+    GalleryRemove { person: String },
 }
 
-pub struct VisionWorker {
-    pub pipeline: FacePipeline,
-    pub gallery: Arc<RwLock<Gallery>>,
-    pub cameras: Vec<(String, Arc<Camera>, Duration)>,
-    pub out: mpsc::Sender<GateMsg>,
-    pub requests: std::sync::mpsc::Receiver<VisionRequest>,
-    pub stop: Arc<AtomicBool>,
-    pub match_threshold: f32,
+/// What the daemon knows of each camera (reported by the vision process).
+#[derive(Debug, Clone, Default)]
+pub struct CameraStat {
+    pub frames: u64,
+    pub connected: bool,
+    pub reconnects: u64,
+    pub finished: bool,
+    pub silent_ms: Option<u64>,
 }
 
-fn decode_qr(bgr: &opencv::core::Mat) -> Vec<String> {
-    let mut grey = opencv::core::Mat::default();
-    if opencv::imgproc::cvt_color(bgr, &mut grey, opencv::imgproc::COLOR_BGR2GRAY, 0).is_err() {
-        return vec![];
-    }
-    let (w, h) = (grey.cols() as usize, grey.rows() as usize);
-    let Ok(px) = grey.data_bytes() else { return vec![] };
-    let mut img = rqrr::PreparedImage::prepare_from_greyscale(w, h, |x, y| px[y * w + x]);
-    img.detect_grids().into_iter().filter_map(|g| g.decode().ok().map(|(_, s)| s)).filter(|s| s.starts_with(QR_PREFIX)).collect()
+pub type CameraStats = Arc<Mutex<HashMap<String, CameraStat>>>;
+
+/// Starts `gatewarden-vision`, feeds it the gallery, relays its frames to the
+/// gate task and its answers to enrolment requests, and restarts it with
+/// backoff if it dies: a crash in native code costs seconds of gate vision,
+/// never the alerting daemon.
+pub struct VisionSupervisor {
+    pub binary: PathBuf,
+    pub config: PathBuf,
+    pub store: crate::store::Store,
+    pub gates: mpsc::Sender<GateMsg>,
+    pub stats: CameraStats,
 }
 
-impl VisionWorker {
-    pub fn run(mut self) {
-        let mut last_seq: HashMap<String, u64> = HashMap::new();
-        let mut last_run: HashMap<String, Instant> = HashMap::new();
-        while !self.stop.load(Ordering::Relaxed) {
-            let mut busy = false;
-            while let Ok(VisionRequest::Enrol { image, reply }) = self.requests.try_recv() {
-                busy = true;
-                let r = crate::vision::image::decode(&image, "photo")
-                    .map_err(|e| e.to_string())
-                    .and_then(|m| self.pipeline.enrol(&m).map_err(|e| e.to_string()))
-                    .map(|r| r.map_err(|rej| rej.to_string()));
-                let _ = reply.send(r);
-            }
-            for (gate, cam, interval) in &self.cameras {
-                if last_run.get(gate).is_some_and(|t| t.elapsed() < *interval) {
+impl VisionSupervisor {
+    pub async fn run(self, mut cmds: mpsc::Receiver<VisionCmd>, cancel: CancellationToken) {
+        let mut backoff = Duration::from_secs(1);
+        let mut next_id = 1u64;
+        loop {
+            let child = tokio::process::Command::new(&self.binary)
+                .arg("--config")
+                .arg(&self.config)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn();
+            let mut child = match child {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(binary = %self.binary.display(), error = %e, "cannot start the vision process");
+                    tokio::select! { _ = cancel.cancelled() => return, _ = tokio::time::sleep(backoff) => {} }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
                     continue;
                 }
-                let after = last_seq.get(gate).copied().unwrap_or(0);
-                let Some(frame) = cam.latest_after(after) else { continue };
-                busy = true;
-                last_seq.insert(gate.clone(), frame.seq);
-                last_run.insert(gate.clone(), Instant::now());
-                let mut t = Timings::default();
-                let faces = match self.pipeline.analyse(&frame.mat, true, &mut t) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        tracing::error!(gate = %gate, error = %e, "face analysis failed");
-                        continue;
-                    }
-                };
-                let mut seen: Vec<(f32, FaceSeen)> = Vec::new();
-                {
-                    let g = self.gallery.read().expect("gallery");
-                    for f in faces.iter().filter(|f| f.embedding.is_some()) {
-                        let m = g.best(f.embedding.as_deref().expect("checked"));
-                        let (person, score) = match m {
-                            Some(m) if m.score >= self.match_threshold => (Some(m.person), m.score),
-                            Some(m) => (None, m.score),
-                            None => (None, 0.0),
-                        };
-                        let area = f.detection.bbox[2] * f.detection.bbox[3];
-                        seen.push((area, FaceSeen { person, score, liveness: f.liveness.unwrap_or(0.0) }));
-                    }
-                }
-                seen.sort_by(|a, b| b.0.total_cmp(&a.0));
-                let faces: Vec<FaceSeen> = seen.into_iter().map(|(_, f)| f).collect();
-                let snapshot = if faces.first().is_some_and(|f| f.person.is_none()) {
-                    let mut buf = opencv::core::Vector::<u8>::new();
-                    opencv::imgcodecs::imencode(".jpg", &frame.mat, &mut buf, &opencv::core::Vector::new()).ok().map(|_| buf.to_vec())
-                } else {
-                    None
-                };
-                let qr = decode_qr(&frame.mat);
-                // Frames are replaceable: if the gate task is behind, drop this one.
-                let _ = self.out.try_send(GateMsg::Frame { gate: gate.clone(), faces, qr, snapshot });
+            };
+            let mut stdin = child.stdin.take().expect("piped");
+            let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+            let mut pending: HashMap<u64, oneshot::Sender<EnrolResult>> = HashMap::new();
+            let mut ok = true;
+            for (person, embedding) in self.store.templates().unwrap_or_default() {
+                ok &= write(&mut stdin, &ToVision::GalleryAdd { person, embedding }).await;
             }
-            if !busy {
-                std::thread::sleep(Duration::from_millis(5));
+            ok &= write(&mut stdin, &ToVision::Start).await;
+            while ok {
+                tokio::select! {
+                    _ = cancel.cancelled() => {
+                        let _ = child.kill().await;
+                        return;
+                    }
+                    line = lines.next_line() => match line {
+                        Ok(Some(l)) => match serde_json::from_str::<FromVision>(&l) {
+                            Ok(m) => self.on_message(m, &mut pending, &mut backoff),
+                            Err(e) => tracing::error!(error = %e, "bad line from the vision process"),
+                        },
+                        _ => break,
+                    },
+                    cmd = cmds.recv() => match cmd {
+                        None => return,
+                        Some(VisionCmd::Enrol { image, reply }) => {
+                            let id = next_id;
+                            next_id += 1;
+                            pending.insert(id, reply);
+                            ok = write(&mut stdin, &ToVision::Enrol { id, image }).await;
+                        }
+                        Some(VisionCmd::GalleryAdd { person, embedding }) => ok = write(&mut stdin, &ToVision::GalleryAdd { person, embedding }).await,
+                        Some(VisionCmd::GalleryRemove { person }) => ok = write(&mut stdin, &ToVision::GalleryRemove { person }).await,
+                    },
+                }
+            }
+            let status = child.wait().await.map(|s| s.to_string()).unwrap_or_default();
+            for (_, reply) in pending.drain() {
+                let _ = reply.send(EnrolResult::Error("the vision process stopped; try again".into()));
+            }
+            tracing::error!(%status, retry_in_s = backoff.as_secs(), "the vision process exited; restarting it");
+            tokio::select! { _ = cancel.cancelled() => return, _ = tokio::time::sleep(backoff) => {} }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    fn on_message(&self, m: FromVision, pending: &mut HashMap<u64, oneshot::Sender<EnrolResult>>, backoff: &mut Duration) {
+        match m {
+            FromVision::Ready { templates } => {
+                *backoff = Duration::from_secs(1);
+                tracing::info!(templates, "vision process ready");
+            }
+            FromVision::Frame { gate, faces, qr, snapshot } => {
+                let faces = faces.into_iter().map(|f| FaceSeen { person: f.person, score: f.score, liveness: f.liveness }).collect();
+                let snapshot = snapshot.and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok());
+                // Frames are replaceable: if the gate task is behind, drop this one.
+                let _ = self.gates.try_send(GateMsg::Frame { gate, faces, qr, snapshot });
+            }
+            FromVision::Camera { gate, frames, connected, reconnects, finished, silent_ms } => {
+                self.stats.lock().expect("camera stats").insert(gate, CameraStat { frames, connected, reconnects, finished, silent_ms });
+            }
+            FromVision::Enrolled { id, result } => {
+                if let Some(r) = pending.remove(&id) {
+                    let _ = r.send(result);
+                }
             }
         }
     }
+}
+
+async fn write(stdin: &mut tokio::process::ChildStdin, m: &ToVision) -> bool {
+    let mut line = serde_json::to_vec(m).expect("protocol serializes");
+    line.push(b'\n');
+    stdin.write_all(&line).await.is_ok()
 }
 
 pub struct GateTask {
@@ -137,7 +171,9 @@ pub struct GateTask {
     pub policy: Policy,
     pub actuators: HashMap<String, Actuator>,
     pub mqtt: Option<rumqttc::AsyncClient>,
-    pub cameras: Vec<(String, Arc<Camera>)>,
+    /// Gates with a camera, and what the vision process says of them.
+    pub cameras: Vec<String>,
+    pub camera_stats: CameraStats,
     pub snapshot_dir: std::path::PathBuf,
     pub credential_key: Vec<u8>,
 }
@@ -258,16 +294,18 @@ impl GateTask {
 
     async fn check_cameras(&self, offline: &mut HashMap<String, bool>, started: Instant) {
         let after = self.sh.cfg.access.camera_offline_after.get();
-        for (gate, cam) in &self.cameras {
+        let stats = self.camera_stats.lock().expect("camera stats").clone();
+        for gate in &self.cameras {
+            let cam = stats.get(gate).cloned().unwrap_or_default();
             let l = crate::telemetry::CameraLabel { camera: gate.clone() };
             let m = &self.sh.metrics;
-            m.camera_frames.get_or_create(&l).set(cam.frames.load(Ordering::Relaxed) as i64);
-            m.camera_connected.get_or_create(&l).set(cam.connected.load(Ordering::Relaxed) as i64);
-            m.camera_reconnects.get_or_create(&l).set(cam.reconnects.load(Ordering::Relaxed) as i64);
-            if cam.finished.load(Ordering::Relaxed) {
+            m.camera_frames.get_or_create(&l).set(cam.frames as i64);
+            m.camera_connected.get_or_create(&l).set(cam.connected as i64);
+            m.camera_reconnects.get_or_create(&l).set(cam.reconnects as i64);
+            if cam.finished {
                 continue; // a video file that ended is not an outage
             }
-            let silent = cam.silent_for().unwrap_or(started.elapsed());
+            let silent = cam.silent_ms.map(Duration::from_millis).unwrap_or(started.elapsed());
             let was = offline.get(gate).copied().unwrap_or(false);
             if silent >= after && !was {
                 offline.insert(gate.clone(), true);
@@ -307,30 +345,3 @@ impl GateTask {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use opencv::core::{Mat, Scalar, CV_8UC3};
-
-    #[test]
-    fn a_visitor_qr_code_in_a_camera_frame_is_read() {
-        let payload = format!("{QR_PREFIX}0123456789abcdef01234567");
-        let code = qrcode::QrCode::new(payload.as_bytes()).unwrap();
-        let (w, colors) = (code.width(), code.to_colors());
-        let scale = 8;
-        let size = ((w + 8) * scale) as i32;
-        let mut img = Mat::new_rows_cols_with_default(720, 1280, CV_8UC3, Scalar::all(200.0)).unwrap();
-        let mut roi = Mat::roi_mut(&mut img, opencv::core::Rect::new(400, 100, size, size)).unwrap();
-        roi.set_to(&Scalar::all(255.0), &opencv::core::no_array()).unwrap();
-        for (i, c) in colors.iter().enumerate() {
-            if *c == qrcode::Color::Dark {
-                let (x, y) = ((i % w + 4) * scale, (i / w + 4) * scale);
-                let r = opencv::core::Rect::new(x as i32, y as i32, scale as i32, scale as i32);
-                Mat::roi_mut(&mut roi, r).unwrap().set_to(&Scalar::all(0.0), &opencv::core::no_array()).unwrap();
-            }
-        }
-        assert_eq!(decode_qr(&img), vec![payload]);
-        let blank = Mat::new_rows_cols_with_default(720, 1280, CV_8UC3, Scalar::all(128.0)).unwrap();
-        assert!(decode_qr(&blank).is_empty());
-    }
-}

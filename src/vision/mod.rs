@@ -8,7 +8,9 @@ pub mod image;
 pub mod liveness;
 pub mod matcher;
 pub mod pipeline;
+pub mod protocol;
 pub mod runtime;
+pub mod worker;
 
 use std::path::PathBuf;
 

@@ -1,0 +1,25 @@
+//! `gatewarden-vision`: the child process that owns the cameras, OpenCV and
+//! ONNX Runtime. Started and supervised by `gatewarden run`; not for people.
+
+fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let Some(path) = args.iter().position(|a| a == "--config").and_then(|i| args.get(i + 1)) else {
+        eprintln!("usage: gatewarden-vision --config FILE (started by `gatewarden run`)");
+        return std::process::ExitCode::from(2);
+    };
+    let cfg = match gatewarden::config::Config::load(std::path::Path::new(path)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    gatewarden::telemetry::init_logging(&cfg.log);
+    match gatewarden::vision::worker::run(&cfg) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
