@@ -60,7 +60,9 @@ async fn video_through_opencv_opens_once_for_a_resident_and_never_for_a_stranger
     // Phase 1: enrol (no cameras yet). id00 from one photo; the person in the
     // printed-photo sample from that very print, so only liveness can stop it.
     let mut d = Daemon::start(dir.path(), &config(dir.path(), broker.port, http, &gate_config("")), http).await;
-    let o = d.cli(&["resident", "add", "--name", "张三", "--id", "R1", "--unit", "3-401", "--photo", faces.join("img1.jpg").to_str().unwrap(), "--consent-by", "张三", "--consent-how", "paper form"]);
+    // 张三 is also a watched elder: a face at the gate is a sighting.
+    d.post("/elders", serde_json::json!({"id": "E1", "name": "张三", "bands": ["c3a1f0001101"]})).await;
+    let o = d.cli(&["resident", "add", "--name", "张三", "--id", "R1", "--unit", "3-401", "--elder", "E1", "--photo", faces.join("img1.jpg").to_str().unwrap(), "--consent-by", "张三", "--consent-how", "paper form"]);
     assert!(o.status.success(), "{}", out(&o));
     let o = d.cli(&["resident", "add", "--name", "印刷照片", "--id", "R2", "--photo", live.join("image_F1.jpg").to_str().unwrap(), "--consent-by", "x", "--consent-how", "paper form"]);
     assert!(o.status.success(), "{}", out(&o));
@@ -108,6 +110,9 @@ actuator = {{ kind = "log" }}
     let north = at("north");
     assert_eq!(north.iter().filter(|e| e["opened"] == true).count(), 1, "north opens exactly once: {north:?}");
     assert_eq!(north[0]["person"], "R1");
+    assert_eq!(north[0]["person_kind"], "elder");
+    let seen = d.last_seen("E1").await;
+    assert_eq!((seen["source"].as_str(), seen["place"].as_str()), (Some("face"), Some("north")), "{seen}");
     assert_eq!(north[0]["credential"], "face");
     assert!(north[0]["liveness"].as_f64().unwrap() >= 0.5);
     let south = at("south");
@@ -122,7 +127,7 @@ actuator = {{ kind = "log" }}
     let o = d.cli(&["log", "verify"]);
     assert!(o.status.success() && out(&o).contains("intact"), "{}", out(&o));
     let csv = String::from_utf8_lossy(&d.cli(&["log", "show", "--csv", "--gate", "north"]).stdout).to_string();
-    assert!(csv.starts_with("seq,time,gate") && csv.contains(",north,in,face,R1,resident,"), "{csv}");
+    assert!(csv.starts_with("seq,time,gate") && csv.contains(",north,in,face,R1,elder,"), "{csv}");
 
     // Tamper with one record as someone with the disk would; `log verify` notices.
     assert!(d.terminate().success());
@@ -146,8 +151,10 @@ async fn pin_card_and_qr_each_open_and_an_expired_pass_does_not() {
     let http = free_port();
     let gates = r#"[[gates]]
 name = "north"
-actuator = { kind = "log" }
+actuator = { kind = "mqtt", topic = "shellies/gate-north/relay/0/command", pulse = "200ms" }
 "#;
+    let relay = Subscriber::start(broker.port, "shellies/#").await;
+    let events = Subscriber::start(broker.port, "gatewarden/t/gate/+/event").await;
     // Credentials only: no camera, no models needed.
     let text = config(dir.path(), broker.port, http, &format!("[access]\ncooldown = \"1s\"\n{gates}"));
     let d = Daemon::start(dir.path(), &text, http).await;
@@ -185,6 +192,22 @@ actuator = { kind = "log" }
     let results: Vec<bool> = entries(&d).await.iter().map(|e| e["entry"]["opened"] == true).collect();
     assert_eq!(results, vec![true, true, true, false, true, true, false]);
     assert!(d.cli(&["log", "verify"]).status.success());
+    // Every open pulsed the relay (on, then off after the pulse); every decision was published.
+    let relay_msgs = eventually("relay pulses", 10, async || {
+        let m = relay.messages();
+        (m.iter().filter(|(_, p)| p == "off").count() == 5).then_some(m)
+    })
+    .await;
+    assert_eq!(relay_msgs.iter().filter(|(_, p)| p == "on").count(), 5);
+    assert!(relay_msgs.iter().all(|(t, _)| t == "shellies/gate-north/relay/0/command"));
+    let ev = eventually("7 gate events", 10, async || {
+        let m = events.messages();
+        (m.len() == 7).then_some(m)
+    })
+    .await;
+    let last: serde_json::Value = serde_json::from_str(&ev[6].1).unwrap();
+    assert_eq!(last["entry"]["reason"], "visitor pass expired");
+    assert_eq!(last["seq"], 7);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -217,6 +240,16 @@ async fn bad_enrolment_input_gets_a_clear_reason() {
     let o = d.cli(&["visitor", "register", "--name", "王五", "--id-number", "110105194912310021", "--host-unit", "3-401"]);
     assert!(out(&o).contains("check character is wrong (expected X"), "{}", out(&o));
     assert!(d.get("/people").await.as_array().unwrap().is_empty(), "nothing was half-enrolled");
+
+    // `forget` removes the person and every template.
+    let o = d.cli(&["resident", "add", "--name", "赵六", "--id", "R9", "--photo", faces.join("img1.jpg").to_str().unwrap(), "--consent-by", "赵六", "--consent-how", "app"]);
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(d.cli(&["resident", "forget", "R9"]).status.success());
+    let mut d = d;
+    assert!(d.terminate().success());
+    let s = gatewarden::store::Store::open(&dir.path().join("db")).unwrap();
+    assert!(s.templates().unwrap().is_empty(), "no face template left");
+    assert!(s.get_person("R9").unwrap().is_none());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -94,6 +94,45 @@ impl Drop for Mosquitto {
     }
 }
 
+/// Collects every message on a topic filter.
+pub struct Subscriber {
+    pub got: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+}
+
+impl Subscriber {
+    pub async fn start(port: u16, filter: &str) -> Subscriber {
+        let mut o = MqttOptions::new(format!("test-sub-{}", free_port()), "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(30));
+        let (client, mut ev) = AsyncClient::new(o, 100);
+        client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let g = got.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut tx = Some(tx);
+        tokio::spawn(async move {
+            let _keep = client;
+            loop {
+                match ev.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                        if let Some(t) = tx.take() {
+                            let _ = t.send(());
+                        }
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => g.lock().unwrap().push((p.topic.clone(), p.payload.to_vec())),
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
+        Subscriber { got }
+    }
+
+    pub fn messages(&self) -> Vec<(String, String)> {
+        self.got.lock().unwrap().iter().map(|(t, p)| (t.clone(), String::from_utf8_lossy(p).to_string())).collect()
+    }
+}
+
 pub struct Publisher {
     client: AsyncClient,
 }
