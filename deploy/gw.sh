@@ -44,8 +44,9 @@ cmd="${1:-}"; shift || true
 case "$cmd" in
   demo)
     apt_install "${BUILD_PKGS[@]}"; ensure_rust
+    apt_install ffmpeg
     bash deploy/fetch-models.sh
-    cargo build --release --locked --bin gatewarden
+    cargo build --release --locked --bin gatewarden --bin gatewarden-vision
     exec target/release/gatewarden demo --config config/demo.toml "$@"
     ;;
   test)
