@@ -208,6 +208,16 @@ actuator = { kind = "mqtt", topic = "shellies/gate-north/relay/0/command", pulse
     let last: serde_json::Value = serde_json::from_str(&ev[6].1).unwrap();
     assert_eq!(last["entry"]["reason"], "visitor pass expired");
     assert_eq!(last["seq"], 7);
+    // After access.visitor_retention (30 days) past the end of the pass, the visitor is purged.
+    let visitor = v["id"].as_str().unwrap().to_string();
+    d.advance("29d").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(d.get("/people").await.as_array().unwrap().iter().any(|p| p["id"] == visitor.as_str()), "kept inside retention");
+    d.advance("2d").await;
+    eventually("the visitor purged", 10, async || {
+        (!d.get("/people").await.as_array().unwrap().iter().any(|p| p["id"] == visitor.as_str())).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -294,4 +304,25 @@ async fn the_daemon_reconnects_to_an_mjpeg_camera_that_went_away_and_alerts_whil
     eventually("camera back notice", 30, async || rx.accepted("/hook").into_iter().find(|r| r.json()["status"] == "resolved")).await;
     let _ = server.kill();
     let _ = server.wait();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_actuator_that_fails_is_logged_and_alerted() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start();
+    let rx = Receiver::start().await;
+    let http = free_port();
+    let dead = free_port(); // nothing listens here: the barrier controller is down
+    let extra = format!(
+        "[[gates]]\nname = \"garage\"\nactuator = {{ kind = \"http\", url = \"http://127.0.0.1:{dead}/open\" }}\n\
+         [[alert.channels]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\n[[alert.ladder]]\nname = \"物业\"\nchannels = [\"hook\"]\n",
+        rx.url("/hook")
+    );
+    let d = Daemon::start(dir.path(), &config(dir.path(), broker.port, http, &extra), http).await;
+    assert!(d.cli(&["resident", "add", "--name", "李四", "--pin", "1357"]).status.success());
+    let o = d.cli(&["gate", "present", "garage", "--pin", "1357"]);
+    assert!(o.status.success(), "the decision is to open: {}", out(&o));
+    let a = eventually("actuator failure alert", 10, async || rx.accepted("/hook").into_iter().find(|r| r.text().contains("门禁开闸故障"))).await;
+    assert!(a.text().contains("garage"));
+    assert!(d.log().contains("ACTUATOR FAILED"));
 }

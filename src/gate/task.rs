@@ -184,14 +184,16 @@ impl GateTask {
         let mut offline: HashMap<String, bool> = HashMap::new();
         let mut failing: HashMap<String, bool> = HashMap::new();
         let started = Instant::now();
-        let mut last_purge = Instant::now() - Duration::from_secs(3600);
+        // On the injected clock, so visitor retention is testable.
+        let mut last_purge: Option<crate::clock::Timestamp> = None;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = check.tick() => {
                     self.check_cameras(&mut offline, started).await;
-                    if last_purge.elapsed() >= Duration::from_secs(3600) {
-                        last_purge = Instant::now();
+                    let now = self.sh.clock.now();
+                    if last_purge.is_none_or(|t| now - t >= chrono::Duration::hours(1)) {
+                        last_purge = Some(now);
                         self.purge().await;
                     }
                 }
