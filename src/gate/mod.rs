@@ -5,5 +5,6 @@
 pub mod actuator;
 pub mod idcard;
 pub mod log;
+pub mod plate;
 pub mod policy;
 pub mod task;

@@ -8,6 +8,7 @@ pub mod image;
 pub mod liveness;
 pub mod matcher;
 pub mod pipeline;
+pub mod plate;
 pub mod protocol;
 pub mod runtime;
 pub mod worker;
