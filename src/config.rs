@@ -175,6 +175,18 @@ pub struct AccessConfig {
     /// Visitor records are purged this long after their pass ends.
     #[serde(default = "AccessConfig::default_visitor_retention")]
     pub visitor_retention: Dur,
+    /// A plate is confirmed after this many identical reads…
+    #[serde(default = "AccessConfig::default_plate_votes")]
+    pub plate_votes: usize,
+    /// …or after one read at least this confident.
+    #[serde(default = "AccessConfig::default_plate_sure")]
+    pub plate_sure_confidence: f32,
+    /// A car unseen this long has left: coming back lifts the barrier again.
+    #[serde(default = "AccessConfig::default_plate_gone_after")]
+    pub plate_gone_after: Dur,
+    /// Tolerate an OCR slip in the province character (default: never).
+    #[serde(default)]
+    pub tolerate_province: bool,
     /// A camera with no frame for this long raises "camera offline".
     #[serde(default = "AccessConfig::default_camera_offline_after")]
     pub camera_offline_after: Dur,
@@ -194,6 +206,15 @@ impl AccessConfig {
     }
     fn default_visitor_retention() -> Dur {
         Dur::secs(30 * 24 * 3600)
+    }
+    fn default_plate_votes() -> usize {
+        3
+    }
+    fn default_plate_sure() -> f32 {
+        0.97
+    }
+    fn default_plate_gone_after() -> Dur {
+        Dur::secs(30)
     }
     fn default_camera_offline_after() -> Dur {
         Dur::secs(120)
@@ -221,6 +242,12 @@ pub struct GateConfig {
     pub camera: Option<String>,
     #[serde(default = "GateConfig::default_direction")]
     pub direction: GateDirection,
+    /// Recognise faces on this camera (pedestrian gates).
+    #[serde(default = "GateConfig::default_true")]
+    pub read_faces: bool,
+    /// Read licence plates on this camera (vehicle barriers).
+    #[serde(default)]
+    pub read_plates: bool,
     /// Analyse at most this many frames per second (the latest frame is always used).
     #[serde(default = "GateConfig::default_fps")]
     pub max_fps: f32,
@@ -238,6 +265,9 @@ pub struct GateConfig {
 impl GateConfig {
     fn default_direction() -> GateDirection {
         GateDirection::In
+    }
+    fn default_true() -> bool {
+        true
     }
     fn default_fps() -> f32 {
         5.0

@@ -477,6 +477,11 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
         for f in [crate::vision::face::DETECTOR, crate::vision::face::EMBEDDER, crate::vision::liveness::V2, crate::vision::liveness::V1SE] {
             crate::vision::runtime::verify(&cfg.vision.models_dir.join(f))?;
         }
+        if cfg.gates.iter().any(|g| g.read_plates && g.camera.is_some()) {
+            for f in [crate::vision::plate::DETECTOR, crate::vision::plate::RECOGNIZER, crate::vision::plate::CLASSIFIER] {
+                crate::vision::runtime::verify(&cfg.vision.models_dir.join(f))?;
+            }
+        }
         let lib = crate::vision::runtime::library_path(&cfg.vision.models_dir, cfg.vision.ort_library.as_deref());
         anyhow::ensure!(lib.exists(), "the ONNX Runtime library {} is missing. Fix: run `bash deploy/fetch-models.sh`, or set vision.ort_library", lib.display());
     }
@@ -530,11 +535,18 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
             agree_n: a.window_frames,
             cooldown: chrono_dur(a.cooldown.get()),
             anti_passback: a.anti_passback,
+            plate_votes: a.plate_votes,
+            plate_sure: a.plate_sure_confidence,
+            plate_gone_after: chrono_dur(a.plate_gone_after.get()),
+            tolerate_province: a.tolerate_province,
             ..Default::default()
         };
         let mut policy = crate::gate::policy::Policy::new(settings, rules);
         for r in store.list_people()? {
             policy.upsert(r.person);
+        }
+        for v in store.list_vehicles()? {
+            policy.upsert_vehicle(v);
         }
         let task = crate::gate::task::GateTask {
             sh: sh.clone(),

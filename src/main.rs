@@ -2,7 +2,7 @@
 //! a tool for administrators that talks to it.
 
 use clap::{Parser, Subcommand};
-use gatewarden::admin::cli::{self, AlertsCmd, Client, Conn, ElderCmd, EscalationCmd, LeaveCmd, LogCmd, ResidentCmd, StaffCmd, VisitorCmd, WristbandCmd};
+use gatewarden::admin::cli::{self, AlertsCmd, Client, Conn, ElderCmd, EscalationCmd, LeaveCmd, LogCmd, ResidentCmd, StaffCmd, VehicleCmd, VisitorCmd, WristbandCmd};
 use gatewarden::config::Config;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -92,6 +92,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ResidentCmd,
     },
+    /// Vehicles allowed through the barrier.
+    Vehicle {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        cmd: VehicleCmd,
+    },
     /// Visitor passes.
     Visitor {
         #[command(flatten)]
@@ -132,6 +139,9 @@ enum GateCmd {
         card: Option<String>,
         #[arg(long, group = "cred")]
         qr: Option<String>,
+        /// A plate typed in by the guard (or sent by an external plate camera).
+        #[arg(long, group = "cred")]
+        plate: Option<String>,
     },
 }
 
@@ -201,12 +211,14 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Resident { conn, cmd } => cli::resident(&client(&conn)?, cmd).await?,
         Cmd::Visitor { conn, cmd } => cli::visitor(&client(&conn)?, cmd).await?,
         Cmd::Log { conn, cmd } => cli::log(&client(&conn)?, cmd).await?,
-        Cmd::Gate { conn, cmd: GateCmd::Present { gate, pin, card, qr } } => {
-            let (kind, value) = match (pin, card, qr) {
-                (Some(p), _, _) => ("pin", p),
-                (_, Some(c), _) => ("card", c),
-                (_, _, Some(q)) => ("qr", q),
-                _ => anyhow::bail!("give --pin, --card or --qr"),
+        Cmd::Vehicle { conn, cmd } => cli::vehicle(&client(&conn)?, cmd).await?,
+        Cmd::Gate { conn, cmd: GateCmd::Present { gate, pin, card, qr, plate } } => {
+            let (kind, value) = match (pin, card, qr, plate) {
+                (Some(p), ..) => ("pin", p),
+                (_, Some(c), ..) => ("card", c),
+                (_, _, Some(q), _) => ("qr", q),
+                (.., Some(p)) => ("plate", p),
+                _ => anyhow::bail!("give --pin, --card, --qr or --plate"),
             };
             cli::present(&client(&conn)?, &gate, kind, &value).await?
         }

@@ -6,7 +6,7 @@ use crate::alert::outbox::{Delivery, Notification};
 use crate::alert::{Alert, AlertId, Level, Staff};
 use crate::clock::Timestamp;
 use crate::gate::log::{self as entry_log, Chained, Entry};
-use crate::gate::policy::Person;
+use crate::gate::policy::{Person, Vehicle};
 use crate::presence::{BandId, Elder, LastSeen, Leave, UnknownBand};
 use serde::{de::DeserializeOwned, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -52,6 +52,7 @@ pub struct Store {
     outbox: sled::Tree,
     deliveries: sled::Tree,
     people: sled::Tree,
+    vehicles: sled::Tree,
     templates: sled::Tree,
     entries: sled::Tree,
 }
@@ -97,6 +98,7 @@ impl Store {
             outbox: t("outbox")?,
             deliveries: t("deliveries")?,
             people: t("people")?,
+            vehicles: t("vehicles")?,
             templates: t("face_templates")?,
             entries: t("entry_log")?,
             db,
@@ -499,6 +501,29 @@ impl Store {
         self.remove_templates(id)?;
         self.people.remove(id.as_bytes())?;
         Ok(r)
+    }
+
+    pub fn put_vehicle(&self, v: &Vehicle) -> Result<()> {
+        if let Some(old) = self.get_vehicle(&v.plate)? {
+            if old.owner != v.owner {
+                return Err(StoreError::Exists { what: "vehicle (owned by someone else)", id: v.plate.clone() });
+            }
+        }
+        self.vehicles.insert(v.plate.as_bytes(), enc(v))?;
+        Ok(())
+    }
+
+    pub fn get_vehicle(&self, plate: &str) -> Result<Option<Vehicle>> {
+        self.vehicles.get(plate.as_bytes())?.map(|v| dec("vehicles", &v)).transpose()
+    }
+
+    pub fn list_vehicles(&self) -> Result<Vec<Vehicle>> {
+        all(&self.vehicles, "vehicles")
+    }
+
+    pub fn remove_vehicle(&self, plate: &str) -> Result<Vehicle> {
+        let v = self.vehicles.remove(plate.as_bytes())?.ok_or_else(|| StoreError::NotFound { what: "vehicle", id: plate.into() })?;
+        dec("vehicles", &v)
     }
 
     pub fn add_template(&self, person: &str, embedding: &[f32]) -> Result<()> {

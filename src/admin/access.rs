@@ -6,7 +6,7 @@ use super::api::{bad, ApiError};
 use crate::daemon::Shared;
 use crate::gate::idcard::IdNumber;
 use crate::gate::log::{self as elog, Credential};
-use crate::gate::policy::{Person, PersonKind};
+use crate::gate::policy::{Person, PersonKind, Vehicle};
 use crate::gate::task::{secret_hash, GateMsg, VisionCmd, QR_PREFIX};
 use crate::vision::protocol::EnrolResult;
 use crate::store::{Consent, PersonRecord};
@@ -119,6 +119,45 @@ async fn save(sh: &Shared, r: &PersonRecord, must_be_new: bool, tmpl: &[Vec<f32>
     Ok(())
 }
 
+async fn reload_vehicle(sh: &Shared, plate: &str) {
+    if let Some(g) = &sh.gates {
+        let _ = g.send(GateMsg::ReloadVehicle(plate.to_string())).await;
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VehicleInput {
+    pub plate: String,
+    pub owner: String,
+    /// RFC 3339 or YYYY-MM-DD.
+    #[serde(default)]
+    pub valid_until: Option<String>,
+}
+
+pub async fn add_vehicle(State(sh): S, Json(i): Json<VehicleInput>) -> R<Vehicle> {
+    let plate = i.plate.trim().to_string();
+    crate::gate::plate::validate(&plate).map_err(|e| bad(format!("invalid plate {plate:?}: {e}")))?;
+    if sh.store.get_person(&i.owner)?.is_none() {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("no resident {:?} (see `gatewarden resident list`)", i.owner)));
+    }
+    let valid_until = i.valid_until.as_deref().map(super::api::parse_time).transpose().map_err(bad)?;
+    let v = Vehicle { plate: plate.clone(), owner: i.owner, valid_until };
+    sh.store.put_vehicle(&v)?;
+    reload_vehicle(&sh, &plate).await;
+    Ok(Json(v))
+}
+
+pub async fn list_vehicles(State(sh): S) -> R<Vec<Vehicle>> {
+    Ok(Json(sh.store.list_vehicles()?))
+}
+
+pub async fn remove_vehicle(State(sh): S, Path(plate): Path<String>) -> R<Vehicle> {
+    let v = sh.store.remove_vehicle(&plate)?;
+    reload_vehicle(&sh, &plate).await;
+    Ok(Json(v))
+}
+
 async fn reload(sh: &Shared, id: &str) {
     if let Some(g) = &sh.gates {
         let _ = g.send(GateMsg::Reload(id.to_string())).await;
@@ -196,6 +235,10 @@ pub async fn list_people(State(sh): S) -> R<Vec<serde_json::Value>> {
 /// `forget`: every biometric and personal trace of the person goes.
 pub async fn forget(State(sh): S, Path(id): Path<String>) -> R<serde_json::Value> {
     let r = sh.store.remove_person(&id)?;
+    for v in sh.store.list_vehicles()?.into_iter().filter(|v| v.owner == id) {
+        sh.store.remove_vehicle(&v.plate)?;
+        reload_vehicle(&sh, &v.plate).await;
+    }
     if let Some(v) = &sh.vision {
         let _ = v.send(VisionCmd::GalleryRemove { person: id.clone() }).await;
     }
@@ -211,6 +254,9 @@ pub async fn register_visitor(State(sh): S, Json(i): Json<VisitorInput>) -> R<se
     let now = sh.clock.now();
     let today = (now + chrono::Duration::hours(8)).date_naive();
     let idn = IdNumber::parse(&i.id_number, today).map_err(|e| bad(format!("invalid ID number: {e}")))?;
+    if let Some(p) = &i.plate {
+        crate::gate::plate::validate(p).map_err(|e| bad(format!("invalid plate {p:?}: {e}")))?;
+    }
     let valid_for = crate::config::Dur::parse(&i.valid_for).map_err(bad)?;
     if valid_for.get() > std::time::Duration::from_secs(7 * 24 * 3600) {
         return Err(bad("a visitor pass lasts at most 7 days"));
@@ -252,6 +298,11 @@ pub async fn register_visitor(State(sh): S, Json(i): Json<VisitorInput>) -> R<se
         created_at: now,
     };
     save(&sh, &r, true, &tmpl).await?;
+    if let Some(p) = &r.plate {
+        // The visitor's car: valid exactly as long as the pass.
+        sh.store.put_vehicle(&Vehicle { plate: p.trim().to_string(), owner: id.clone(), valid_until: Some(until) })?;
+        reload_vehicle(&sh, p.trim()).await;
+    }
     reload(&sh, &id).await;
     tracing::info!(visitor = %id, id_number = %idn.masked(), until = %until.to_rfc3339(), "visitor registered");
     Ok(Json(json!({ "id": id, "pin": pin, "qr": qr, "valid_from": now, "valid_until": until, "id_masked": idn.masked(), "face": !tmpl.is_empty() })))
@@ -271,7 +322,8 @@ pub async fn credential(State(sh): S, Path(gate): Path<String>, Json(i): Json<Cr
         "pin" => Credential::Pin,
         "card" => Credential::Card,
         "qr" => Credential::Qr,
-        k => return Err(bad(format!("kind {k:?} is not pin, card or qr"))),
+        "plate" => Credential::Plate,
+        k => return Err(bad(format!("kind {k:?} is not pin, card, qr or plate"))),
     };
     if !sh.cfg.gates.iter().any(|g| g.name == gate) {
         return Err(ApiError(StatusCode::NOT_FOUND, format!("no gate {gate:?}")));

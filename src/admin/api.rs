@@ -77,6 +77,8 @@ pub fn router(sh: Arc<Shared>) -> Router {
         .route("/people", get(super::access::list_people))
         .route("/people/:id", axum::routing::delete(super::access::forget))
         .route("/visitors", post(super::access::register_visitor))
+        .route("/vehicles", get(super::access::list_vehicles).post(super::access::add_vehicle))
+        .route("/vehicles/:plate", axum::routing::delete(super::access::remove_vehicle))
         .route("/gates/:gate/credential", post(super::access::credential))
         .route("/log", get(super::access::log))
         .route("/log/verify", get(super::access::verify_log))

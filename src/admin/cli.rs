@@ -676,3 +676,38 @@ pub async fn present(c: &Client, gate: &str, kind: &str, value: &str) -> anyhow:
         std::process::exit(3);
     }
 }
+
+#[derive(Subcommand, Debug)]
+pub enum VehicleCmd {
+    /// Let a resident's car through the barrier.
+    Add {
+        /// e.g. 川A12345 (checked against GA 36).
+        #[arg(long)]
+        plate: String,
+        /// The resident (or visitor) it belongs to.
+        #[arg(long)]
+        owner: String,
+        #[arg(long)]
+        valid_until: Option<String>,
+    },
+    List,
+    Remove { plate: String },
+}
+
+pub async fn vehicle(c: &Client, cmd: VehicleCmd) -> anyhow::Result<()> {
+    match cmd {
+        VehicleCmd::Add { plate, owner, valid_until } => {
+            let v = c.call(Method::POST, "/vehicles", Some(json!({"plate": plate, "owner": owner, "valid_until": valid_until}))).await?;
+            one(c, &v, format!("vehicle {} of {} enrolled", s(&v, "plate"), s(&v, "owner")));
+        }
+        VehicleCmd::List => {
+            let v = c.call(Method::GET, "/vehicles", None).await?;
+            table(c, &v, &["PLATE", "OWNER", "VALID UNTIL"], |x| vec![s(x, "plate"), s(x, "owner"), local(x, "valid_until")]);
+        }
+        VehicleCmd::Remove { plate } => {
+            let v = c.call(Method::DELETE, &format!("/vehicles/{plate}"), None).await?;
+            one(c, &v, format!("vehicle {} removed", s(&v, "plate")));
+        }
+    }
+    Ok(())
+}

@@ -92,6 +92,13 @@ pub struct Settings {
     /// Wrong PINs at one gate before it stops taking PINs for `pin_lockout`.
     pub pin_max_failures: u32,
     pub pin_lockout: Duration,
+    /// A plate is confirmed after this many identical reads, or one read this sure.
+    pub plate_votes: usize,
+    pub plate_sure: f32,
+    /// A confirmed car that is unseen this long has left; its return is a new decision.
+    pub plate_gone_after: Duration,
+    /// Tolerate an OCR slip in the province character (off: a different province is a different car).
+    pub tolerate_province: bool,
 }
 
 impl Default for Settings {
@@ -107,6 +114,10 @@ impl Default for Settings {
             spoof_window: Duration::minutes(10),
             pin_max_failures: 5,
             pin_lockout: Duration::minutes(5),
+            plate_votes: 3,
+            plate_sure: 0.97,
+            plate_gone_after: Duration::seconds(30),
+            tolerate_province: false,
         }
     }
 }
@@ -126,6 +137,17 @@ pub enum Input {
     Frame { gate: String, faces: Vec<FaceSeen> },
     /// PIN from a keypad, card number from a reader, or QR payload from the camera.
     Credential { gate: String, kind: Credential, secret_hash: String },
+    /// A plate read in one frame (already GA 36-shaped), with its OCR confidence.
+    Plate { gate: String, text: String, confidence: f32 },
+}
+
+/// A vehicle allowed through the barrier, and whose it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Vehicle {
+    pub plate: String,
+    pub owner: String,
+    #[serde(default)]
+    pub valid_until: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -170,6 +192,8 @@ pub struct Policy {
     state: HashMap<String, GateState>,
     /// Anti-passback: the direction of each person's last passage.
     last_direction: HashMap<String, Direction>,
+    vehicles: HashMap<String, Vehicle>,
+    voter: super::plate::Voter,
 }
 
 impl Policy {
@@ -181,11 +205,22 @@ impl Policy {
             by_secret: HashMap::new(),
             state: HashMap::new(),
             last_direction: HashMap::new(),
+            vehicles: HashMap::new(),
+            voter: super::plate::Voter::new(settings.plate_votes, settings.plate_sure, settings.plate_gone_after),
         }
     }
 
+    pub fn upsert_vehicle(&mut self, v: Vehicle) {
+        self.vehicles.insert(v.plate.clone(), v);
+    }
+
+    pub fn remove_vehicle(&mut self, plate: &str) {
+        self.vehicles.remove(plate);
+    }
+
     pub fn upsert(&mut self, p: Person) {
-        self.remove(&p.id);
+        // Replace credentials, keep vehicles (they are managed on their own).
+        self.by_secret.retain(|_, v| *v != p.id);
         if let Some(h) = &p.pin_hash {
             self.by_secret.insert((Credential::Pin, h.clone()), p.id.clone());
         }
@@ -199,6 +234,7 @@ impl Policy {
     }
 
     pub fn remove(&mut self, id: &str) {
+        self.vehicles.retain(|_, v| v.owner != id);
         self.people.remove(id);
         self.by_secret.retain(|_, v| v != id);
         self.last_direction.remove(id);
@@ -213,8 +249,37 @@ impl Policy {
         match input {
             Input::Frame { gate, faces } => self.frame(gate, faces, now, &mut out),
             Input::Credential { gate, kind, secret_hash } => self.credential(gate, kind, secret_hash, now, &mut out),
+            Input::Plate { gate, text, confidence } => self.plate(gate, text, confidence, now, &mut out),
         }
         out
+    }
+
+    fn plate(&mut self, gate: String, text: String, confidence: f32, now: Timestamp, out: &mut Vec<Action>) {
+        if !self.voter.read(&gate, &text, confidence, now) {
+            return;
+        }
+        let m = super::plate::match_plate(&text, self.vehicles.keys(), self.settings.tolerate_province);
+        let Some(m) = m else {
+            out.push(self.log(&gate, Credential::Plate, None, "unknown", None, None, false, &format!("unknown vehicle {text}"), now));
+            return;
+        };
+        let v = self.vehicles[&m.plate].clone();
+        if v.valid_until.is_some_and(|u| now >= u) {
+            out.push(self.log(&gate, Credential::Plate, Some(v.owner.clone()), "vehicle", None, None, false, &format!("vehicle {} registration expired", v.plate), now));
+            return;
+        }
+        let start = out.len();
+        self.decide(&gate, &v.owner, Credential::Plate, Some(confidence), None, now, out);
+        // Say which plate, and whether the match was tolerant, in the log.
+        for a in &mut out[start..] {
+            if let Action::Log(e) = a {
+                e.reason = if m.tolerant {
+                    format!("{} · plate {} (tolerant match: read {text})", e.reason, v.plate)
+                } else {
+                    format!("{} · plate {}", e.reason, v.plate)
+                };
+            }
+        }
     }
 
     fn frame(&mut self, gate: String, faces: Vec<FaceSeen>, now: Timestamp, out: &mut Vec<Action>) {
@@ -479,6 +544,28 @@ mod tests {
         let a = pin(&mut p, t(4 * 3600));
         assert_eq!(opens(&a), 0);
         assert_eq!(logs(&a)[0].reason, "visitor pass expired");
+    }
+
+    #[test]
+    fn a_confirmed_plate_lifts_the_barrier_once_and_tolerant_matches_are_logged() {
+        let mut p = policy();
+        p.upsert_vehicle(Vehicle { plate: "川A35D98".into(), owner: "R1".into(), valid_until: None });
+        let read = |p: &mut Policy, text: &str, at| p.handle(Input::Plate { gate: "north".into(), text: text.into(), confidence: 0.9 }, at);
+        let mut all = Vec::new();
+        for i in 0..20 {
+            all.extend(read(&mut p, "川A3SD98", t(i)));
+        }
+        assert_eq!(opens(&all), 1, "a car waiting at the barrier");
+        let l = logs(&all);
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].credential, Credential::Plate);
+        assert!(l[0].reason.contains("tolerant match: read 川A3SD98"), "{}", l[0].reason);
+        let mut all = Vec::new();
+        for i in 0..3 {
+            all.extend(read(&mut p, "渝A35D98", t(100 + i)));
+        }
+        assert_eq!(opens(&all), 0, "another province is another car");
+        assert_eq!(logs(&all)[0].reason, "unknown vehicle 渝A35D98");
     }
 
     #[test]

@@ -34,9 +34,10 @@ pub fn secret_hash(key: &[u8], kind: Credential, value: &str) -> String {
 pub use crate::vision::worker::QR_PREFIX;
 
 pub enum GateMsg {
-    Frame { gate: String, faces: Vec<FaceSeen>, qr: Vec<String>, snapshot: Option<Vec<u8>> },
+    Frame { gate: String, faces: Vec<FaceSeen>, qr: Vec<String>, snapshot: Option<Vec<u8>>, plates: Vec<(String, f32)> },
     Credential { gate: String, kind: Credential, value: String, reply: Option<oneshot::Sender<Option<Entry>>> },
     Reload(String),
+    ReloadVehicle(String),
 }
 
 /// Requests to the vision process.
@@ -142,11 +143,12 @@ impl VisionSupervisor {
                 *backoff = Duration::from_secs(1);
                 tracing::info!(templates, "vision process ready");
             }
-            FromVision::Frame { gate, faces, qr, snapshot } => {
+            FromVision::Frame { gate, faces, qr, snapshot, plates } => {
+                let plates = plates.into_iter().map(|p| (p.text, p.confidence)).collect();
                 let faces = faces.into_iter().map(|f| FaceSeen { person: f.person, score: f.score, liveness: f.liveness }).collect();
                 let snapshot = snapshot.and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok());
                 // Frames are replaceable: if the gate task is behind, drop this one.
-                let _ = self.gates.try_send(GateMsg::Frame { gate, faces, qr, snapshot });
+                let _ = self.gates.try_send(GateMsg::Frame { gate, faces, qr, snapshot, plates });
             }
             FromVision::Camera { gate, frames, connected, reconnects, finished, silent_ms } => {
                 self.stats.lock().expect("camera stats").insert(gate, CameraStat { frames, connected, reconnects, finished, silent_ms });
@@ -204,9 +206,17 @@ impl GateTask {
                         Ok(None) => self.policy.remove(&id),
                         Err(e) => tracing::error!(error = %e, "cannot reload a person"),
                     },
-                    Some(GateMsg::Frame { gate, faces, qr, snapshot }) => {
+                    Some(GateMsg::ReloadVehicle(plate)) => match self.sh.store.get_vehicle(&plate) {
+                        Ok(Some(v)) => self.policy.upsert_vehicle(v),
+                        Ok(None) => self.policy.remove_vehicle(&plate),
+                        Err(e) => tracing::error!(error = %e, "cannot reload a vehicle"),
+                    },
+                    Some(GateMsg::Frame { gate, faces, qr, snapshot, plates }) => {
                         let now = self.sh.clock.now();
-                        let mut acts = self.policy.handle(Input::Frame { gate: gate.clone(), faces }, now);
+                        let mut acts = if faces.is_empty() { vec![] } else { self.policy.handle(Input::Frame { gate: gate.clone(), faces }, now) };
+                        for (text, confidence) in plates {
+                            acts.extend(self.policy.handle(Input::Plate { gate: gate.clone(), text, confidence }, now));
+                        }
                         for code in qr {
                             let h = secret_hash(&self.credential_key, Credential::Qr, &code);
                             acts.extend(self.policy.handle(Input::Credential { gate: gate.clone(), kind: Credential::Qr, secret_hash: h }, now));
@@ -215,8 +225,13 @@ impl GateTask {
                     }
                     Some(GateMsg::Credential { gate, kind, value, reply }) => {
                         let now = self.sh.clock.now();
-                        let h = secret_hash(&self.credential_key, kind, &value);
-                        let acts = self.policy.handle(Input::Credential { gate, kind, secret_hash: h }, now);
+                        let acts = if kind == Credential::Plate {
+                            // A plate typed by staff or sent by an external LPR camera: as sure as it gets.
+                            self.policy.handle(Input::Plate { gate, text: value.trim().to_string(), confidence: 1.0 }, now)
+                        } else {
+                            let h = secret_hash(&self.credential_key, kind, &value);
+                            self.policy.handle(Input::Credential { gate, kind, secret_hash: h }, now)
+                        };
                         let entry = acts.iter().find_map(|a| if let Action::Log(e) = a { Some(e.clone()) } else { None });
                         self.apply(acts, None, &mut failing).await;
                         if let Some(r) = reply { let _ = r.send(entry); }
@@ -336,6 +351,9 @@ impl GateTask {
         for r in self.sh.store.list_people().unwrap_or_default() {
             let p = &r.person;
             if p.kind == super::policy::PersonKind::Visitor && p.valid_until.is_some_and(|u| u + retention < now) {
+                for v in self.sh.store.list_vehicles().unwrap_or_default().into_iter().filter(|v| v.owner == p.id) {
+                    let _ = self.sh.store.remove_vehicle(&v.plate);
+                }
                 if let Err(e) = self.sh.store.remove_person(&p.id) {
                     tracing::error!(error = %e, "cannot purge a visitor");
                     continue;

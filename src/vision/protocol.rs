@@ -13,13 +13,29 @@ pub struct FaceOut {
     pub liveness: f32,
 }
 
+/// One plate in one frame that passed the GA 36 shape check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlateOut {
+    pub text: String,
+    pub confidence: f32,
+    pub colour: super::plate::Colour,
+    pub double_layer: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum FromVision {
     /// Models loaded, gallery received: frames follow.
     Ready { templates: usize },
     /// Faces largest first, QR payloads read, and a JPEG when the nearest face is unknown.
-    Frame { gate: String, faces: Vec<FaceOut>, qr: Vec<String>, snapshot: Option<String> },
+    Frame {
+        gate: String,
+        faces: Vec<FaceOut>,
+        qr: Vec<String>,
+        snapshot: Option<String>,
+        #[serde(default)]
+        plates: Vec<PlateOut>,
+    },
     Camera { gate: String, frames: u64, connected: bool, reconnects: u64, finished: bool, silent_ms: Option<u64> },
     Enrolled { id: u64, result: EnrolResult },
 }
@@ -51,7 +67,7 @@ mod tests {
 
     #[test]
     fn messages_round_trip_as_single_json_lines() {
-        let m = FromVision::Frame { gate: "north".into(), faces: vec![FaceOut { person: Some("R1".into()), score: 0.7, liveness: 0.99 }], qr: vec![], snapshot: None };
+        let m = FromVision::Frame { gate: "north".into(), faces: vec![FaceOut { person: Some("R1".into()), score: 0.7, liveness: 0.99 }], qr: vec![], snapshot: None, plates: vec![] };
         let line = serde_json::to_string(&m).unwrap();
         assert!(!line.contains('\n'));
         assert_eq!(serde_json::from_str::<FromVision>(&line).unwrap(), m);

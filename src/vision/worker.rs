@@ -3,7 +3,7 @@
 
 use super::matcher::Gallery;
 use super::pipeline::{FacePipeline, Timings};
-use super::protocol::{EnrolResult, FaceOut, FromVision, ToVision};
+use super::protocol::{EnrolResult, FaceOut, FromVision, PlateOut, ToVision};
 use crate::capture::Camera;
 use crate::config::Config;
 use base64::Engine as _;
@@ -40,6 +40,11 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
     pipeline.gates.min_face_px = v.min_face_px;
     pipeline.liveness.threshold = v.liveness_threshold;
     let mut gallery = Gallery::default();
+    let mut plates = match cfg.gates.iter().any(|g| g.read_plates && g.camera.is_some()) {
+        true => Some(super::plate::PlateReader::load(&v.models_dir, v.ort_library.as_deref(), v.intra_threads)?),
+        false => None,
+    };
+    let reads: HashMap<String, (bool, bool)> = cfg.gates.iter().map(|g| (g.name.clone(), (g.read_faces, g.read_plates))).collect();
     let (tx, rx) = mpsc::channel::<ToVision>();
     let stdin_open = Arc::new(AtomicBool::new(true));
     let open = stdin_open.clone();
@@ -135,13 +140,32 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
             busy = true;
             last_seq.insert(gate.clone(), frame.seq);
             last_run.insert(gate.clone(), Instant::now());
+            let (read_faces, read_plates) = reads.get(gate).copied().unwrap_or((true, false));
             let mut t = Timings::default();
-            let faces = match pipeline.analyse(&frame.mat, true, &mut t) {
-                Ok(f) => f,
-                Err(e) => {
-                    tracing::error!(gate = %gate, error = %e, "face analysis failed");
-                    continue;
+            let faces = if read_faces {
+                match pipeline.analyse(&frame.mat, true, &mut t) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        tracing::error!(gate = %gate, error = %e, "face analysis failed");
+                        continue;
+                    }
                 }
+            } else {
+                vec![]
+            };
+            let plate_reads: Vec<PlateOut> = match (&mut plates, read_plates) {
+                (Some(r), true) => match r.read(&frame.mat) {
+                    Ok(rs) => rs
+                        .into_iter()
+                        .filter(|x| crate::gate::plate::validate(&x.text).is_ok())
+                        .map(|x| PlateOut { text: x.text, confidence: x.confidence, colour: x.colour, double_layer: x.double_layer })
+                        .collect(),
+                    Err(e) => {
+                        tracing::error!(gate = %gate, error = %e, "plate reading failed");
+                        vec![]
+                    }
+                },
+                _ => vec![],
             };
             let mut seen: Vec<(f32, FaceOut)> = faces
                 .iter()
@@ -166,10 +190,10 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
                 None
             };
             let qr = decode_qr(&frame.mat);
-            if faces.is_empty() && qr.is_empty() {
+            if faces.is_empty() && qr.is_empty() && plate_reads.is_empty() {
                 continue;
             }
-            if !send(&mut out, &FromVision::Frame { gate: gate.clone(), faces, qr, snapshot }) {
+            if !send(&mut out, &FromVision::Frame { gate: gate.clone(), faces, qr, snapshot, plates: plate_reads }) {
                 break;
             }
         }
