@@ -80,6 +80,13 @@ case "$cmd" in
     [ -x "$venv/bin/python" ] || { python3 -m venv "$venv" && "$venv/bin/pip" install -q opencv-python-headless onnxruntime==1.31.1 numpy; }
     "$venv/bin/python" deploy/bench/face_reference.py --frame "$frame" --iters 200 2>/dev/null | grep JSON
     "$venv/bin/python" deploy/bench/face_reference.py --frame "$frame" --iters 200 --no-spin 2>/dev/null | grep JSON
+    echo "== plate: frame to reading at 720p (vs the Python reference)"
+    ffmpeg -y -loglevel error -i ../shared/testdata/plates/plate02.jpg \
+      -vf "scale=1280:720:force_original_aspect_ratio=decrease,pad=1280:720:(ow-iw)/2:(oh-ih)/2" -q:v 3 "$frame"
+    target/release/gatewarden-bench-face --plate-frame "$frame" --iters 200
+    "$venv/bin/pip" show onnx >/dev/null 2>&1 || "$venv/bin/pip" install -q onnx
+    "$venv/bin/python" deploy/bench/plate_reference.py --frame "$frame" --iters 200 2>/dev/null | grep JSON
+    "$venv/bin/python" deploy/bench/plate_reference.py --frame "$frame" --iters 200 --no-spin 2>/dev/null | grep JSON
     rm -f "$frame"
     ;;
   *)
