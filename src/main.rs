@@ -153,10 +153,10 @@ enum ConfigCmd {
 
 fn main() -> ExitCode {
     // glibc gives each thread its own malloc arena; on a small box that shows up
-    // as tens of MB of RSS for nothing. Two arenas are plenty for this daemon.
+    // as tens of MB of RSS for nothing. One arena is plenty for this daemon: it does little allocation in parallel.
     // SAFETY: called before any other thread exists.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -173,18 +173,19 @@ impl PlateReader {
     /// Every plate in a frame, read. A small image with no detection is taken
     /// for a pre-cropped plate and padded so the detector sees it in context.
     pub fn read(&mut self, bgr: &Mat) -> Result<Vec<Reading>> {
-        let mut img = bgr.clone();
-        let mut dets = self.detect(&img)?;
+        let mut padded = None;
+        let mut dets = self.detect(bgr)?;
         if dets.is_empty() && bgr.cols() < 400 {
-            let mut padded = Mat::default();
+            let mut p = Mat::default();
             let (v, h) = (bgr.rows(), bgr.cols() / 2);
-            opencv::core::copy_make_border(bgr, &mut padded, v, v, h, h, BORDER_CONSTANT, Scalar::all(0.0))?;
-            dets = self.detect(&padded)?;
-            img = padded;
+            opencv::core::copy_make_border(bgr, &mut p, v, v, h, h, BORDER_CONSTANT, Scalar::all(0.0))?;
+            dets = self.detect(&p)?;
+            padded = Some(p);
         }
+        let img = padded.as_ref().unwrap_or(bgr);
         let mut out = Vec::new();
         for d in dets {
-            let crop = Self::warp(&img, &d.corners)?;
+            let crop = Self::warp(img, &d.corners)?;
             let (text, confidence) = if d.double_layer {
                 // Double-layer (yellow truck) plates: the top 40 % is the province row.
                 let split = (crop.rows() as f32 * 0.4) as i32;
