@@ -57,6 +57,16 @@ impl Clock {
     }
 }
 
+/// China Standard Time (UTC+8): what staff and administrators read.
+pub fn cst() -> chrono::FixedOffset {
+    chrono::FixedOffset::east_opt(8 * 3600).expect("UTC+8 is a valid offset")
+}
+
+/// "2026-11-23 10:00" in China time.
+pub fn local_minute(t: Timestamp) -> String {
+    t.with_timezone(&cst()).format("%Y-%m-%d %H:%M").to_string()
+}
+
 /// Convert a std duration to chrono, saturating instead of panicking on absurd values.
 pub fn chrono_dur(d: std::time::Duration) -> ChronoDuration {
     ChronoDuration::from_std(d).unwrap_or(ChronoDuration::MAX)

@@ -312,7 +312,7 @@ pub fn parse_time(s: &str) -> Result<Timestamp, String> {
         return Ok(t.with_timezone(&chrono::Utc));
     }
     let d = NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| format!("invalid time {s:?}: use YYYY-MM-DD or RFC 3339"))?;
-    let cst = chrono::FixedOffset::east_opt(8 * 3600).expect("UTC+8");
+    let cst = crate::clock::cst();
     Ok(cst.from_local_datetime(&d.and_hms_opt(0, 0, 0).expect("midnight")).single().expect("fixed offset").with_timezone(&chrono::Utc))
 }
 

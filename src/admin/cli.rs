@@ -231,7 +231,7 @@ fn local(v: &Value, k: &str) -> String {
     v.get(k)
         .and_then(|x| x.as_str())
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).unwrap()).format("%Y-%m-%d %H:%M").to_string())
+        .map(|t| crate::clock::local_minute(t.with_timezone(&chrono::Utc)))
         .unwrap_or_else(|| "-".into())
 }
 

@@ -7,7 +7,6 @@ use super::{Alert, AlertKind, NoticeKind, Staff, Subject};
 use crate::clock::Timestamp;
 use crate::config::Language;
 use crate::presence::{Elder, LastSeen};
-use chrono::FixedOffset;
 use std::collections::BTreeMap;
 
 pub struct Context<'a> {
@@ -22,10 +21,7 @@ pub struct Context<'a> {
     pub now: Timestamp,
 }
 
-/// China Standard Time: staff read local times.
-fn local(t: Timestamp) -> String {
-    t.with_timezone(&FixedOffset::east_opt(8 * 3600).expect("UTC+8")).format("%Y-%m-%d %H:%M").to_string()
-}
+use crate::clock::local_minute as local;
 
 fn kind_title(kind: AlertKind, lang: Language) -> &'static str {
     match (kind, lang) {
