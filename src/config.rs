@@ -172,6 +172,11 @@ pub struct AccessConfig {
     /// Where unknown-face snapshots go (default: beside the store).
     #[serde(default)]
     pub snapshot_dir: Option<PathBuf>,
+    /// The key that seals face templates at rest; created (mode 0600) on first
+    /// start. Default: template.key beside the store. Keep it out of backups of
+    /// the database, or keep it with them only encrypted.
+    #[serde(default)]
+    pub template_key_file: Option<PathBuf>,
     /// Visitor records are purged this long after their pass ends.
     #[serde(default = "AccessConfig::default_visitor_retention")]
     pub visitor_retention: Dur,

@@ -468,6 +468,20 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
     let (mqtt_tx, mqtt_rx) = mpsc::channel(4096);
     let (mqtt_client, mqtt_loop) = crate::mqtt::connect(&cfg);
     let credential_key = store.secret("credential_key")?.into_bytes();
+    let key_file = template_key_path(&cfg);
+    let keys = crate::store::TemplateKeys::load_or_create(&key_file).with_context(|| format!("template key file {}", key_file.display()))?;
+    let finish_rotation = keys.previous.is_some();
+    store.set_template_keys(keys.clone());
+    let resealed = store.reseal_templates()?;
+    if resealed > 0 {
+        tracing::info!(resealed, "face templates re-sealed under the current key");
+    }
+    if finish_rotation {
+        // A rotation was interrupted: everything is under the new key now.
+        let k = crate::store::TemplateKeys { current: keys.current, previous: None };
+        k.save(&key_file)?;
+        store.set_template_keys(k);
+    }
     let vision_enabled = cfg.vision.enabled.unwrap_or_else(|| cfg.gates.iter().any(|g| g.camera.is_some()));
     let (gate_tx, gate_rx) = mpsc::channel(64);
     let camera_stats: crate::gate::task::CameraStats = Default::default();
@@ -617,6 +631,27 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
     store.flush()?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+pub fn template_key_path(cfg: &Config) -> std::path::PathBuf {
+    cfg.access.template_key_file.clone().unwrap_or_else(|| admin_token_path(cfg).with_file_name("template.key"))
+}
+
+/// Seal every face template under a fresh key. The key file holds the new key
+/// and the old one until every template is re-sealed, so a crash at any point
+/// leaves each template openable.
+pub fn rotate_template_key(cfg: &Config, store: &Store) -> anyhow::Result<usize> {
+    let path = template_key_path(cfg);
+    let old = crate::store::TemplateKeys::load_or_create(&path)?;
+    let both = crate::store::TemplateKeys { current: rand::random(), previous: Some(old.current) };
+    both.save(&path)?;
+    store.set_template_keys(both.clone());
+    let n = store.reseal_templates()?;
+    let new = crate::store::TemplateKeys { current: both.current, previous: None };
+    new.save(&path)?;
+    store.set_template_keys(new);
+    tracing::info!(resealed = n, "template key rotated");
+    Ok(n)
 }
 
 pub fn admin_token_path(cfg: &Config) -> std::path::PathBuf {

@@ -2,7 +2,7 @@
 //! a tool for administrators that talks to it.
 
 use clap::{Parser, Subcommand};
-use gatewarden::admin::cli::{self, AlertsCmd, Client, Conn, ElderCmd, EscalationCmd, LeaveCmd, LogCmd, ResidentCmd, StaffCmd, VehicleCmd, VisitorCmd, WristbandCmd};
+use gatewarden::admin::cli::{self, AlertsCmd, Client, Conn, ElderCmd, EscalationCmd, LeaveCmd, KeysCmd, LogCmd, ResidentCmd, StaffCmd, VehicleCmd, VisitorCmd, WristbandCmd};
 use gatewarden::config::Config;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -91,6 +91,13 @@ enum Cmd {
         conn: Conn,
         #[command(subcommand)]
         cmd: ResidentCmd,
+    },
+    /// The key that seals face templates at rest.
+    Keys {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        cmd: KeysCmd,
     },
     /// Vehicles allowed through the barrier.
     Vehicle {
@@ -212,6 +219,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Visitor { conn, cmd } => cli::visitor(&client(&conn)?, cmd).await?,
         Cmd::Log { conn, cmd } => cli::log(&client(&conn)?, cmd).await?,
         Cmd::Vehicle { conn, cmd } => cli::vehicle(&client(&conn)?, cmd).await?,
+        Cmd::Keys { conn, cmd } => cli::keys(&client(&conn)?, cmd).await?,
         Cmd::Gate { conn, cmd: GateCmd::Present { gate, pin, card, qr, plate } } => {
             let (kind, value) = match (pin, card, qr, plate) {
                 (Some(p), ..) => ("pin", p),

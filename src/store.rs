@@ -12,9 +12,12 @@ use serde::{de::DeserializeOwned, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 
 /// Bumped whenever the layout changes; `open` migrates older stores forward.
-pub const SCHEMA_VERSION: u32 = 1;
+/// 1: first release. 2: face templates sealed with ChaCha20-Poly1305 (the
+/// daemon re-seals schema-1 templates at start-up, see `reseal_templates`).
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -32,12 +35,97 @@ pub enum StoreError {
     Exists { what: &'static str, id: String },
     #[error("no {what} {id:?}")]
     NotFound { what: &'static str, id: String },
+    #[error("face templates are sealed and no template key is loaded (access.template_key_file)")]
+    NoTemplateKey,
+    #[error("a face template of {person} cannot be opened with the loaded keys: wrong or lost template key file")]
+    TemplateKey { person: String },
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
 
+/// Keys that seal face templates at rest (ChaCha20-Poly1305). They live in a
+/// file outside the database, readable only by the service user, so a copy of
+/// the database alone reveals no biometric data. During a rotation the
+/// previous key still opens what it sealed.
+#[derive(Clone)]
+pub struct TemplateKeys {
+    pub current: [u8; 32],
+    pub previous: Option<[u8; 32]>,
+}
+
+const SEALED: &[u8; 4] = b"GWE1";
+
+impl TemplateKeys {
+    /// Read the key file ("current" hex, then optionally "previous" hex, one per
+    /// line), or create it with a fresh key, mode 0600.
+    pub fn load_or_create(path: &Path) -> std::io::Result<TemplateKeys> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let keys: Vec<[u8; 32]> = text
+                    .lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .map(|l| {
+                        hex::decode(l.trim())
+                            .ok()
+                            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: not a 32-byte hex key", path.display())))
+                    })
+                    .collect::<std::io::Result<_>>()?;
+                match keys.as_slice() {
+                    [c] => Ok(TemplateKeys { current: *c, previous: None }),
+                    [c, p] => Ok(TemplateKeys { current: *c, previous: Some(*p) }),
+                    _ => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: expected one or two keys", path.display()))),
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let k = TemplateKeys { current: rand::random(), previous: None };
+                k.save(path)?;
+                Ok(k)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Replace the key file atomically (write, fsync, rename), mode 0600.
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp)?;
+        writeln!(f, "{}", hex::encode(self.current))?;
+        if let Some(p) = self.previous {
+            writeln!(f, "{}", hex::encode(p))?;
+        }
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    }
+}
+
+fn seal(key: &[u8; 32], person: &str, embedding: &[f32]) -> Vec<u8> {
+    use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+    let cipher = chacha20poly1305::ChaCha20Poly1305::new(key.into());
+    let nonce: [u8; 12] = rand::random();
+    let plain: Vec<u8> = embedding.iter().flat_map(|f| f.to_le_bytes()).collect();
+    // The person id is bound in as associated data: a template cannot be moved to someone else.
+    let ct = cipher.encrypt(&nonce.into(), Payload { msg: &plain, aad: person.as_bytes() }).expect("encryption cannot fail");
+    [SEALED.as_slice(), &nonce, &ct].concat()
+}
+
+fn unseal(key: &[u8; 32], person: &str, sealed: &[u8]) -> Option<Vec<f32>> {
+    use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+    let body = sealed.strip_prefix(SEALED.as_slice())?;
+    if body.len() < 12 {
+        return None;
+    }
+    let (nonce, ct) = body.split_at(12);
+    let cipher = chacha20poly1305::ChaCha20Poly1305::new(key.into());
+    let plain = cipher.decrypt(nonce.into(), Payload { msg: ct, aad: person.as_bytes() }).ok()?;
+    Some(plain.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+}
+
 #[derive(Clone)]
 pub struct Store {
+    keys: Arc<RwLock<Option<TemplateKeys>>>,
     db: sled::Db,
     meta: sled::Tree,
     elders: sled::Tree,
@@ -85,6 +173,7 @@ impl Store {
             .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
         let t = |n: &str| db.open_tree(n);
         let s = Store {
+            keys: Arc::new(RwLock::new(None)),
             meta: t("meta")?,
             elders: t("elders")?,
             bands: t("bands")?,
@@ -526,11 +615,49 @@ impl Store {
         dec("vehicles", &v)
     }
 
+    pub fn set_template_keys(&self, k: TemplateKeys) {
+        *self.keys.write().expect("keys") = Some(k);
+    }
+
+    fn current_key(&self) -> Result<[u8; 32]> {
+        self.keys.read().expect("keys").as_ref().map(|k| k.current).ok_or(StoreError::NoTemplateKey)
+    }
+
     pub fn add_template(&self, person: &str, embedding: &[f32]) -> Result<()> {
         let key = format!("{person}\u{0}{:020}", self.next_id()?);
-        let bytes: Vec<u8> = embedding.iter().flat_map(|f| f.to_le_bytes()).collect();
-        self.templates.insert(key.as_bytes(), bytes)?;
+        self.templates.insert(key.as_bytes(), seal(&self.current_key()?, person, embedding))?;
         Ok(())
+    }
+
+    /// Re-seal every template under the current key: templates from before
+    /// encryption (schema 1) and templates sealed with the previous key.
+    /// Returns how many were rewritten.
+    pub fn reseal_templates(&self) -> Result<usize> {
+        let keys = self.keys.read().expect("keys").clone().ok_or(StoreError::NoTemplateKey)?;
+        let mut n = 0;
+        for kv in self.templates.iter() {
+            let (k, v) = kv?;
+            let ks = String::from_utf8_lossy(&k).to_string();
+            let person = ks.split('\u{0}').next().unwrap_or_default().to_string();
+            if unseal(&keys.current, &person, &v).is_some() {
+                continue;
+            }
+            let plain = match v.starts_with(SEALED) {
+                true => keys.previous.and_then(|p| unseal(&p, &person, &v)).ok_or(StoreError::TemplateKey { person: person.clone() })?,
+                // Schema 1 stored raw little-endian f32.
+                false => v.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            };
+            self.templates.insert(k, seal(&keys.current, &person, &plain))?;
+            n += 1;
+        }
+        self.flush()?;
+        Ok(n)
+    }
+
+    /// For tests: the stored bytes of every template, as an attacker with the disk sees them.
+    #[doc(hidden)]
+    pub fn raw_templates(&self) -> Result<Vec<Vec<u8>>> {
+        Ok(self.templates.iter().values().collect::<std::result::Result<Vec<_>, _>>()?.into_iter().map(|v| v.to_vec()).collect())
     }
 
     pub fn remove_templates(&self, person: &str) -> Result<usize> {
@@ -542,18 +669,32 @@ impl Store {
         Ok(keys.len())
     }
 
-    /// Every (person, embedding).
+    /// Every (person, embedding), unsealed.
     pub fn templates(&self) -> Result<Vec<(String, Vec<f32>)>> {
+        let keys = self.keys.read().expect("keys").clone().ok_or(StoreError::NoTemplateKey)?;
         self.templates
             .iter()
             .map(|kv| {
                 let (k, v) = kv?;
                 let k = String::from_utf8_lossy(&k).to_string();
                 let person = k.split('\u{0}').next().unwrap_or_default().to_string();
-                let e = v.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+                let e = unseal(&keys.current, &person, &v)
+                    .or_else(|| keys.previous.and_then(|p| unseal(&p, &person, &v)))
+                    .ok_or(StoreError::TemplateKey { person: person.clone() })?;
                 Ok((person, e))
             })
             .collect()
+    }
+
+    /// How many templates each person has (no key needed).
+    pub fn template_counts(&self) -> Result<std::collections::HashMap<String, usize>> {
+        let mut m = std::collections::HashMap::new();
+        for k in self.templates.iter().keys() {
+            let k = k?;
+            let person = String::from_utf8_lossy(&k).split('\u{0}').next().unwrap_or_default().to_string();
+            *m.entry(person).or_insert(0) += 1;
+        }
+        Ok(m)
     }
 
     /// Append a decision to the hash chain (atomically with the head).
@@ -644,6 +785,50 @@ mod tests {
         assert_eq!(s.list_elders().unwrap().len(), 1);
         let a = s.secret("ack").unwrap();
         assert_eq!(s.secret("ack").unwrap(), a);
+    }
+
+    #[test]
+    fn templates_are_sealed_bound_to_their_person_and_survive_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let e: Vec<f32> = (0..128).map(|i| i as f32 / 128.0).collect();
+        assert!(matches!(s.add_template("R1", &e), Err(StoreError::NoTemplateKey)));
+        let k1 = [7u8; 32];
+        s.set_template_keys(TemplateKeys { current: k1, previous: None });
+        s.add_template("R1", &e).unwrap();
+        let raw = s.raw_templates().unwrap();
+        let plain: Vec<u8> = e.iter().flat_map(|f| f.to_le_bytes()).collect();
+        assert!(raw[0].starts_with(SEALED) && !raw[0].windows(16).any(|w| plain.windows(16).any(|p| p == w)), "no plaintext on disk");
+        assert!(unseal(&k1, "R2", &raw[0]).is_none(), "bound to its person");
+        assert!(unseal(&[8u8; 32], "R1", &raw[0]).is_none(), "useless without the key");
+        // Rotation: the new key with the old one as previous, then re-seal.
+        let k2 = [9u8; 32];
+        s.set_template_keys(TemplateKeys { current: k2, previous: Some(k1) });
+        assert_eq!(s.reseal_templates().unwrap(), 1);
+        s.set_template_keys(TemplateKeys { current: k2, previous: None });
+        assert_eq!(s.templates().unwrap()[0].1, e);
+        s.set_template_keys(TemplateKeys { current: k1, previous: None });
+        assert!(matches!(s.templates(), Err(StoreError::TemplateKey { .. })), "the old key no longer opens it");
+    }
+
+    #[test]
+    fn schema_1_plain_templates_are_sealed_on_upgrade() {
+        let dir = tempfile::tempdir().unwrap();
+        let e: Vec<f32> = (0..128).map(|i| -(i as f32) / 100.0).collect();
+        {
+            // A store as schema 1 wrote it: version 1, raw f32 templates.
+            let db = sled::open(dir.path()).unwrap();
+            db.open_tree("meta").unwrap().insert("schema_version", enc(&1u32)).unwrap();
+            let raw: Vec<u8> = e.iter().flat_map(|f| f.to_le_bytes()).collect();
+            db.open_tree("face_templates").unwrap().insert("R1\u{0}00000000000000000001", raw).unwrap();
+            db.flush().unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+        s.set_template_keys(TemplateKeys { current: [3u8; 32], previous: None });
+        assert_eq!(s.reseal_templates().unwrap(), 1);
+        assert_eq!(s.templates().unwrap(), vec![("R1".to_string(), e)]);
+        assert!(s.raw_templates().unwrap()[0].starts_with(SEALED));
     }
 
     #[test]

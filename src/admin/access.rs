@@ -210,10 +210,7 @@ pub async fn add_resident(State(sh): S, Json(i): Json<ResidentInput>) -> R<serde
 }
 
 pub async fn list_people(State(sh): S) -> R<Vec<serde_json::Value>> {
-    let counts = sh.store.templates()?.into_iter().fold(std::collections::HashMap::<String, usize>::new(), |mut m, (p, _)| {
-        *m.entry(p).or_default() += 1;
-        m
-    });
+    let counts = sh.store.template_counts()?;
     Ok(Json(
         sh.store
             .list_people()?
@@ -375,4 +372,10 @@ pub async fn verify_log(State(sh): S) -> Result<Response, ApiError> {
         Ok(n) => Ok(Json(json!({ "ok": true, "records": n })).into_response()),
         Err(e) => Ok((StatusCode::CONFLICT, Json(json!({ "ok": false, "error": e.to_string() }))).into_response()),
     }
+}
+
+/// `POST /api/v1/keys/rotate`: a fresh template key; every template re-sealed.
+pub async fn rotate_key(State(sh): S) -> R<serde_json::Value> {
+    let n = crate::daemon::rotate_template_key(&sh.cfg, &sh.store).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
+    Ok(Json(json!({ "resealed": n, "key_file": crate::daemon::template_key_path(&sh.cfg) })))
 }

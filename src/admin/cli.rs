@@ -711,3 +711,19 @@ pub async fn vehicle(c: &Client, cmd: VehicleCmd) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCmd {
+    /// Seal every face template under a new key (the old key stops working).
+    Rotate,
+}
+
+pub async fn keys(c: &Client, cmd: KeysCmd) -> anyhow::Result<()> {
+    match cmd {
+        KeysCmd::Rotate => {
+            let v = c.call(Method::POST, "/keys/rotate", None).await?;
+            one(c, &v, format!("template key rotated: {} template(s) re-sealed; key file {}", s(&v, "resealed"), s(&v, "key_file")));
+        }
+    }
+    Ok(())
+}
