@@ -402,6 +402,9 @@ impl Monitor {
 
     async fn run(mut self, mut mqtt: mpsc::Receiver<Parsed>, mut cmds: mpsc::Receiver<Command>, cancel: CancellationToken) {
         let mut tick = tokio::time::interval(self.sh.cfg.presence.tick_interval.get());
+        // Pinged from this loop, so a stuck monitor (the heart of alerting) gets us restarted.
+        let wd = crate::telemetry::watchdog_interval();
+        let mut watchdog = tokio::time::interval(wd.unwrap_or(Duration::from_secs(3600)));
         let mut flush = tokio::time::interval(self.sh.cfg.store.flush_every.get());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -412,6 +415,7 @@ impl Monitor {
                 Some(c) = cmds.recv() => self.command(c),
                 _ = tick.tick() => self.tick(),
                 _ = flush.tick() => self.flush(),
+                _ = watchdog.tick(), if wd.is_some() => crate::telemetry::sd_notify("WATCHDOG=1"),
                 p = mqtt.recv() => match p {
                     Some(p) => self.on_parsed(p),
                     None => break,
@@ -610,6 +614,7 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
         }
     });
 
+    crate::telemetry::sd_notify("READY=1");
     let c = cancel.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -617,6 +622,7 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
         c.cancel();
     });
     cancel.cancelled().await;
+    crate::telemetry::sd_notify("STOPPING=1");
     let deadline = tokio::time::sleep(Duration::from_secs(10));
     tokio::pin!(deadline);
     loop {

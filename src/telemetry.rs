@@ -188,3 +188,34 @@ mod tests {
         assert!(text.contains("gatewarden_deliveries_total{channel=\"grid-wecom\",result=\"delivered\"} 1"), "{text}");
     }
 }
+
+/// systemd's notify protocol (sd_notify), without libsystemd: one datagram to
+/// $NOTIFY_SOCKET. "READY=1" once serving, "WATCHDOG=1" from the monitor loop
+/// (a hung loop stops the pings and systemd restarts us), "STOPPING=1".
+pub fn sd_notify(state: &str) {
+    if let Some(path) = std::env::var_os("NOTIFY_SOCKET") {
+        if let Err(e) = sd_notify_to(std::path::Path::new(&path), state) {
+            tracing::warn!(error = %e, "sd_notify failed");
+        }
+    }
+}
+
+pub fn sd_notify_to(path: &std::path::Path, state: &str) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let sock = std::os::unix::net::UnixDatagram::unbound()?;
+    let bytes = path.as_os_str().as_bytes();
+    if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+        sock.send_to_addr(state.as_bytes(), &addr)?;
+    } else {
+        sock.send_to(state.as_bytes(), path)?;
+    }
+    Ok(())
+}
+
+/// Half of $WATCHDOG_USEC, the interval systemd asks us to ping within.
+pub fn watchdog_interval() -> Option<std::time::Duration> {
+    let us: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    (us > 0).then(|| std::time::Duration::from_micros(us / 2))
+}

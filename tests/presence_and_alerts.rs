@@ -510,3 +510,47 @@ fn url_pairs(q: &str) -> std::collections::HashMap<String, String> {
         .map(|(k, v)| (k.to_string(), percent_encoding::percent_decode_str(v).decode_utf8_lossy().to_string()))
         .collect()
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn systemd_hears_ready_and_watchdog_pings_and_the_unit_file_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    let broker = Mosquitto::start();
+    let http = free_port();
+    let cfg = dir.path().join("g.toml");
+    std::fs::write(&cfg, config(dir.path(), broker.port, http, "")).unwrap();
+    let mut child = std::process::Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "400000")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while !(got.iter().any(|m: &String| m == "READY=1") && got.iter().filter(|m| *m == "WATCHDOG=1").count() >= 2) {
+        let n = sock.recv(&mut buf).expect("a notification within 20 s");
+        got.push(String::from_utf8_lossy(&buf[..n]).to_string());
+    }
+    std::process::Command::new("sh").args(["-c", &format!("kill -TERM {}", child.id())]).status().unwrap();
+    assert!(child.wait().unwrap().success());
+    let n = sock.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"STOPPING=1");
+
+    // The shipped unit passes `systemd-analyze verify` (pointed at this build's binary).
+    if let Ok(o) = std::process::Command::new("systemd-analyze").arg("--version").output() {
+        if o.status.success() {
+            let unit = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/gatewarden.service")).unwrap();
+            let unit = unit.replace("/usr/bin/gatewarden", bin());
+            let p = dir.path().join("gatewarden.service");
+            std::fs::write(&p, unit).unwrap();
+            let v = std::process::Command::new("systemd-analyze").arg("verify").arg(&p).output().unwrap();
+            let text = String::from_utf8_lossy(&v.stderr).to_string();
+            let problems: Vec<&str> = text.lines().filter(|l| l.contains("gatewarden.service")).collect();
+            assert!(v.status.success() && problems.is_empty(), "systemd-analyze verify: {text}");
+        }
+    }
+}
