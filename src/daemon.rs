@@ -56,6 +56,8 @@ pub struct Shared {
     pub vision: Option<mpsc::Sender<crate::gate::task::VisionCmd>>,
     /// Key for PIN/card/QR hashes and ID-number hashes.
     pub credential_key: Vec<u8>,
+    /// For publishing alert episodes and box health upstream.
+    pub mqtt: Option<rumqttc::AsyncClient>,
 }
 
 impl Shared {
@@ -252,6 +254,7 @@ impl Monitor {
             match a {
                 Action::Save(alert) => {
                     let state = alert.state.as_str();
+                    self.publish_episode(&alert);
                     self.sh.metrics.alert_event(alert.kind.as_str(), state);
                     tracing::info!(alert = alert.id, kind = alert.kind.as_str(), subject = %alert.subject.id(), state, level = alert.level, "alert changed");
                     alerts.push(alert);
@@ -266,6 +269,33 @@ impl Monitor {
             self.sh.outbox_wake.notify_waiters();
         }
         self.update_alert_gauges();
+    }
+
+    /// Alert episodes go upstream (QoS 1) for the district: state, kind and
+    /// subject id, never names, phones or ID numbers.
+    fn publish_episode(&self, a: &Alert) {
+        let Some(m) = &self.sh.mqtt else { return };
+        let body = serde_json::json!({
+            "site": self.sh.cfg.site, "id": a.id, "kind": a.kind.as_str(), "severity": a.kind.severity(),
+            "subject": a.subject, "state": a.state.as_str(), "level": a.level, "opened_at": a.opened_at,
+            "acked_at": a.acked_at, "resolved_at": a.resolved_at,
+        });
+        let topic = format!("gatewarden/{}/alert", self.sh.cfg.site);
+        if let Err(e) = m.try_publish(topic, rumqttc::QoS::AtLeastOnce, false, body.to_string()) {
+            tracing::warn!(error = %e, "cannot publish the alert episode");
+        }
+    }
+
+    /// Retained box health on `gatewarden/<site>/health`, once a minute.
+    fn publish_health(&self) {
+        let Some(m) = &self.sh.mqtt else { return };
+        let open = self.engine.open_alerts().count();
+        let body = serde_json::json!({
+            "site": self.sh.cfg.site, "at": self.sh.clock.now(), "version": env!("CARGO_PKG_VERSION"),
+            "uptime_s": self.sh.started.elapsed().as_secs(), "elders": self.presence.elder_count(), "open_alerts": open,
+        });
+        let topic = format!("gatewarden/{}/health", self.sh.cfg.site);
+        let _ = m.try_publish(topic, rumqttc::QoS::AtLeastOnce, true, body.to_string());
     }
 
     fn notifications(&self, a: &Alert, levels: &[usize], kind: NoticeKind, now: Timestamp) -> Vec<Notification> {
@@ -405,6 +435,7 @@ impl Monitor {
         // Pinged from this loop, so a stuck monitor (the heart of alerting) gets us restarted.
         let wd = crate::telemetry::watchdog_interval();
         let mut watchdog = tokio::time::interval(wd.unwrap_or(Duration::from_secs(3600)));
+        let mut health = tokio::time::interval(Duration::from_secs(60));
         let mut flush = tokio::time::interval(self.sh.cfg.store.flush_every.get());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -416,6 +447,7 @@ impl Monitor {
                 _ = tick.tick() => self.tick(),
                 _ = flush.tick() => self.flush(),
                 _ = watchdog.tick(), if wd.is_some() => crate::telemetry::sd_notify("WATCHDOG=1"),
+                _ = health.tick() => self.publish_health(),
                 p = mqtt.recv() => match p {
                     Some(p) => self.on_parsed(p),
                     None => break,
@@ -517,6 +549,7 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
         gates: (!cfg.gates.is_empty()).then(|| gate_tx.clone()),
         vision: vision_enabled.then(|| vision_tx.clone()),
         credential_key: credential_key.clone(),
+        mqtt: Some(mqtt_client.clone()),
     });
 
     if cfg.mqtt.external_addr().map_err(anyhow::Error::msg)?.is_none() {

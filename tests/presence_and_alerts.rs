@@ -376,6 +376,7 @@ async fn the_ack_link_in_a_message_acknowledges_the_alert() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sos_from_own_format_alerts_immediately() {
     let w = world(LADDER).await;
+    let upstream = Subscriber::start(w.broker.port, "gatewarden/t/alert").await;
     enroll(&w.d, "E1", "c3a1f0001101").await;
     let p = w.broker.publisher().await;
     p.publish("gatewarden/t/sighting", r#"{"band":"c3a1f0001101","gateway":"b3","sos":true,"battery":12}"#).await;
@@ -384,6 +385,11 @@ async fn sos_from_own_format_alerts_immediately() {
         (t.iter().any(|x| x.contains("SOS")) && t.iter().any(|x| x.contains("电量低"))).then_some(())
     })
     .await;
+    // The episode also goes upstream for the district, without personal data.
+    let ep = eventually("the SOS episode on MQTT", 10, async || upstream.messages().into_iter().find(|(_, p)| p.contains("\"sos\"")).map(|(_, p)| p)).await;
+    let v: serde_json::Value = serde_json::from_str(&ep).unwrap();
+    assert_eq!((v["kind"].as_str(), v["state"].as_str(), v["subject"]["id"].as_str()), (Some("sos"), Some("firing"), Some("E1")));
+    assert!(!ep.contains("老人E1") && !ep.contains("13800001111"), "no names or phones upstream: {ep}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
