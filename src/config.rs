@@ -177,6 +177,12 @@ pub struct AccessConfig {
     /// the database, or keep it with them only encrypted.
     #[serde(default)]
     pub template_key_file: Option<PathBuf>,
+    /// Entry-log records older than this are purged (the hash chain continues from an anchor).
+    #[serde(default = "AccessConfig::default_entry_log_retention")]
+    pub entry_log_retention: Dur,
+    /// Leave records are purged this long after they end.
+    #[serde(default = "AccessConfig::default_leave_retention")]
+    pub leave_retention: Dur,
     /// Visitor records are purged this long after their pass ends.
     #[serde(default = "AccessConfig::default_visitor_retention")]
     pub visitor_retention: Dur,
@@ -211,6 +217,12 @@ impl AccessConfig {
     }
     fn default_visitor_retention() -> Dur {
         Dur::secs(30 * 24 * 3600)
+    }
+    fn default_entry_log_retention() -> Dur {
+        Dur::secs(180 * 24 * 3600)
+    }
+    fn default_leave_retention() -> Dur {
+        Dur::secs(90 * 24 * 3600)
     }
     fn default_plate_votes() -> usize {
         3

@@ -213,11 +213,31 @@ impl Monitor {
         self.apply(acts);
         if self.last_purge.map_or(true, |t| now - t > chrono::Duration::hours(1)) {
             self.last_purge = Some(now);
-            let before = now - chrono_dur(self.sh.cfg.alert.outbox.retention.get());
-            match self.sh.store.purge_deliveries(before) {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(purged = n, "old delivered notifications purged"),
-                Err(e) => tracing::error!(error = %e, "purge failed"),
+            self.purge(now);
+        }
+    }
+
+    /// Retention (PIPL: keep personal data no longer than needed): delivered
+    /// notifications, ended leaves and old entry-log records. Logged, counted,
+    /// and recorded for the compliance report.
+    fn purge(&mut self, now: Timestamp) {
+        let st = &self.sh.store;
+        let cfg = &self.sh.cfg;
+        let jobs: [(&str, Result<usize, crate::store::StoreError>); 3] = [
+            ("deliveries", st.purge_deliveries(now - chrono_dur(cfg.alert.outbox.retention.get()))),
+            ("leaves", st.purge_leaves(now - chrono_dur(cfg.access.leave_retention.get()))),
+            ("entry_log", st.purge_entries(now - chrono_dur(cfg.access.entry_log_retention.get()))),
+        ];
+        for (what, r) in jobs {
+            match r {
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::info!(what, purged = n, "retention purge");
+                        self.sh.metrics.purged.get_or_create(&crate::telemetry::KindLabel { kind: what.into() }).inc_by(n as u64);
+                    }
+                    let _ = st.mark_purge(what, now, n);
+                }
+                Err(e) => tracing::error!(what, error = %e, "retention purge failed"),
             }
         }
     }

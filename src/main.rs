@@ -92,6 +92,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ResidentCmd,
     },
+    /// Privacy and compliance: `compliance report`.
+    Compliance {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        cmd: ComplianceCmd,
+    },
     /// The key that seals face templates at rest.
     Keys {
         #[command(flatten)]
@@ -134,6 +141,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: WristbandCmd,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum ComplianceCmd {
+    /// Stored faces, consent, face-free credentials, retention and purges.
+    Report,
 }
 
 #[derive(Subcommand, Debug)]
@@ -220,6 +233,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Log { conn, cmd } => cli::log(&client(&conn)?, cmd).await?,
         Cmd::Vehicle { conn, cmd } => cli::vehicle(&client(&conn)?, cmd).await?,
         Cmd::Keys { conn, cmd } => cli::keys(&client(&conn)?, cmd).await?,
+        Cmd::Compliance { conn, cmd: ComplianceCmd::Report } => cli::compliance(&client(&conn)?).await?,
         Cmd::Gate { conn, cmd: GateCmd::Present { gate, pin, card, qr, plate } } => {
             let (kind, value) = match (pin, card, qr, plate) {
                 (Some(p), ..) => ("pin", p),

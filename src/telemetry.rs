@@ -82,6 +82,7 @@ pub struct Metrics {
     pub elders: Gauge,
     pub store_flushes: Counter<u64, AtomicU64>,
     pub gate_decisions: Family<GateLabels, Counter>,
+    pub purged: Family<KindLabel, Counter>,
     pub camera_frames: Family<CameraLabel, Gauge>,
     pub camera_connected: Family<CameraLabel, Gauge>,
     pub camera_reconnects: Family<CameraLabel, Gauge>,
@@ -115,6 +116,7 @@ impl Metrics {
             elders: Gauge::default(),
             store_flushes: Counter::default(),
             gate_decisions: Family::default(),
+            purged: Family::default(),
             camera_frames: Family::default(),
             camera_connected: Family::default(),
             camera_reconnects: Family::default(),
@@ -133,6 +135,7 @@ impl Metrics {
         r.register("elders", "Elders enrolled", m.elders.clone());
         r.register("store_flushes", "Write-behind flushes of presence to the store", m.store_flushes.clone());
         r.register("gate_decisions", "Gate decisions, by gate, credential and result", m.gate_decisions.clone());
+        r.register("purged", "Records removed by retention purges, by kind", m.purged.clone());
         r.register("camera_frames", "Frames read from each camera", m.camera_frames.clone());
         r.register("camera_connected", "1 while the camera delivers frames", m.camera_connected.clone());
         r.register("camera_reconnects", "Times each camera was reopened after a loss", m.camera_reconnects.clone());

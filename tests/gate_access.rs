@@ -367,3 +367,39 @@ async fn face_templates_are_sealed_at_rest_and_recognition_survives_a_key_rotati
     .await;
     assert_eq!(e["entry"]["person"], "R1");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_purges_old_records_and_the_compliance_report_shows_what_an_inspector_asks() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start();
+    let http = free_port();
+    let extra = "[access]\nentry_log_retention = \"30d\"\nleave_retention = \"10d\"\ncooldown = \"1s\"\n[[gates]]\nname = \"north\"\nactuator = { kind = \"log\" }\n";
+    let d = Daemon::start(dir.path(), &config(dir.path(), broker.port, http, extra), http).await;
+    assert!(d.cli(&["resident", "add", "--name", "李四", "--id", "R1", "--pin", "2468"]).status.success());
+    assert!(d.cli(&["resident", "add", "--name", "王五", "--id", "R2"]).status.success());
+    for _ in 0..3 {
+        assert!(d.cli(&["gate", "present", "north", "--pin", "2468"]).status.success());
+    }
+    d.post("/elders", serde_json::json!({"id": "E1", "name": "张三"})).await;
+    let now = d.advance("1s").await;
+    let until = (chrono::DateTime::parse_from_rfc3339(&now).unwrap() + chrono::Duration::days(1)).to_rfc3339();
+    d.post("/leaves", serde_json::json!({"elder": "E1", "until": until})).await;
+
+    let report = String::from_utf8_lossy(&d.cli(&["compliance", "report"]).stdout).to_string();
+    assert!(report.contains("Residents without a face-free way in (PIN, card or vehicle): R2"), "{report}");
+    assert!(report.contains("entry_log: 30days"), "{report}");
+
+    d.advance("40d").await;
+    eventually("the entry log purged", 10, async || d.get("/log").await.as_array().unwrap().is_empty().then_some(())).await;
+    assert!(d.get("/leaves").await.as_array().unwrap().is_empty(), "the ended leave is purged");
+    // The chain still verifies from its anchor, before and after new records.
+    assert!(d.cli(&["log", "verify"]).status.success());
+    assert!(d.cli(&["gate", "present", "north", "--pin", "2468"]).status.success());
+    let o = d.cli(&["log", "verify"]);
+    assert!(o.status.success() && out(&o).contains("1 record(s)"), "{}", out(&o));
+    assert_eq!(d.get("/log").await[0]["seq"], 4);
+    assert_eq!(d.metric(r#"gatewarden_purged_total{kind="entry_log"}"#).await, 3.0);
+    let v = d.get("/compliance").await;
+    let entry_purge = v["last_purges"].as_array().unwrap().iter().find(|p| p["what"] == "entry_log").cloned().unwrap();
+    assert_eq!(entry_purge["removed"], 3);
+}

@@ -727,3 +727,31 @@ pub async fn keys(c: &Client, cmd: KeysCmd) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `gatewarden compliance report`: what an inspector asks about, in plain text.
+pub async fn compliance(c: &Client) -> anyhow::Result<()> {
+    let v = c.call(Method::GET, "/compliance", None).await?;
+    if c.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let f = &v["faces"];
+    println!("Stored faces: {} people, {} templates (sealed at rest)", s(f, "people"), s(f, "templates"));
+    if f["near_threshold"] == true {
+        println!("  WARNING: nearing {} faces, which requires filing under the 2025 Measures on Facial Recognition", s(f, "filing_threshold"));
+    }
+    let list = |k: &str| v[k].as_array().map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", ")).unwrap_or_default();
+    println!("Faces without a consent record: {}", if list("without_consent").is_empty() { "none".into() } else { list("without_consent") });
+    println!("Residents without a face-free way in (PIN, card or vehicle): {}", if list("without_face_free_credential").is_empty() { "none".into() } else { list("without_face_free_credential") });
+    println!("Retention:");
+    if let Some(r) = v["retention"].as_object() {
+        for (k, d) in r {
+            println!("  {k}: {}", d.as_str().unwrap_or(""));
+        }
+    }
+    println!("Last purges:");
+    for p in v["last_purges"].as_array().into_iter().flatten() {
+        println!("  {}: {} (removed {})", s(p, "what"), local(p, "at"), s(p, "removed"));
+    }
+    Ok(())
+}

@@ -83,10 +83,12 @@ pub enum ChainError {
     Truncated { found: u64, head: u64 },
 }
 
-/// Check a whole chain in order against the recorded head.
-pub fn verify<'a>(records: impl IntoIterator<Item = &'a Chained>, head: Option<(u64, &str)>) -> Result<u64, ChainError> {
-    let mut prev_hash = GENESIS.to_string();
-    let mut expected = 1u64;
+/// Check a whole chain in order against the recorded head. `anchor` is the
+/// (seq, hash) of the last record removed by the retention purge, if any: the
+/// chain then starts right after it.
+pub fn verify<'a>(records: impl IntoIterator<Item = &'a Chained>, head: Option<(u64, &str)>, anchor: Option<(u64, &str)>) -> Result<u64, ChainError> {
+    let (start, mut prev_hash) = anchor.map_or((1u64, GENESIS.to_string()), |(s, h)| (s + 1, h.to_string()));
+    let mut expected = start;
     for r in records {
         if r.seq != expected {
             return Err(ChainError::Missing { seq: r.seq, expected });
@@ -100,13 +102,13 @@ pub fn verify<'a>(records: impl IntoIterator<Item = &'a Chained>, head: Option<(
         prev_hash = r.hash.clone();
         expected += 1;
     }
-    let count = expected - 1;
+    let last = expected - 1;
     if let Some((head_seq, head_hash)) = head {
-        if head_seq != count || (count > 0 && head_hash != prev_hash) {
-            return Err(ChainError::Truncated { found: count, head: head_seq });
+        if head_seq != last || (last > 0 && head_hash != prev_hash) {
+            return Err(ChainError::Truncated { found: last, head: head_seq });
         }
     }
-    Ok(count)
+    Ok(last + 1 - start)
 }
 
 pub fn csv_header() -> &'static str {
@@ -175,24 +177,27 @@ mod tests {
     #[test]
     fn an_intact_chain_verifies() {
         let c = chain(5);
-        assert_eq!(verify(&c, Some((5, &c[4].hash))), Ok(5));
+        assert_eq!(verify(&c, Some((5, &c[4].hash)), None), Ok(5));
+        // After a retention purge of the first two, the rest verifies from the anchor.
+        assert_eq!(verify(&c[2..], Some((5, &c[4].hash)), Some((2, &c[1].hash))), Ok(3));
+        assert!(verify(&c[3..], Some((5, &c[4].hash)), Some((2, &c[1].hash))).is_err(), "a gap after the anchor is found");
     }
 
     #[test]
     fn an_edit_a_deletion_or_a_truncation_is_found() {
         let mut c = chain(5);
         c[2].entry.opened = false;
-        assert_eq!(verify(&c, None), Err(ChainError::Altered { seq: 3 }));
+        assert_eq!(verify(&c, None, None), Err(ChainError::Altered { seq: 3 }));
         let mut c = chain(5);
         c.remove(2);
-        assert_eq!(verify(&c, None), Err(ChainError::Missing { seq: 4, expected: 3 }));
+        assert_eq!(verify(&c, None, None), Err(ChainError::Missing { seq: 4, expected: 3 }));
         let c = chain(5);
         let head = c[4].hash.clone();
-        assert!(matches!(verify(&c[..4], Some((5, &head))), Err(ChainError::Truncated { .. })));
+        assert!(matches!(verify(&c[..4], Some((5, &head)), None), Err(ChainError::Truncated { .. })));
         // Rewriting one record's hash to match its edit still breaks the link to the next.
         let mut c = chain(5);
         c[1].entry.reason = "forged".into();
         c[1].hash = hash(2, &c[1].prev, &c[1].entry);
-        assert_eq!(verify(&c, None), Err(ChainError::Broken { seq: 3, prev_seq: 2 }));
+        assert_eq!(verify(&c, None, None), Err(ChainError::Broken { seq: 3, prev_seq: 2 }));
     }
 }

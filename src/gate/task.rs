@@ -338,14 +338,16 @@ impl GateTask {
     /// Unknown-face snapshots and expired visitors go after their retention.
     async fn purge(&mut self) {
         let keep = self.sh.cfg.access.unknown_retention.get();
+        let mut snapshots = 0;
         if let Ok(rd) = std::fs::read_dir(&self.snapshot_dir) {
             for e in rd.flatten() {
                 let old = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age > keep);
-                if old {
-                    let _ = std::fs::remove_file(e.path());
+                if old && std::fs::remove_file(e.path()).is_ok() {
+                    snapshots += 1;
                 }
             }
         }
+        let mut visitors = 0;
         let now = self.sh.clock.now();
         let retention = crate::clock::chrono_dur(self.sh.cfg.access.visitor_retention.get());
         for r in self.sh.store.list_people().unwrap_or_default() {
@@ -359,8 +361,15 @@ impl GateTask {
                     continue;
                 }
                 self.policy.remove(&p.id);
+                visitors += 1;
                 tracing::info!(visitor = %p.id, "expired visitor purged");
             }
+        }
+        for (what, n) in [("unknown_snapshots", snapshots), ("visitors", visitors)] {
+            if n > 0 {
+                self.sh.metrics.purged.get_or_create(&crate::telemetry::KindLabel { kind: what.into() }).inc_by(n as u64);
+            }
+            let _ = self.sh.store.mark_purge(what, now, n);
         }
     }
 }
