@@ -507,10 +507,6 @@ impl Store {
         Ok(n)
     }
 
-    pub fn list_deliveries(&self) -> Result<Vec<Notification>> {
-        all(&self.deliveries, "deliveries")
-    }
-
     /// Drop delivered notifications older than `before`; returns how many.
     pub fn purge_deliveries(&self, before: Timestamp) -> Result<usize> {
         let mut n = 0;

@@ -85,7 +85,7 @@ fn check_pin(pin: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Turn photos into templates on the vision thread; any bad photo refuses all.
+/// Turn photos into templates in the vision process; any bad photo refuses all.
 async fn templates(sh: &Shared, photos: &[String]) -> Result<Vec<Vec<f32>>, ApiError> {
     if photos.is_empty() {
         return Ok(vec![]);
@@ -392,10 +392,11 @@ pub async fn compliance(State(sh): S) -> R<serde_json::Value> {
     let people = sh.store.list_people()?;
     let faces = counts.len();
     let without_consent: Vec<&str> = people.iter().filter(|r| counts.contains_key(&r.person.id) && r.consent.is_none()).map(|r| r.person.id.as_str()).collect();
+    let vehicle_owners: std::collections::HashSet<String> = sh.store.list_vehicles()?.into_iter().map(|v| v.owner).collect();
     let without_alternative: Vec<&str> = people
         .iter()
         .filter(|r| r.person.kind == PersonKind::Resident && r.person.pin_hash.is_none() && r.person.cards.is_empty())
-        .filter(|r| !sh.store.list_vehicles().unwrap_or_default().iter().any(|v| v.owner == r.person.id))
+        .filter(|r| !vehicle_owners.contains(&r.person.id))
         .map(|r| r.person.id.as_str())
         .collect();
     let a = &sh.cfg.access;

@@ -18,15 +18,6 @@ impl Actuator {
         Self { cfg, mqtt, http }
     }
 
-    pub fn kind(&self) -> &'static str {
-        match self.cfg {
-            ActuatorConfig::Log => "log",
-            ActuatorConfig::Mqtt { .. } => "mqtt",
-            ActuatorConfig::Http { .. } => "http",
-            ActuatorConfig::Gpio { .. } => "gpio",
-        }
-    }
-
     /// Pulse the gate open.
     pub async fn open(&self, gate: &str) -> Result<(), String> {
         match &self.cfg {

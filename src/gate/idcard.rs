@@ -75,10 +75,6 @@ impl IdNumber {
         m.update(self.0.as_bytes());
         hex::encode(m.finalize().into_bytes())
     }
-
-    pub fn birth_date(&self) -> NaiveDate {
-        NaiveDate::parse_from_str(&self.0[6..14], "%Y%m%d").expect("validated")
-    }
 }
 
 #[cfg(test)]

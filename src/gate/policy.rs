@@ -240,10 +240,6 @@ impl Policy {
         self.last_direction.remove(id);
     }
 
-    pub fn person(&self, id: &str) -> Option<&Person> {
-        self.people.get(id)
-    }
-
     pub fn handle(&mut self, input: Input, now: Timestamp) -> Vec<Action> {
         let mut out = Vec::new();
         match input {

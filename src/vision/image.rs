@@ -22,8 +22,3 @@ pub fn decode(bytes: &[u8], what: &str) -> Result<Mat> {
     }
     Ok(m)
 }
-
-/// BGR u8 pixels of a continuous 3-channel Mat, row-major.
-pub fn bgr_bytes(m: &Mat) -> Result<&[u8]> {
-    Ok(m.data_bytes()?)
-}
