@@ -134,6 +134,25 @@ enum Cmd {
         #[command(subcommand)]
         cmd: GateCmd,
     },
+    /// Write a consistent snapshot of the running daemon's store to a file.
+    Backup {
+        #[command(flatten)]
+        conn: Conn,
+        /// Output file (default: gatewarden-<date>.gwbak in the current directory).
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
+    /// Replace the store with a backup. Stop the daemon first; the old store
+    /// is kept beside it as <store>.pre-restore-<time>.
+    Restore {
+        #[arg(long, short, env = "GATEWARDEN_CONFIG", default_value = "/etc/gatewarden/gatewarden.toml")]
+        config: PathBuf,
+        file: PathBuf,
+        /// Restore even though the face templates were sealed with a template
+        /// key other than this box's (faces will then need re-enrolment).
+        #[arg(long)]
+        allow_key_mismatch: bool,
+    },
     /// Wristbands.
     Wristbands {
         #[command(flatten)]
@@ -233,6 +252,11 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Log { conn, cmd } => cli::log(&client(&conn)?, cmd).await?,
         Cmd::Vehicle { conn, cmd } => cli::vehicle(&client(&conn)?, cmd).await?,
         Cmd::Keys { conn, cmd } => cli::keys(&client(&conn)?, cmd).await?,
+        Cmd::Backup { conn, out } => {
+            let out = out.unwrap_or_else(|| PathBuf::from(format!("gatewarden-{}.gwbak", chrono::Utc::now().format("%Y%m%d-%H%M%S"))));
+            cli::backup(&client(&conn)?, &out).await?
+        }
+        Cmd::Restore { config, file, allow_key_mismatch } => restore(&config, &file, allow_key_mismatch)?,
         Cmd::Compliance { conn, cmd: ComplianceCmd::Report } => cli::compliance(&client(&conn)?).await?,
         Cmd::Gate { conn, cmd: GateCmd::Present { gate, pin, card, qr, plate } } => {
             let (kind, value) = match (pin, card, qr, plate) {
@@ -246,6 +270,34 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Offline: sled is single-process, so restore works on a stopped daemon's store.
+fn restore(config: &std::path::Path, file: &std::path::Path, allow_key_mismatch: bool) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let cfg = load(config)?;
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let (header, _) = gatewarden::store::Store::read_backup(&bytes).with_context(|| format!("{} cannot be restored", file.display()))?;
+    if let Some(fp) = &header.key_fingerprint {
+        let key_file = gatewarden::daemon::template_key_path(&cfg);
+        let ours = std::fs::read_to_string(&key_file).ok().and_then(|_| gatewarden::store::TemplateKeys::load_or_create(&key_file).ok());
+        let ours = ours.map(|k| gatewarden::store::key_fingerprint(&k.current));
+        if ours.as_deref() != Some(fp.as_str()) && !allow_key_mismatch {
+            anyhow::bail!(
+                "the backup's face templates are sealed with template key {fp}, but {} holds {}. Copy the template key file from the \
+                 box the backup came from, or pass --allow-key-mismatch and re-enrol faces",
+                key_file.display(),
+                ours.as_deref().unwrap_or("no key")
+            );
+        }
+    }
+    let (header, kept) = gatewarden::store::Store::restore(&bytes, &cfg.store.path, chrono::Utc::now().timestamp())?;
+    println!("restored {} records (schema {}, taken at {}) into {}.", header.records, header.schema,
+        chrono::DateTime::from_timestamp(header.created, 0).map(|t| t.to_rfc3339()).unwrap_or_default(), cfg.store.path.display());
+    if let Some(old) = kept {
+        println!("the previous store is kept at {}; delete it once the daemon runs well.", old.display());
+    }
+    Ok(())
 }
 
 fn load(path: &std::path::Path) -> anyhow::Result<Config> {

@@ -126,6 +126,12 @@ fn unseal(key: &[u8; 32], person: &str, sealed: &[u8]) -> Option<Vec<f32>> {
 #[derive(Clone)]
 pub struct Store {
     keys: Arc<RwLock<Option<TemplateKeys>>>,
+    /// Writers share it; `backup` takes it exclusively, so a backup is one
+    /// consistent point in time across all trees while the daemon runs.
+    gate: Arc<RwLock<()>>,
+    /// Ids below this were handed out before a restore (sled's id counter
+    /// restarts in a restored database).
+    id_floor: u64,
     db: sled::Db,
     meta: sled::Tree,
     elders: sled::Tree,
@@ -174,6 +180,8 @@ impl Store {
         let t = |n: &str| db.open_tree(n);
         let s = Store {
             keys: Arc::new(RwLock::new(None)),
+            gate: Arc::new(RwLock::new(())),
+            id_floor: 0,
             meta: t("meta")?,
             elders: t("elders")?,
             bands: t("bands")?,
@@ -193,7 +201,8 @@ impl Store {
             db,
         };
         s.migrate()?;
-        Ok(s)
+        let id_floor = s.meta.get("id_floor")?.map(|v| dec("meta", &v)).transpose()?.unwrap_or(0);
+        Ok(Store { id_floor, ..s })
     }
 
     fn migrate(&self) -> Result<()> {
@@ -218,6 +227,10 @@ impl Store {
         Ok(self.meta.get("schema_version")?.map(|v| dec("meta", &v)).transpose()?.unwrap_or(0))
     }
 
+    fn writing(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.gate.read().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Make everything written so far durable (fsync).
     pub fn flush(&self) -> Result<()> {
         self.db.flush()?;
@@ -230,11 +243,12 @@ impl Store {
 
     /// A fresh id, monotonic across restarts.
     pub fn next_id(&self) -> Result<u64> {
-        Ok(self.db.generate_id()? + 1)
+        Ok(self.db.generate_id()? + 1 + self.id_floor)
     }
 
     /// A named secret (e.g. the ack-link key), created on first use.
     pub fn secret(&self, name: &str) -> Result<String> {
+        let _w = self.writing();
         let key = format!("secret:{name}");
         if let Some(v) = self.meta.get(&key)? {
             return dec("meta", &v);
@@ -255,6 +269,7 @@ impl Store {
     /// Insert or replace an elder, keeping the wristband index unique. Refuses
     /// a band that belongs to someone else.
     pub fn put_elder(&self, e: &Elder, must_be_new: bool) -> Result<()> {
+        let _w = self.writing();
         let r = (&self.elders, &self.bands).transaction(|(elders, bands)| {
             let old: Option<Elder> = match elders.get(e.id.as_bytes())? {
                 Some(v) if must_be_new => {
@@ -307,6 +322,7 @@ impl Store {
 
     /// Remove an elder with their bands, last-seen record and leaves.
     pub fn remove_elder(&self, id: &str) -> Result<Elder> {
+        let _w = self.writing();
         let e = self.get_elder(id)?.ok_or_else(|| StoreError::NotFound { what: "elder", id: id.into() })?;
         for b in &e.bands {
             self.bands.remove(band_key(b))?;
@@ -322,6 +338,7 @@ impl Store {
     // ---- presence ----
 
     pub fn put_last_seen_batch(&self, items: &[(String, LastSeen)]) -> Result<()> {
+        let _w = self.writing();
         let mut b = sled::Batch::default();
         for (id, l) in items {
             b.insert(id.as_bytes(), enc(l));
@@ -335,6 +352,7 @@ impl Store {
     }
 
     pub fn put_unknown_batch(&self, changed: &[UnknownBand], removed: &[BandId]) -> Result<()> {
+        let _w = self.writing();
         let mut b = sled::Batch::default();
         for u in changed {
             b.insert(band_key(&u.band), enc(u));
@@ -351,6 +369,7 @@ impl Store {
     }
 
     pub fn put_gateways(&self, items: &[(String, Timestamp)]) -> Result<()> {
+        let _w = self.writing();
         let mut b = sled::Batch::default();
         for (name, at) in items {
             b.insert(name.as_bytes(), enc(at));
@@ -372,6 +391,7 @@ impl Store {
     // ---- leaves ----
 
     pub fn put_leave(&self, l: &Leave) -> Result<()> {
+        let _w = self.writing();
         self.leaves.insert(l.id.to_be_bytes(), enc(l))?;
         Ok(())
     }
@@ -381,6 +401,7 @@ impl Store {
     }
 
     pub fn remove_leave(&self, id: u64) -> Result<Leave> {
+        let _w = self.writing();
         let v = self.leaves.remove(id.to_be_bytes())?.ok_or_else(|| StoreError::NotFound { what: "leave", id: id.to_string() })?;
         dec("leaves", &v)
     }
@@ -388,6 +409,7 @@ impl Store {
     // ---- staff and escalation ladders ----
 
     pub fn put_staff(&self, s: &Staff) -> Result<()> {
+        let _w = self.writing();
         self.staff.insert(s.id.as_bytes(), enc(s))?;
         Ok(())
     }
@@ -401,11 +423,13 @@ impl Store {
     }
 
     pub fn remove_staff(&self, id: &str) -> Result<Staff> {
+        let _w = self.writing();
         let v = self.staff.remove(id.as_bytes())?.ok_or_else(|| StoreError::NotFound { what: "staff member", id: id.into() })?;
         dec("staff", &v)
     }
 
     pub fn put_ladder(&self, grid: &str, levels: &[Level]) -> Result<()> {
+        let _w = self.writing();
         self.ladders.insert(grid.as_bytes(), enc(&levels))?;
         Ok(())
     }
@@ -425,6 +449,7 @@ impl Store {
     }
 
     pub fn remove_ladder(&self, grid: &str) -> Result<()> {
+        let _w = self.writing();
         self.ladders
             .remove(grid.as_bytes())?
             .ok_or_else(|| StoreError::NotFound { what: "ladder for grid", id: grid.into() })?;
@@ -436,6 +461,7 @@ impl Store {
     /// Persist alert changes and enqueue their notifications atomically, then
     /// fsync: a notification is durable before any attempt to send it.
     pub fn commit_alerts(&self, alerts: &[Alert], notifications: &mut [Notification]) -> Result<()> {
+        let _w = self.writing();
         for n in notifications.iter_mut() {
             n.id = self.next_id()?;
         }
@@ -479,6 +505,7 @@ impl Store {
     /// Record the outcome of an attempt. A delivered notification moves to the
     /// delivery log; anything else stays in the outbox.
     pub fn update_notification(&self, n: &Notification) -> Result<()> {
+        let _w = self.writing();
         let key = n.id.to_be_bytes();
         if n.delivery == Delivery::Delivered {
             (&self.outbox, &self.deliveries)
@@ -499,6 +526,7 @@ impl Store {
 
     /// Put a permanently failed notification back in the queue (after fixing the channel).
     pub fn retry_notification(&self, id: u64, now: Timestamp) -> Result<Notification> {
+        let _w = self.writing();
         let v = self.outbox.get(id.to_be_bytes())?.ok_or_else(|| StoreError::NotFound { what: "notification", id: id.to_string() })?;
         let mut n: Notification = dec("outbox", &v)?;
         n.delivery = Delivery::Pending;
@@ -509,6 +537,7 @@ impl Store {
 
     /// Drop delivered notifications older than `before`; returns how many.
     pub fn purge_deliveries(&self, before: Timestamp) -> Result<usize> {
+        let _w = self.writing();
         let mut n = 0;
         for kv in self.deliveries.iter() {
             let (k, v) = kv?;
@@ -555,6 +584,7 @@ impl Store {
 
     /// Insert or replace; refuses a PIN, card or QR already used by someone else.
     pub fn put_person(&self, r: &PersonRecord, must_be_new: bool) -> Result<()> {
+        let _w = self.writing();
         let p = &r.person;
         if must_be_new && self.people.contains_key(p.id.as_bytes())? {
             return Err(StoreError::Exists { what: "person", id: p.id.clone() });
@@ -582,13 +612,15 @@ impl Store {
 
     /// Remove a person and every face template of theirs.
     pub fn remove_person(&self, id: &str) -> Result<PersonRecord> {
+        let _w = self.writing();
         let r = self.get_person(id)?.ok_or_else(|| StoreError::NotFound { what: "person", id: id.into() })?;
-        self.remove_templates(id)?;
+        self.remove_templates_locked(id)?;
         self.people.remove(id.as_bytes())?;
         Ok(r)
     }
 
     pub fn put_vehicle(&self, v: &Vehicle) -> Result<()> {
+        let _w = self.writing();
         if let Some(old) = self.get_vehicle(&v.plate)? {
             if old.owner != v.owner {
                 return Err(StoreError::Exists { what: "vehicle (owned by someone else)", id: v.plate.clone() });
@@ -607,6 +639,7 @@ impl Store {
     }
 
     pub fn remove_vehicle(&self, plate: &str) -> Result<Vehicle> {
+        let _w = self.writing();
         let v = self.vehicles.remove(plate.as_bytes())?.ok_or_else(|| StoreError::NotFound { what: "vehicle", id: plate.into() })?;
         dec("vehicles", &v)
     }
@@ -620,6 +653,7 @@ impl Store {
     }
 
     pub fn add_template(&self, person: &str, embedding: &[f32]) -> Result<()> {
+        let _w = self.writing();
         let key = format!("{person}\u{0}{:020}", self.next_id()?);
         self.templates.insert(key.as_bytes(), seal(&self.current_key()?, person, embedding))?;
         Ok(())
@@ -629,6 +663,7 @@ impl Store {
     /// encryption (schema 1) and templates sealed with the previous key.
     /// Returns how many were rewritten.
     pub fn reseal_templates(&self) -> Result<usize> {
+        let _w = self.writing();
         let keys = self.keys.read().expect("keys").clone().ok_or(StoreError::NoTemplateKey)?;
         let mut n = 0;
         for kv in self.templates.iter() {
@@ -657,6 +692,11 @@ impl Store {
     }
 
     pub fn remove_templates(&self, person: &str) -> Result<usize> {
+        let _w = self.writing();
+        self.remove_templates_locked(person)
+    }
+
+    fn remove_templates_locked(&self, person: &str) -> Result<usize> {
         let prefix = format!("{person}\u{0}");
         let keys: Vec<_> = self.templates.scan_prefix(prefix.as_bytes()).keys().collect::<std::result::Result<_, _>>()?;
         for k in &keys {
@@ -695,6 +735,7 @@ impl Store {
 
     /// Append a decision to the hash chain (atomically with the head).
     pub fn append_entry(&self, e: &Entry) -> Result<Chained> {
+        let _w = self.writing();
         let r = (&self.entries, &self.meta).transaction(|(ent, meta)| {
             let (seq, prev) = match meta.get("entry_log_head")? {
                 Some(v) => {
@@ -727,6 +768,7 @@ impl Store {
     /// Drop entry-log records older than `before`, oldest first, moving the
     /// anchor forward so the rest of the chain still verifies. Returns how many.
     pub fn purge_entries(&self, before: Timestamp) -> Result<usize> {
+        let _w = self.writing();
         let mut n = 0;
         for c in self.entries()? {
             if c.entry.at >= before {
@@ -746,6 +788,7 @@ impl Store {
 
     /// Drop leaves that ended before `before`. Returns how many.
     pub fn purge_leaves(&self, before: Timestamp) -> Result<usize> {
+        let _w = self.writing();
         let mut n = 0;
         for l in self.list_leaves(None)? {
             if l.until < before {
@@ -758,6 +801,7 @@ impl Store {
 
     /// Record when a purge of `what` last ran (for the compliance report).
     pub fn mark_purge(&self, what: &str, at: Timestamp, removed: usize) -> Result<()> {
+        let _w = self.writing();
         self.meta.insert(format!("purge:{what}"), enc(&(at, removed)))?;
         Ok(())
     }
@@ -780,8 +824,200 @@ impl Store {
     /// For tests of `log verify` only: overwrite a stored record as an attacker would.
     #[doc(hidden)]
     pub fn tamper_entry(&self, c: &Chained) -> Result<()> {
+        let _w = self.writing();
         self.entries.insert(c.seq.to_be_bytes(), enc(c))?;
         Ok(())
+    }
+}
+
+// ---- backup and restore ----
+//
+// A backup file is one JSON header line, then length-prefixed records, then a
+// SHA-256 of everything before it, so a truncated or damaged file is refused
+// before anything is touched:
+//   b"GWBACKUP\n" {header json}\n ( b'T' name | b'R' key value )* b'E' sha256
+// with every name, key and value as u32-LE length + bytes.
+
+const BACKUP_MAGIC: &[u8] = b"GWBACKUP\n";
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct BackupHeader {
+    pub format: u32,
+    pub schema: u32,
+    /// Unix seconds, from the daemon's clock.
+    pub created: i64,
+    /// Ids handed out so far; the restored store continues above it.
+    pub next_id: u64,
+    /// Fingerprint of the template key the face templates are sealed with
+    /// (the key itself is never in a backup).
+    pub key_fingerprint: Option<String>,
+    pub trees: usize,
+    pub records: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("backup i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("not a gatewarden backup (bad magic)")]
+    NotABackup,
+    #[error("the backup is damaged or truncated: {0}")]
+    Damaged(&'static str),
+    #[error("the backup was made by a newer gatewarden (schema {0}); upgrade first")]
+    TooNew(u32),
+    #[error("the store at {0} is in use — stop the daemon first (systemctl stop gatewarden)")]
+    InUse(String),
+}
+
+/// The fingerprint of a template key as shown in backups and `keys` output.
+pub fn key_fingerprint(key: &[u8; 32]) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::new().chain_update(b"gatewarden key fingerprint\0").chain_update(key).finalize()[..8])
+}
+
+fn put_chunk(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+impl Store {
+    /// Write a consistent snapshot of every tree to `out`. Writers wait while
+    /// it runs (tens of milliseconds for a typical compound); readers don't.
+    pub fn backup(&self, created: i64, out: &mut dyn std::io::Write) -> std::result::Result<BackupHeader, BackupError> {
+        use sha2::Digest;
+        let _frozen = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        let mut body = Vec::new();
+        let (mut trees, mut records) = (0usize, 0u64);
+        for name in self.db.tree_names() {
+            let tree = self.db.open_tree(&name).map_err(StoreError::from)?;
+            body.push(b'T');
+            put_chunk(&mut body, &name);
+            trees += 1;
+            for kv in tree.iter() {
+                let (k, v) = kv.map_err(StoreError::from)?;
+                body.push(b'R');
+                put_chunk(&mut body, &k);
+                put_chunk(&mut body, &v);
+                records += 1;
+            }
+        }
+        let key_fp = self.keys.read().expect("keys").as_ref().map(|k| key_fingerprint(&k.current));
+        let header = BackupHeader {
+            format: 1,
+            schema: self.schema_version()?,
+            created,
+            next_id: self.next_id()?,
+            key_fingerprint: key_fp,
+            trees,
+            records,
+        };
+        let mut file = BACKUP_MAGIC.to_vec();
+        file.extend_from_slice(&serde_json::to_vec(&header).expect("header serializes"));
+        file.push(b'\n');
+        file.extend_from_slice(&body);
+        file.push(b'E');
+        let digest = sha2::Sha256::digest(&file);
+        file.extend_from_slice(&digest);
+        out.write_all(&file)?;
+        Ok(header)
+    }
+
+    /// Check a backup file without touching any store.
+    pub fn read_backup(bytes: &[u8]) -> std::result::Result<(BackupHeader, Vec<(Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>)>), BackupError> {
+        use sha2::Digest;
+        if !bytes.starts_with(BACKUP_MAGIC) {
+            return Err(BackupError::NotABackup);
+        }
+        if bytes.len() < BACKUP_MAGIC.len() + 33 {
+            return Err(BackupError::Damaged("too short"));
+        }
+        let (content, digest) = bytes.split_at(bytes.len() - 32);
+        if sha2::Sha256::digest(content).as_slice() != digest || content.last() != Some(&b'E') {
+            return Err(BackupError::Damaged("checksum mismatch"));
+        }
+        let rest = &content[BACKUP_MAGIC.len()..content.len() - 1];
+        let nl = rest.iter().position(|&b| b == b'\n').ok_or(BackupError::Damaged("no header"))?;
+        let header: BackupHeader = serde_json::from_slice(&rest[..nl]).map_err(|_| BackupError::Damaged("unreadable header"))?;
+        if header.schema > SCHEMA_VERSION {
+            return Err(BackupError::TooNew(header.schema));
+        }
+        let mut body = &rest[nl + 1..];
+        let take = |body: &mut &[u8]| -> std::result::Result<Vec<u8>, BackupError> {
+            if body.len() < 4 {
+                return Err(BackupError::Damaged("truncated record"));
+            }
+            let n = u32::from_le_bytes([body[0], body[1], body[2], body[3]]) as usize;
+            if body.len() < 4 + n {
+                return Err(BackupError::Damaged("truncated record"));
+            }
+            let v = body[4..4 + n].to_vec();
+            *body = &body[4 + n..];
+            Ok(v)
+        };
+        let mut trees: Vec<(Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>)> = Vec::new();
+        while let Some((&tag, tail)) = body.split_first() {
+            body = tail;
+            match tag {
+                b'T' => trees.push((take(&mut body)?, Vec::new())),
+                b'R' => {
+                    let k = take(&mut body)?;
+                    let v = take(&mut body)?;
+                    trees.last_mut().ok_or(BackupError::Damaged("record before tree"))?.1.push((k, v));
+                }
+                _ => return Err(BackupError::Damaged("unknown record tag")),
+            }
+        }
+        let n: u64 = trees.iter().map(|t| t.1.len() as u64).sum();
+        if n != header.records || trees.len() != header.trees {
+            return Err(BackupError::Damaged("record count differs from the header"));
+        }
+        Ok((header, trees))
+    }
+
+    /// Replace the store at `path` with the backup's content. The daemon must
+    /// be stopped. The new store is built beside the old one and swapped in
+    /// with renames, so a crash at any point leaves either the old store or
+    /// the restored one; the old store is kept as `<path>.pre-restore-<time>`.
+    pub fn restore(bytes: &[u8], path: &Path, now: i64) -> std::result::Result<(BackupHeader, Option<std::path::PathBuf>), BackupError> {
+        let (header, trees) = Store::read_backup(bytes)?;
+        if path.exists() {
+            // sled holds an exclusive lock while a daemon has the store open.
+            match sled::Config::new().path(path).open() {
+                Ok(db) => drop(db),
+                Err(_) => return Err(BackupError::InUse(path.display().to_string())),
+            }
+        }
+        let staging = path.with_extension("restoring");
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging)?;
+        }
+        {
+            let db = sled::Config::new().path(&staging).open().map_err(|source| StoreError::Open { path: staging.display().to_string(), source })?;
+            for (name, records) in &trees {
+                let tree = db.open_tree(name).map_err(StoreError::from)?;
+                let mut batch = sled::Batch::default();
+                for (k, v) in records {
+                    batch.insert(k.as_slice(), v.as_slice());
+                }
+                tree.apply_batch(batch).map_err(StoreError::from)?;
+            }
+            db.open_tree("meta").map_err(StoreError::from)?.insert("id_floor", enc(&header.next_id)).map_err(StoreError::from)?;
+            db.flush().map_err(StoreError::from)?;
+        }
+        let kept = if path.exists() {
+            let old = path.with_extension(format!("pre-restore-{now}"));
+            std::fs::rename(path, &old)?;
+            Some(old)
+        } else {
+            None
+        };
+        std::fs::rename(&staging, path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir).and_then(|d| d.sync_all()).ok();
+        }
+        Ok((header, kept))
     }
 }
 

@@ -383,6 +383,22 @@ pub async fn rotate_key(State(sh): S) -> R<serde_json::Value> {
     Ok(Json(json!({ "resealed": n, "key_file": crate::daemon::template_key_path(&sh.cfg) })))
 }
 
+/// `POST /api/v1/backup`: a consistent snapshot of the whole store, taken
+/// while the daemon keeps running (writers pause for the copy).
+pub async fn backup(State(sh): S) -> Result<Response, ApiError> {
+    let store = sh.store.clone();
+    let now = sh.clock.now().timestamp();
+    let (bytes, header) = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        store.backup(now, &mut out).map(|h| (out, h))
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    tracing::info!(records = header.records, bytes = bytes.len(), "backup taken");
+    Ok(([("content-type", "application/octet-stream")], bytes).into_response())
+}
+
 /// Faces stored above this many require filing with the authorities (2025 Measures).
 pub const FILING_THRESHOLD: usize = 100_000;
 

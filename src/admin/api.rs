@@ -84,6 +84,7 @@ pub fn router(sh: Arc<Shared>) -> Router {
         .route("/log/verify", get(super::access::verify_log))
         .route("/keys/rotate", post(super::access::rotate_key))
         .route("/compliance", get(super::access::compliance))
+        .route("/backup", post(super::access::backup))
         .route("/debug/clock", post(move_clock))
         .route("/debug/tick", post(tick))
         .route_layer(axum::middleware::from_fn_with_state(sh.clone(), auth));

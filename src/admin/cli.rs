@@ -219,6 +219,63 @@ impl Client {
     }
 }
 
+impl Client {
+    /// A raw POST (for `backup`): the response body as bytes.
+    pub async fn post_bytes(&self, path: &str) -> anyhow::Result<Vec<u8>> {
+        let url = format!("{}/api/v1{path}", self.base);
+        let resp = self.http.post(&url).bearer_auth(&self.token).timeout(std::time::Duration::from_secs(600)).send().await
+            .with_context(|| format!("cannot reach the daemon at {} — is `gatewarden run` running?", self.base))?;
+        let status = resp.status();
+        let body = resp.bytes().await?.to_vec();
+        if !status.is_success() {
+            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            bail!("{} (HTTP {})", v.get("error").and_then(|e| e.as_str()).unwrap_or("(no detail)"), status.as_u16());
+        }
+        Ok(body)
+    }
+}
+
+/// `gatewarden backup`: ask the running daemon for a snapshot and write it
+/// atomically (temp file, fsync, rename), so a half-written file never
+/// looks like a backup.
+pub async fn backup(c: &Client, out: &std::path::Path) -> anyhow::Result<()> {
+    let bytes = c.post_bytes("/backup").await?;
+    let (header, _) = crate::store::Store::read_backup(&bytes).context("the daemon sent a damaged backup")?;
+    let tmp = out.with_extension("partial");
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode_0600().open(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, out)?;
+    if c.json {
+        println!("{}", serde_json::to_string_pretty(&header)?);
+    } else {
+        println!(
+            "backup written to {} ({} records in {} trees, {} bytes, schema {}).",
+            out.display(), header.records, header.trees, bytes.len(), header.schema
+        );
+        if header.key_fingerprint.is_some() {
+            println!("Face templates in it are sealed: keep a copy of the template key file (not in the backup) to restore them on another box.");
+        }
+    }
+    Ok(())
+}
+
+trait Mode0600 {
+    fn mode_0600(&mut self) -> &mut Self;
+}
+
+impl Mode0600 for std::fs::OpenOptions {
+    /// Backups hold personal data: owner-only, like the store itself.
+    fn mode_0600(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.mode(0o600)
+    }
+}
+
 fn s(v: &Value, k: &str) -> String {
     match v.get(k) {
         Some(Value::String(s)) => s.clone(),
