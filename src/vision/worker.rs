@@ -34,6 +34,23 @@ fn send(out: &mut impl Write, m: &FromVision) -> bool {
 }
 
 /// Run until stdin closes (the daemon went away) or a write fails.
+/// `gatewarden-vision --check`: load every model through ONNX Runtime (hashes
+/// verified) and, given a photo, run it through OpenCV and the face pipeline.
+/// The install script and operators use it to prove a box can see.
+pub fn check(cfg: &Config, photo: Option<&std::path::Path>) -> anyhow::Result<String> {
+    let v = &cfg.vision;
+    let mut pipeline = FacePipeline::load(&v.models_dir, v.ort_library.as_deref(), v.intra_threads)?;
+    super::plate::PlateReader::load(&v.models_dir, v.ort_library.as_deref(), v.intra_threads)?;
+    let mut report = format!("vision OK: face and plate models loaded from {}", v.models_dir.display());
+    if let Some(p) = photo {
+        let img = super::image::load(p)?;
+        let faces = pipeline.analyse(&img, true, &mut Default::default())?;
+        let usable = faces.iter().filter(|f| f.embedding.is_some()).count();
+        report.push_str(&format!("; {}: {} face(s), {usable} usable", p.display(), faces.len()));
+    }
+    Ok(report)
+}
+
 pub fn run(cfg: &Config) -> anyhow::Result<()> {
     let v = &cfg.vision;
     let mut pipeline = FacePipeline::load(&v.models_dir, v.ort_library.as_deref(), v.intra_threads)?;
