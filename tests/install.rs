@@ -21,18 +21,25 @@ fn out(o: &Output) -> String {
 }
 
 /// A Debian 12 minbase root with systemd (as on any gateway box), debootstrapped
-/// once and cached as a tarball under target/.
-fn throwaway_root(dir: &Path) -> PathBuf {
+/// once and cached as a tarball under target/ (one builder at a time).
+fn base_tarball(scratch: &Path) -> PathBuf {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
     let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bookworm-minbase-systemd.tar");
-    let root = dir.join("root");
-    std::fs::create_dir_all(&root).unwrap();
     if !cache.exists() {
-        let build = dir.join("build");
+        let build = scratch.join("build");
         run(Command::new("debootstrap").args(["--variant=minbase", "--include=systemd", "bookworm"]).arg(&build).arg("http://deb.debian.org/debian").stdout(Stdio::null()));
         run(Command::new("tar").arg("-C").arg(&build).arg("-cf").arg(cache.with_extension("partial")).arg("."));
         std::fs::rename(cache.with_extension("partial"), &cache).unwrap();
         std::fs::remove_dir_all(&build).unwrap();
     }
+    cache
+}
+
+fn throwaway_root(dir: &Path) -> PathBuf {
+    let cache = base_tarball(dir);
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).unwrap();
     run(Command::new("tar").arg("-C").arg(&root).arg("-xf").arg(&cache));
     std::fs::copy("/etc/resolv.conf", root.join("etc/resolv.conf")).ok();
     root
@@ -183,4 +190,78 @@ async fn the_install_script_makes_a_working_locked_down_layout_in_a_fresh_debian
     let text = out(&v);
     let problems: Vec<&str> = text.lines().filter(|l| l.contains("gatewarden.service")).collect();
     assert!(v.status.success() && problems.is_empty(), "systemd-analyze verify: {text}");
+}
+
+/// deploy/Dockerfile, built on a local Debian 12 base (imported from the same
+/// debootstrap tarball, so nothing is pulled from a registry): the container
+/// runs the daemon as the service user, serves /healthz, sees a face, and
+/// stops cleanly on `docker stop`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_docker_image_runs_the_daemon_as_the_service_user() {
+    let docker_up = Command::new("docker").arg("info").stdout(Stdio::null()).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false);
+    let is_root = unsafe { libc::geteuid() } == 0;
+    if !docker_up || !is_root || Command::new("sh").args(["-c", "command -v debootstrap"]).stdout(Stdio::null()).status().map(|s| !s.success()).unwrap_or(true) {
+        eprintln!("SKIPPED: needs a running docker daemon, root and debootstrap (deploy/gw.sh test sets them up)");
+        return;
+    }
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cache = base_tarball(&tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap().path().to_owned());
+    let tag = format!("gatewarden-test:{}", std::process::id());
+    run(Command::new("docker").args(["import"]).arg(&cache).arg("gatewarden-test-base:bookworm").stdout(Stdio::null()));
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_gatewarden")).parent().unwrap().strip_prefix(manifest).unwrap().to_owned();
+    let o = run(Command::new("docker")
+        .args(["build", "--network", "host", "-q", "-f", "deploy/Dockerfile", "--build-arg", "BASE=gatewarden-test-base:bookworm"])
+        .arg("--build-arg")
+        .arg(format!("BIN_DIR={}", bin_dir.display()))
+        .args(["-t", &tag, "."])
+        .current_dir(manifest));
+    struct Cleanup(String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = Command::new("docker").args(["rm", "-f", &format!("{}-run", self.0.replace(':', "-"))]).output();
+            let _ = Command::new("docker").args(["rmi", "-f", &self.0]).output();
+        }
+    }
+    let _cleanup = Cleanup(tag.clone());
+    assert!(!out(&o).trim().is_empty());
+
+    let dir = tempfile::tempdir().unwrap();
+    let face = shared_testdata("faces/people/img2.jpg").expect("../shared/testdata");
+    std::fs::copy(&face, dir.path().join("face.jpg")).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(dir.path().join("face.jpg"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let check = format!("site = \"t\"\n[store]\npath = \"/var/lib/gatewarden/db\"\n[vision]\nmodels_dir = \"/usr/share/gatewarden/models\"\n");
+    std::fs::write(dir.path().join("check.toml"), check).unwrap();
+    std::fs::set_permissions(dir.path().join("check.toml"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = run(Command::new("docker")
+        .args(["run", "--rm", "--network", "host", "-v"])
+        .arg(format!("{}:/check:ro", dir.path().display()))
+        .args(["--entrypoint", "/usr/bin/gatewarden-vision", &tag, "--config", "/check/check.toml", "--check", "--photo", "/check/face.jpg"]));
+    assert!(out(&o).contains("1 face(s), 1 usable"), "{}", out(&o));
+
+    let broker = Mosquitto::start();
+    let http = free_port();
+    let cfg = format!(
+        "site = \"t\"\n[store]\npath = \"/var/lib/gatewarden/db\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n[mqtt]\nbroker = \"mqtt://127.0.0.1:{}\"\n",
+        broker.port
+    );
+    std::fs::write(dir.path().join("gatewarden.toml"), cfg).unwrap();
+    std::fs::set_permissions(dir.path().join("gatewarden.toml"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let name = format!("{}-run", tag.replace(':', "-"));
+    run(Command::new("docker")
+        .args(["run", "-d", "--name", &name, "--network", "host", "-v"])
+        .arg(format!("{}/gatewarden.toml:/etc/gatewarden/gatewarden.toml:ro", dir.path().display()))
+        .arg(&tag));
+    let health = eventually("the container's /healthz", 30, async || {
+        let r = reqwest::get(format!("http://127.0.0.1:{http}/healthz")).await.ok()?;
+        r.json::<serde_json::Value>().await.ok()
+    })
+    .await;
+    assert_eq!(health["store"], true, "{health}");
+    assert_eq!(health["mqtt_connected"], true, "{health}");
+    let user = out(&run(Command::new("docker").args(["exec", &name, "id", "-un"])));
+    assert_eq!(user.trim(), "gatewarden");
+    run(Command::new("docker").args(["stop", "-t", "20", &name]));
+    let code = out(&run(Command::new("docker").args(["inspect", "-f", "{{.State.ExitCode}}", &name])));
+    assert_eq!(code.trim(), "0", "clean exit on docker stop; logs:\n{}", out(&Command::new("docker").args(["logs", &name]).output().unwrap()));
 }
