@@ -101,8 +101,40 @@ pub struct Config {
     /// One entry per gate: its camera, its actuator and its rules.
     #[serde(default)]
     pub gates: Vec<GateConfig>,
+    /// Several boxes in one compound (see ARCHITECTURE.md). Absent: this box
+    /// is alone and always alerts.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
     #[serde(default)]
     pub debug: DebugConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This box's name, unique within the site (letters, digits, '-', '_').
+    pub box_id: String,
+    /// "lease" (default): the alerting box is chosen by a lease held through a
+    /// retained MQTT message, and another box takes over when it lapses;
+    /// "primary" / "standby": fixed by config.
+    #[serde(default)]
+    pub role: crate::cluster::Role,
+    /// How long a lease lasts without renewal: the failover time after the
+    /// alerting box dies. Renewed at a third left.
+    #[serde(default = "ClusterConfig::default_lease_ttl")]
+    pub lease_ttl: Dur,
+    /// How long a claim must stand unchallenged before the box starts alerting.
+    #[serde(default = "ClusterConfig::default_claim_settle")]
+    pub claim_settle: Dur,
+}
+
+impl ClusterConfig {
+    fn default_lease_ttl() -> Dur {
+        Dur::secs(60)
+    }
+    fn default_claim_settle() -> Dur {
+        Dur::secs(3)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -794,6 +826,14 @@ impl Config {
         if let Err(e) = self.mqtt.external_addr() {
             bad("mqtt.broker".into(), e);
         }
+        if let Some(c) = &self.cluster {
+            if c.box_id.is_empty() || !c.box_id.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
+                bad("cluster.box_id".into(), "must be a non-empty name of letters, digits, '-' or '_'".into());
+            }
+            if c.claim_settle.get() * 3 > c.lease_ttl.get() {
+                bad("cluster.claim_settle".into(), "must be under a third of cluster.lease_ttl".into());
+            }
+        }
         if self.mqtt.topics.is_empty() {
             bad("mqtt.topics".into(), "at least one topic filter is needed".into());
         }
@@ -923,7 +963,12 @@ impl Config {
     }
 
     pub fn client_id(&self) -> String {
-        self.mqtt.client_id.clone().unwrap_or_else(|| format!("gatewarden-{}", self.site))
+        // Boxes of one site must not share a client id: the broker would keep
+        // disconnecting one for the other.
+        self.mqtt.client_id.clone().unwrap_or_else(|| match &self.cluster {
+            Some(c) => format!("gatewarden-{}-{}", self.site, c.box_id),
+            None => format!("gatewarden-{}", self.site),
+        })
     }
 
     pub fn mqtt_password(&self) -> Option<String> {

@@ -58,6 +58,18 @@ pub struct Shared {
     pub credential_key: Vec<u8>,
     /// For publishing alert episodes and box health upstream.
     pub mqtt: Option<rumqttc::AsyncClient>,
+    /// Which box alerts, for /healthz (written by the monitor).
+    pub cluster: Arc<std::sync::RwLock<ClusterView>>,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ClusterView {
+    #[serde(rename = "box")]
+    pub box_id: String,
+    /// Whether this box runs the alert engine and sends notifications.
+    pub alerting: bool,
+    pub lease_holder: Option<String>,
+    pub lease_epoch: Option<u64>,
 }
 
 impl Shared {
@@ -90,6 +102,14 @@ struct Monitor {
     presence: Presence,
     engine: Engine,
     last_purge: Option<Timestamp>,
+    /// None: a single box, which always alerts.
+    lease: Option<crate::cluster::Lease>,
+}
+
+/// Wall-clock milliseconds for the cluster lease. Not the injectable clock:
+/// the lease is shared between boxes and must follow real time (NTP).
+fn wall_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
 }
 
 impl Monitor {
@@ -109,7 +129,8 @@ impl Monitor {
         for (g, at) in store.list_gateways()? {
             engine.load_gateway(g, at, now);
         }
-        let mut m = Monitor { sh: sh.clone(), presence, engine, last_purge: None };
+        let lease = cfg.cluster.as_ref().map(|c| crate::cluster::Lease::new(c.box_id.clone(), c.role, c.lease_ttl.get(), c.claim_settle.get()));
+        let mut m = Monitor { sh: sh.clone(), presence, engine, last_purge: None, lease };
         for e in store.list_elders()? {
             m.load_elder(&e)?;
         }
@@ -155,8 +176,134 @@ impl Monitor {
         Ok(())
     }
 
-    fn observe(&mut self, obs: Observation) -> Vec<PresenceEvent> {
+    fn alerting(&self) -> bool {
+        self.lease.as_ref().is_none_or(|l| l.is_leader())
+    }
+
+    fn box_id(&self) -> Option<&str> {
+        self.sh.cfg.cluster.as_ref().map(|c| c.box_id.as_str())
+    }
+
+    fn publish_cluster(&self, rest: &str, retain: bool, body: String) {
+        let (Some(m), Some(_)) = (&self.sh.mqtt, self.box_id()) else { return };
+        if let Err(e) = m.try_publish(crate::cluster::topic(&self.sh.cfg.site, rest), rumqttc::QoS::AtLeastOnce, retain, body) {
+            tracing::warn!(error = %e, topic = rest, "cannot publish to the other boxes");
+        }
+    }
+
+    /// A face at this box's gate or a check-in typed into it: the other boxes
+    /// cannot see it, so tell them.
+    fn share_sighting(&self, obs: &Observation) {
+        use crate::cluster::{PeerSighting, PeerWhat};
+        let Some(me) = self.box_id() else { return };
+        let s = match obs {
+            Observation::Face { elder, gate, at } => PeerSighting { from: me.into(), elder: elder.clone(), at: *at, what: PeerWhat::Face { gate: gate.clone() } },
+            Observation::CheckIn { elder, by, note, at } => {
+                PeerSighting { from: me.into(), elder: elder.clone(), at: *at, what: PeerWhat::CheckIn { by: by.clone(), note: note.clone() } }
+            }
+            Observation::Band(_) => return,
+        };
+        self.publish_cluster(&format!("sighting/{me}"), false, serde_json::to_string(&s).expect("serializes"));
+    }
+
+    fn on_cluster(&mut self, msg: crate::cluster::ClusterMsg) {
+        use crate::cluster::{ClusterMsg, PeerWhat};
+        let me = self.box_id().unwrap_or_default().to_string();
+        match msg {
+            ClusterMsg::Lease(r) => {
+                let acts = match &mut self.lease {
+                    Some(l) => l.observe(r, wall_ms()),
+                    None => return,
+                };
+                self.lease_actions(acts);
+            }
+            ClusterMsg::Sighting(s) if s.from != me => {
+                let obs = match s.what {
+                    PeerWhat::Face { gate } => Observation::Face { elder: s.elder, gate: format!("{}:{gate}", s.from), at: s.at },
+                    PeerWhat::CheckIn { by, note } => Observation::CheckIn { elder: s.elder, by, note, at: s.at },
+                };
+                self.observe_from(obs, false);
+            }
+            ClusterMsg::Alert(a) if a.from != me => {
+                if self.alerting() {
+                    let acts = self.engine.handle(Input::External { kind: a.kind, subject: a.subject, detail: a.detail, firing: a.firing }, self.sh.clock.now());
+                    self.apply(acts);
+                }
+            }
+            ClusterMsg::Episode(e) if e.from != me => {
+                if self.alerting() {
+                    tracing::warn!(from = %e.from, alert = e.alert.id, "another box published an alert episode while this box alerts; keeping ours");
+                } else if let Err(err) = self.sh.store.commit_alerts(std::slice::from_ref(&e.alert), &mut []) {
+                    tracing::error!(error = %err, "cannot keep the alerting box's episode");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn lease_tick(&mut self) {
+        let acts = match &mut self.lease {
+            Some(l) => l.tick(wall_ms()),
+            None => return,
+        };
+        self.lease_actions(acts);
+    }
+
+    fn lease_actions(&mut self, acts: Vec<crate::cluster::LeaseAction>) {
+        use crate::cluster::LeaseAction;
+        for a in acts {
+            match a {
+                LeaseAction::Publish(r) => self.publish_cluster("lease", true, serde_json::to_string(&r).expect("serializes")),
+                LeaseAction::Promote => {
+                    if let Err(e) = self.promote() {
+                        tracing::error!(error = %format!("{e:#}"), "cannot take over alerting");
+                    }
+                }
+                LeaseAction::Demote { holder } => {
+                    tracing::warn!(%holder, "another box holds the alerting lease: this box stops sending alerts");
+                }
+            }
+        }
+        if let Some(l) = &self.lease {
+            let mut v = self.sh.cluster.write().unwrap_or_else(|e| e.into_inner());
+            v.alerting = l.is_leader();
+            v.lease_holder = l.holder().map(|r| r.holder.clone());
+            v.lease_epoch = l.holder().map(|r| r.epoch);
+        }
+    }
+
+    /// This box now alerts: rebuild the engine from the store, where the
+    /// episodes mirrored from the previous alerting box are, so they go on.
+    fn promote(&mut self) -> anyhow::Result<()> {
         let now = self.sh.clock.now();
+        let mut engine = Engine::new(Settings::from_config(&self.sh.cfg), now, 1);
+        for a in self.sh.store.list_alerts()? {
+            engine.load_alert(a);
+        }
+        for (g, at) in self.sh.store.list_gateways()? {
+            engine.load_gateway(g, at, now);
+        }
+        self.engine = engine;
+        for e in self.sh.store.list_elders()? {
+            self.load_elder(&e)?;
+        }
+        self.reload_ladders()?;
+        tracing::info!(open_alerts = self.engine.open_alerts().count(), "this box now sends the alerts (holds the lease)");
+        self.update_alert_gauges();
+        self.tick();
+        Ok(())
+    }
+
+    fn observe(&mut self, obs: Observation) -> Vec<PresenceEvent> {
+        self.observe_from(obs, true)
+    }
+
+    fn observe_from(&mut self, obs: Observation, local: bool) -> Vec<PresenceEvent> {
+        if local {
+            self.share_sighting(&obs);
+        }
+        let now = self.sh.clock.now();
+        let alerting = self.alerting();
         let is_band = matches!(obs, Observation::Band(_));
         let events = self.presence.handle(obs, now);
         let mut actions = Vec::new();
@@ -175,7 +322,9 @@ impl Monitor {
                 }
                 _ => {}
             }
-            actions.extend(self.engine.handle(Input::Presence(ev.clone()), now));
+            if alerting {
+                actions.extend(self.engine.handle(Input::Presence(ev.clone()), now));
+            }
         }
         if is_band && !events.iter().any(|e| matches!(e, PresenceEvent::Seen { .. })) {
             self.sh.metrics.unknown_band_sightings.inc();
@@ -203,14 +352,22 @@ impl Monitor {
                 }
                 None => tracing::warn!(%gate, "credential for a gate that is not configured"),
             },
+            Parsed::Cluster(m) => self.on_cluster(m),
+            Parsed::Connected => {
+                if let Some(l) = &mut self.lease {
+                    l.connected(wall_ms());
+                }
+            }
             Parsed::Ignored => {}
         }
     }
 
     fn tick(&mut self) {
         let now = self.sh.clock.now();
-        let acts = self.engine.handle(Input::Tick, now);
-        self.apply(acts);
+        if self.alerting() {
+            let acts = self.engine.handle(Input::Tick, now);
+            self.apply(acts);
+        }
         if self.last_purge.map_or(true, |t| now - t > chrono::Duration::hours(1)) {
             self.last_purge = Some(now);
             self.purge(now);
@@ -267,6 +424,10 @@ impl Monitor {
         if actions.is_empty() {
             return;
         }
+        if !self.alerting() {
+            // A standby's engine is rebuilt from the store when it takes over.
+            return;
+        }
         let now = self.sh.clock.now();
         let mut alerts = Vec::new();
         let mut notes = Vec::new();
@@ -275,6 +436,10 @@ impl Monitor {
                 Action::Save(alert) => {
                     let state = alert.state.as_str();
                     self.publish_episode(&alert);
+                    if let Some(me) = self.box_id() {
+                        let e = crate::cluster::Episode { from: me.to_string(), alert: alert.clone() };
+                        self.publish_cluster(&format!("episode/{}", alert.id), true, serde_json::to_string(&e).expect("serializes"));
+                    }
                     self.sh.metrics.alert_event(alert.kind.as_str(), state);
                     tracing::info!(alert = alert.id, kind = alert.kind.as_str(), subject = %alert.subject.id(), state, level = alert.level, "alert changed");
                     alerts.push(alert);
@@ -314,7 +479,10 @@ impl Monitor {
             "site": self.sh.cfg.site, "at": self.sh.clock.now(), "version": env!("CARGO_PKG_VERSION"),
             "uptime_s": self.sh.started.elapsed().as_secs(), "elders": self.presence.elder_count(), "open_alerts": open,
         });
-        let topic = format!("gatewarden/{}/health", self.sh.cfg.site);
+        let topic = match self.box_id() {
+            Some(b) => format!("gatewarden/{}/health/{b}", self.sh.cfg.site),
+            None => format!("gatewarden/{}/health", self.sh.cfg.site),
+        };
         let _ = m.try_publish(topic, rumqttc::QoS::AtLeastOnce, true, body.to_string());
     }
 
@@ -415,6 +583,11 @@ impl Monitor {
                     let _ = reply.send(self.observe(obs));
                 }
                 Command::Ack { id, by, reply } => {
+                    if !self.alerting() {
+                        let holder = self.lease.as_ref().and_then(|l| l.holder()).map(|r| r.holder.clone()).unwrap_or_else(|| "(none yet)".into());
+                        let _ = reply.send(Err(AckError::Elsewhere { holder }));
+                        return Ok(());
+                    }
                     let r = self.engine.ack(id, &by, now);
                     let out = match r {
                         Ok(acts) => {
@@ -437,6 +610,11 @@ impl Monitor {
                     self.flush();
                     let _ = reply.send(());
                 }
+                Command::Alert { kind, subject, detail, firing } if !self.alerting() => {
+                    let me = self.box_id().unwrap_or_default().to_string();
+                    let a = crate::cluster::PeerAlert { from: me.clone(), kind, subject, detail, firing };
+                    self.publish_cluster(&format!("alert/{me}"), false, serde_json::to_string(&a).expect("serializes"));
+                }
                 Command::Alert { kind, subject, detail, firing } => {
                     let acts = self.engine.handle(Input::External { kind, subject, detail, firing }, now);
                     self.apply(acts);
@@ -457,6 +635,8 @@ impl Monitor {
         let mut watchdog = tokio::time::interval(wd.unwrap_or(Duration::from_secs(3600)));
         let mut health = tokio::time::interval(Duration::from_secs(60));
         let mut flush = tokio::time::interval(self.sh.cfg.store.flush_every.get());
+        let lease_every = self.sh.cfg.cluster.as_ref().map_or(Duration::from_secs(3600), |c| (c.lease_ttl.get() / 10).clamp(Duration::from_millis(100), Duration::from_secs(5)));
+        let mut lease = tokio::time::interval(lease_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -466,6 +646,7 @@ impl Monitor {
                 Some(c) = cmds.recv() => self.command(c),
                 _ = tick.tick() => self.tick(),
                 _ = flush.tick() => self.flush(),
+                _ = lease.tick(), if self.lease.is_some() => self.lease_tick(),
                 _ = watchdog.tick(), if wd.is_some() => crate::telemetry::sd_notify("WATCHDOG=1"),
                 _ = health.tick() => self.publish_health(),
                 p = mqtt.recv() => match p {
@@ -570,6 +751,11 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
         vision: vision_enabled.then(|| vision_tx.clone()),
         credential_key: credential_key.clone(),
         mqtt: Some(mqtt_client.clone()),
+        cluster: Arc::new(std::sync::RwLock::new(ClusterView {
+            box_id: cfg.cluster.as_ref().map(|c| c.box_id.clone()).unwrap_or_default(),
+            alerting: cfg.cluster.is_none(),
+            ..Default::default()
+        })),
     });
 
     if cfg.mqtt.external_addr().map_err(anyhow::Error::msg)?.is_none() {

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod alert;
 pub mod capture;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod demo;

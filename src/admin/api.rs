@@ -132,6 +132,7 @@ async fn healthz(State(sh): S) -> Response {
         "outbox_failed": failed,
         "uptime_s": sh.started.elapsed().as_secs(),
         "version": env!("CARGO_PKG_VERSION"),
+        "cluster": sh.cfg.cluster.as_ref().map(|_| sh.cluster.read().unwrap_or_else(|e| e.into_inner()).clone()),
     });
     let code = if store_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(body)).into_response()

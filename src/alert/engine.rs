@@ -94,6 +94,8 @@ pub enum AckError {
     NotFound(AlertId),
     #[error("alert #{id} was already acknowledged by {by}")]
     AlreadyAcknowledged { id: AlertId, by: String },
+    #[error("this box does not send the alerts (box {holder} holds the lease): acknowledge there")]
+    Elsewhere { holder: String },
 }
 
 pub struct Engine {

@@ -101,6 +101,9 @@ pub async fn run(
     if !cfg.gates.is_empty() {
         topics.push(format!("gatewarden/{}/gate/+/credential", cfg.site));
     }
+    if cfg.cluster.is_some() {
+        topics.push(crate::cluster::topic(&cfg.site, "#"));
+    }
     let max = cfg.mqtt.max_payload_bytes;
     let mut backoff = cfg.mqtt.reconnect_min.get();
     loop {
@@ -113,6 +116,9 @@ pub async fn run(
                 metrics.mqtt_connected.set(1);
                 backoff = cfg.mqtt.reconnect_min.get();
                 tracing::info!(session_present = ack.session_present, "connected to MQTT broker");
+                if tx.send(Parsed::Connected).await.is_err() {
+                    break;
+                }
                 for t in &topics {
                     if let Err(e) = client.try_subscribe(t.clone(), QoS::AtLeastOnce) {
                         tracing::error!(topic = %t, error = %e, "cannot subscribe");
@@ -125,6 +131,7 @@ pub async fn run(
                     metrics.message(match parsed {
                         Parsed::Sighting(_) => "sighting",
                         Parsed::Credential { .. } => "credential",
+                        Parsed::Cluster(_) => "cluster",
                         _ => "status",
                     });
                     if tx.send(parsed).await.is_err() {

@@ -15,6 +15,10 @@ pub enum Parsed {
     /// A PIN, card number or QR payload from a keypad or reader at a gate,
     /// on `gatewarden/<site>/gate/<gate>/credential`: `{"kind":"card","value":"…"}`.
     Credential { gate: String, kind: crate::gate::log::Credential, value: String },
+    /// The broker connection (re)started: retained messages follow.
+    Connected,
+    /// From another box of this site (see `cluster`).
+    Cluster(crate::cluster::ClusterMsg),
     /// A well-formed message we have no use for (a gateway's own telemetry).
     Ignored,
 }
@@ -132,6 +136,9 @@ pub fn parse(topic: &str, payload: &[u8], max_bytes: usize) -> Result<Parsed, Re
         ["gatewarden", _site, "sighting"] => parse_own(text),
         ["gatewarden", _site, "gate", gate, "credential"] => parse_credential(gate, text),
         ["gatewarden", _site, "gate", _gate, "event"] => Ok(Parsed::Ignored),
+        ["gatewarden", _site, "cluster", rest @ ..] => {
+            crate::cluster::parse(rest, text).map(Parsed::Cluster).map_err(|e| reject(RejectReason::Malformed, e))
+        }
         _ => Err(reject(RejectReason::UnknownTopic, format!("no parser for topic {topic:?}"))),
     }
 }
@@ -333,7 +340,7 @@ mod tests {
             let (topic, payload) = line.split_once('\t').unwrap();
             match parse(topic, payload.as_bytes(), MAX).unwrap_or_else(|e| panic!("{line}: {e:?}")) {
                 Parsed::Sighting(_) => sightings += 1,
-                Parsed::GatewayStatus { .. } | Parsed::Ignored | Parsed::Credential { .. } => {}
+                Parsed::GatewayStatus { .. } | Parsed::Ignored | Parsed::Credential { .. } | Parsed::Connected | Parsed::Cluster(_) => {}
             }
         }
         assert_eq!(sightings, 5);
