@@ -126,6 +126,16 @@ pub struct ClusterConfig {
     /// How long a claim must stand unchallenged before the box starts alerting.
     #[serde(default = "ClusterConfig::default_claim_settle")]
     pub claim_settle: Dur,
+    /// Enrolment sync: "source" (the admin box: enrol here, published to the
+    /// others) or "replica" (follows the source; local enrolment is refused).
+    /// Absent: each box keeps its own enrolment.
+    #[serde(default)]
+    pub enrolment: Option<crate::cluster::sync::EnrolmentRole>,
+    /// The site's shared secret (≥ 32 characters, same file on every box, mode
+    /// 0640 root:gatewarden): signs enrolment changes, seals templates in
+    /// transit, and keys credential hashes so a PIN works at every box.
+    #[serde(default)]
+    pub sync_key_file: Option<PathBuf>,
 }
 
 impl ClusterConfig {
@@ -829,6 +839,9 @@ impl Config {
         if let Some(c) = &self.cluster {
             if c.box_id.is_empty() || !c.box_id.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
                 bad("cluster.box_id".into(), "must be a non-empty name of letters, digits, '-' or '_'".into());
+            }
+            if c.enrolment.is_some() && c.sync_key_file.is_none() {
+                bad("cluster.sync_key_file".into(), "is required with cluster.enrolment (the same key file on every box)".into());
             }
             if c.claim_settle.get() * 3 > c.lease_ttl.get() {
                 bad("cluster.claim_settle".into(), "must be under a third of cluster.lease_ttl".into());

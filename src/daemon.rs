@@ -60,6 +60,8 @@ pub struct Shared {
     pub mqtt: Option<rumqttc::AsyncClient>,
     /// Which box alerts, for /healthz (written by the monitor).
     pub cluster: Arc<std::sync::RwLock<ClusterView>>,
+    /// Enrolment sync, when `cluster.enrolment` is set.
+    pub sync: Option<(crate::cluster::sync::EnrolmentRole, crate::cluster::sync::SyncKeys)>,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -90,6 +92,56 @@ impl Shared {
                 .map(|l| Level { name: l.name.clone(), channels: l.channels.clone(), staff: l.staff.clone() })
                 .collect(),
         }
+    }
+
+    /// Refuse enrolment writes on a replica: the source box is the one truth.
+    pub fn enrolment_writable(&self) -> Result<(), String> {
+        match &self.sync {
+            Some((crate::cluster::sync::EnrolmentRole::Replica, _)) => {
+                Err("this box is an enrolment replica: enrol on the source box (cluster.enrolment = \"source\"); changes arrive here by themselves".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// After an enrolment write on the source box: publish the record's new
+    /// state (retained, signed, versioned) for the other boxes.
+    pub async fn enrolment_changed(&self, kind: &'static str, id: &str) {
+        if let Some((crate::cluster::sync::EnrolmentRole::Source, keys)) = &self.sync {
+            let version = match self.store.next_id() {
+                Ok(v) => v,
+                Err(e) => return tracing::error!(error = %e, "cannot version an enrolment change"),
+            };
+            self.publish_enrolment(keys, kind, id, version).await;
+        }
+    }
+
+    async fn publish_enrolment(&self, keys: &crate::cluster::sync::SyncKeys, kind: &'static str, id: &str, version: u64) {
+        use crate::cluster::sync;
+        let (Some(m), Ok(record)) = (&self.mqtt, sync::current(&self.store, keys, kind, id)) else {
+            return tracing::error!(kind, id, "cannot read an enrolment record to publish");
+        };
+        let change = sync::Change { site: self.cfg.site.clone(), version, published_at: self.clock.now(), record, kind: kind.into(), id: id.into() };
+        let _ = self.store.set_sync_version(kind, id, version);
+        if let Err(e) = m.publish(sync::topic(&self.cfg.site, kind, id), rumqttc::QoS::AtLeastOnce, true, keys.sign(&change)).await {
+            tracing::error!(error = %e, kind, id, "cannot publish an enrolment change");
+        }
+    }
+
+    /// At start-up on the source: publish every record at its last version
+    /// (replicas skip what they hold), so a broker that lost its retained
+    /// messages is refilled.
+    pub async fn republish_enrolment(&self) -> anyhow::Result<usize> {
+        let Some((crate::cluster::sync::EnrolmentRole::Source, keys)) = &self.sync else { return Ok(0) };
+        let ids = crate::cluster::sync::all_ids(&self.store)?;
+        for (kind, id) in &ids {
+            let v = match self.store.sync_version(kind, id)? {
+                0 => self.store.next_id()?,
+                v => v,
+            };
+            self.publish_enrolment(keys, kind, id, v).await;
+        }
+        Ok(ids.len())
     }
 
     pub async fn command(&self, c: Command) -> anyhow::Result<()> {
@@ -353,6 +405,8 @@ impl Monitor {
                 None => tracing::warn!(%gate, "credential for a gate that is not configured"),
             },
             Parsed::Cluster(m) => self.on_cluster(m),
+            // Routed to the sync task by the MQTT task.
+            Parsed::Enrolment(_) => {}
             Parsed::Connected => {
                 if let Some(l) = &mut self.lease {
                     l.connected(wall_ms());
@@ -704,7 +758,19 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let (mqtt_tx, mqtt_rx) = mpsc::channel(4096);
     let (mqtt_client, mqtt_loop) = crate::mqtt::connect(&cfg);
-    let credential_key = store.secret("credential_key")?.into_bytes();
+    let sync = match cfg.cluster.as_ref().and_then(|c| c.enrolment.zip(c.sync_key_file.clone())) {
+        Some((role, file)) => {
+            let keys = crate::cluster::sync::SyncKeys::load(&file).with_context(|| format!("cluster.sync_key_file {}", file.display()))?;
+            Some((role, keys))
+        }
+        None => None,
+    };
+    // With enrolment sync, credential hashes are keyed from the site's sync key
+    // so a PIN enrolled on the source opens every box's gates.
+    let credential_key = match &sync {
+        Some((_, k)) => k.credentials.clone(),
+        None => store.secret("credential_key")?.into_bytes(),
+    };
     let key_file = template_key_path(&cfg);
     let keys = crate::store::TemplateKeys::load_or_create(&key_file).with_context(|| format!("template key file {}", key_file.display()))?;
     let finish_rotation = keys.previous.is_some();
@@ -756,6 +822,7 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
             alerting: cfg.cluster.is_none(),
             ..Default::default()
         })),
+        sync,
     });
 
     if cfg.mqtt.external_addr().map_err(anyhow::Error::msg)?.is_none() {
@@ -769,7 +836,25 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(monitor.run(mqtt_rx, cmd_rx, cancel.clone()));
-    tasks.spawn(crate::mqtt::run(cfg.clone(), mqtt_client.clone(), mqtt_loop, mqtt_tx, metrics.clone(), cancel.clone()));
+    let enrolment_tx = match &sh.sync {
+        Some((crate::cluster::sync::EnrolmentRole::Replica, _)) => {
+            let (tx, rx) = mpsc::channel(1024);
+            tasks.spawn(crate::cluster::sync::run_replica(sh.clone(), rx, cancel.clone()));
+            Some(tx)
+        }
+        Some((crate::cluster::sync::EnrolmentRole::Source, _)) => {
+            let sh = sh.clone();
+            tasks.spawn(async move {
+                match sh.republish_enrolment().await {
+                    Ok(n) => tracing::info!(records = n, "enrolment published for the replicas"),
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot publish enrolment"),
+                }
+            });
+            None
+        }
+        None => None,
+    };
+    tasks.spawn(crate::mqtt::run(cfg.clone(), mqtt_client.clone(), mqtt_loop, mqtt_tx, enrolment_tx, metrics.clone(), cancel.clone()));
     if !cfg.gates.is_empty() {
         let rules = cfg
             .gates

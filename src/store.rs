@@ -111,6 +111,15 @@ fn seal(key: &[u8; 32], person: &str, embedding: &[f32]) -> Vec<u8> {
     [SEALED.as_slice(), &nonce, &ct].concat()
 }
 
+/// A template sealed for another box (enrolment sync), under a transfer key.
+pub fn seal_for_transfer(key: &[u8; 32], person: &str, embedding: &[f32]) -> Vec<u8> {
+    seal(key, person, embedding)
+}
+
+pub fn open_transfer(key: &[u8; 32], person: &str, sealed: &[u8]) -> Option<Vec<f32>> {
+    unseal(key, person, sealed)
+}
+
 fn unseal(key: &[u8; 32], person: &str, sealed: &[u8]) -> Option<Vec<f32>> {
     use chacha20poly1305::aead::{Aead, KeyInit, Payload};
     let body = sealed.strip_prefix(SEALED.as_slice())?;
@@ -720,6 +729,35 @@ impl Store {
                 Ok((person, e))
             })
             .collect()
+    }
+
+    /// One person's templates, unsealed.
+    pub fn templates_of(&self, person: &str) -> Result<Vec<Vec<f32>>> {
+        Ok(self.templates()?.into_iter().filter(|(p, _)| p == person).map(|(_, e)| e).collect())
+    }
+
+    /// Replace a person and all their templates (enrolment sync).
+    pub fn replace_person(&self, r: &PersonRecord, templates: &[Vec<f32>]) -> Result<()> {
+        let key = self.current_key()?;
+        let _w = self.writing();
+        self.remove_templates_locked(&r.person.id)?;
+        self.people.insert(r.person.id.as_bytes(), enc(r))?;
+        for e in templates {
+            let k = format!("{}\u{0}{:020}", r.person.id, self.next_id()?);
+            self.templates.insert(k.as_bytes(), seal(&key, &r.person.id, e))?;
+        }
+        Ok(())
+    }
+
+    /// The version of a synced record this box holds (0: none).
+    pub fn sync_version(&self, kind: &str, id: &str) -> Result<u64> {
+        Ok(self.meta.get(format!("syncv\u{0}{kind}\u{0}{id}"))?.map(|v| dec("meta", &v)).transpose()?.unwrap_or(0))
+    }
+
+    pub fn set_sync_version(&self, kind: &str, id: &str, v: u64) -> Result<()> {
+        let _w = self.writing();
+        self.meta.insert(format!("syncv\u{0}{kind}\u{0}{id}"), enc(&v))?;
+        Ok(())
     }
 
     /// How many templates each person has (no key needed).

@@ -146,3 +146,90 @@ async fn two_boxes_share_presence_send_one_alert_and_hand_over_the_open_episode(
     assert_eq!(v["lease_holder"], cluster(&survivor.d).await["box"], "{v}");
     assert_eq!(about(&rx, "E2").len(), 3, "the returning box sent nothing: {:?}", about(&rx, "E2"));
 }
+
+const SYNC: &str = r#"
+[cluster]
+box_id = "{BOX}"
+enrolment = "{ROLE}"
+sync_key_file = "{KEY}"
+[vision]
+enabled = true
+models_dir = "{MODELS}"
+[[gates]]
+name = "north"
+actuator = { kind = "log" }
+"#;
+
+async fn sync_box(name: &str, role: &str, broker: &Mosquitto, key: &std::path::Path) -> Box {
+    let dir = tempfile::tempdir().unwrap();
+    let http = free_port();
+    let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let extra = SYNC.replace("{BOX}", name).replace("{ROLE}", role).replace("{KEY}", &key.display().to_string()).replace("{MODELS}", &models.display().to_string());
+    let d = Daemon::start(dir.path(), &config(dir.path(), broker.port, http, &extra), http).await;
+    Box { _dir: dir, d }
+}
+
+fn b64(path: &std::path::Path) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(std::fs::read(path).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_that_was_offline_catches_up_with_signed_enrolment_and_refuses_forgeries() {
+    let Some(face) = shared_testdata("faces/people/img1.jpg") else { return };
+    let broker = Mosquitto::start();
+    let keydir = tempfile::tempdir().unwrap();
+    let key = keydir.path().join("sync.key");
+    std::fs::write(&key, "5f0c3e9a7b1d2468ace0135797531bdf2468ace013579bdf").unwrap();
+    let source = sync_box("admin", "source", &broker, &key).await;
+    let mut replica = sync_box("gate-b", "replica", &broker, &key).await;
+
+    // Online: an elder enrolled on the source appears on the replica.
+    source.d.post("/elders", json!({"id": "E1", "name": "老人E1", "bands": ["c3a1f0001101"]})).await;
+    eventually("E1 on the replica", 15, async || (replica.d.api(reqwest::Method::GET, "/elders/E1", None).await.0 == 200).then_some(())).await;
+    // The replica refuses local enrolment: the source is the one truth.
+    let (code, body) = replica.d.api(reqwest::Method::POST, "/elders", Some(json!({"id": "X1", "name": "x"}))).await;
+    assert_eq!(code, 409, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("replica"), "{body}");
+
+    // Offline: the replica is down while the source enrols and removes.
+    assert!(replica.d.terminate().success());
+    source.d.post("/elders", json!({"id": "E2", "name": "老人E2", "bands": ["c3a1f0001102"]})).await;
+    source.d.post("/staff", json!({"id": "S1", "name": "李网格", "phone": "13900001111"})).await;
+    let r = source
+        .d
+        .post("/residents", json!({"id": "R1", "name": "张三", "unit": "3-401", "pin": "246810", "photos": [b64(&face)],
+            "consent": {"by": "张三", "how": "paper form"}}))
+        .await;
+    assert_eq!(r["templates"], 1, "{r}");
+    source.d.post("/vehicles", json!({"plate": "川A12345", "owner": "R1"})).await;
+    let (code, _) = source.d.api(reqwest::Method::DELETE, "/elders/E1", None).await;
+    assert_eq!(code, 200);
+
+    // A forged change (wrong key) published meanwhile is refused.
+    let p = broker.publisher().await;
+    let forged = json!({"change": json!({"site": "t", "version": 999999, "published_at": "2026-11-23T00:00:00Z", "kind": "elder", "id": "EVIL",
+        "record": {"type": "elder", "id": "EVIL", "name": "伪造", "bands": [], "enrolled_at": "2026-11-23T00:00:00Z"}}).to_string(), "sig": "00".repeat(32)});
+    p.publish(&format!("gatewarden/t/enrolment/elder/{}", "4556494c"), forged.to_string()).await;
+
+    // Back online, it catches up from the retained records.
+    replica.d.restart().await;
+    eventually("the replica catches up", 20, async || {
+        let elders = replica.d.get("/elders").await;
+        let ids: Vec<&str> = elders.as_array().unwrap().iter().filter_map(|e| e["id"].as_str()).collect();
+        (ids == ["E2"]).then_some(())
+    })
+    .await;
+    assert_eq!(replica.d.get("/staff").await[0]["name"], "李网格");
+    let people = replica.d.get("/people").await;
+    let r1 = people.as_array().unwrap().iter().find(|p| p["id"] == "R1").expect("R1 synced").clone();
+    assert_eq!(r1["consent"]["by"], "张三", "{r1}");
+    let faces = replica.d.get("/compliance").await;
+    assert_eq!(faces["faces"]["people"], 1, "the face template arrived and was re-sealed here: {faces}");
+    assert_eq!(replica.d.get("/vehicles").await[0]["plate"], "川A12345");
+    // The PIN enrolled on the source opens the replica's gate.
+    let opened = replica.d.post("/gates/north/credential", json!({"kind": "pin", "value": "246810"})).await;
+    assert_eq!(opened["opened"], true, "{opened}");
+    assert!(replica.d.metric("gatewarden_mqtt_rejected_total{reason=\"bad_signature\"}").await >= 1.0);
+    assert_eq!(replica.d.api(reqwest::Method::GET, "/elders/EVIL", None).await.0, 404);
+}

@@ -136,6 +136,7 @@ pub struct VehicleInput {
 }
 
 pub async fn add_vehicle(State(sh): S, Json(i): Json<VehicleInput>) -> R<Vehicle> {
+    super::api::writable(&sh)?;
     let plate = i.plate.trim().to_string();
     crate::gate::plate::validate(&plate).map_err(|e| bad(format!("invalid plate {plate:?}: {e}")))?;
     if sh.store.get_person(&i.owner)?.is_none() {
@@ -144,6 +145,7 @@ pub async fn add_vehicle(State(sh): S, Json(i): Json<VehicleInput>) -> R<Vehicle
     let valid_until = i.valid_until.as_deref().map(super::api::parse_time).transpose().map_err(bad)?;
     let v = Vehicle { plate: plate.clone(), owner: i.owner, valid_until };
     sh.store.put_vehicle(&v)?;
+    sh.enrolment_changed("vehicle", &v.plate).await;
     reload_vehicle(&sh, &plate).await;
     Ok(Json(v))
 }
@@ -153,7 +155,9 @@ pub async fn list_vehicles(State(sh): S) -> R<Vec<Vehicle>> {
 }
 
 pub async fn remove_vehicle(State(sh): S, Path(plate): Path<String>) -> R<Vehicle> {
+    super::api::writable(&sh)?;
     let v = sh.store.remove_vehicle(&plate)?;
+    sh.enrolment_changed("vehicle", &plate).await;
     reload_vehicle(&sh, &plate).await;
     Ok(Json(v))
 }
@@ -175,6 +179,7 @@ fn consent(sh: &Shared, c: Option<ConsentInput>, photos: bool) -> Result<Option<
 }
 
 pub async fn add_resident(State(sh): S, Json(i): Json<ResidentInput>) -> R<serde_json::Value> {
+    super::api::writable(&sh)?;
     if i.name.trim().is_empty() {
         return Err(bad("name must not be empty"));
     }
@@ -204,6 +209,7 @@ pub async fn add_resident(State(sh): S, Json(i): Json<ResidentInput>) -> R<serde
     };
     let r = PersonRecord { person, consent, id_masked: None, id_hash: None, host_unit: None, plate: None, created_at: sh.clock.now() };
     save(&sh, &r, true, &tmpl).await?;
+    sh.enrolment_changed("person", &id).await;
     reload(&sh, &id).await;
     tracing::info!(person = %id, templates = tmpl.len(), "resident enrolled");
     Ok(Json(json!({ "id": id, "templates": tmpl.len(), "has_pin": r.person.pin_hash.is_some(), "cards": r.person.cards.len() })))
@@ -231,9 +237,12 @@ pub async fn list_people(State(sh): S) -> R<Vec<serde_json::Value>> {
 
 /// `forget`: every biometric and personal trace of the person goes.
 pub async fn forget(State(sh): S, Path(id): Path<String>) -> R<serde_json::Value> {
+    super::api::writable(&sh)?;
     let r = sh.store.remove_person(&id)?;
+    sh.enrolment_changed("person", &id).await;
     for v in sh.store.list_vehicles()?.into_iter().filter(|v| v.owner == id) {
         sh.store.remove_vehicle(&v.plate)?;
+        sh.enrolment_changed("vehicle", &v.plate).await;
         reload_vehicle(&sh, &v.plate).await;
     }
     if let Some(v) = &sh.vision {
@@ -245,6 +254,7 @@ pub async fn forget(State(sh): S, Path(id): Path<String>) -> R<serde_json::Value
 }
 
 pub async fn register_visitor(State(sh): S, Json(i): Json<VisitorInput>) -> R<serde_json::Value> {
+    super::api::writable(&sh)?;
     if i.name.trim().is_empty() || i.host_unit.trim().is_empty() {
         return Err(bad("a visitor needs a name and a host unit"));
     }
@@ -295,9 +305,11 @@ pub async fn register_visitor(State(sh): S, Json(i): Json<VisitorInput>) -> R<se
         created_at: now,
     };
     save(&sh, &r, true, &tmpl).await?;
+    sh.enrolment_changed("person", &id).await;
     if let Some(p) = &r.plate {
         // The visitor's car: valid exactly as long as the pass.
         sh.store.put_vehicle(&Vehicle { plate: p.trim().to_string(), owner: id.clone(), valid_until: Some(until) })?;
+        sh.enrolment_changed("vehicle", p.trim()).await;
         reload_vehicle(&sh, p.trim()).await;
     }
     reload(&sh, &id).await;

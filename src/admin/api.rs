@@ -30,6 +30,11 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Enrolment writes are refused on a sync replica.
+pub fn writable(sh: &Shared) -> Result<(), ApiError> {
+    sh.enrolment_writable().map_err(|m| ApiError(StatusCode::CONFLICT, m))
+}
+
 pub fn bad(msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, msg.into())
 }
@@ -160,6 +165,7 @@ fn check_phone(p: &Option<String>) -> Result<(), ApiError> {
 }
 
 async fn add_elder(State(sh): S, Json(i): Json<ElderInput>) -> R<Elder> {
+    writable(&sh)?;
     if i.name.trim().is_empty() {
         return Err(bad("name must not be empty"));
     }
@@ -185,6 +191,7 @@ async fn add_elder(State(sh): S, Json(i): Json<ElderInput>) -> R<Elder> {
     };
     sh.store.put_elder(&e, true)?;
     sh.command(Command::ReloadElder(e.id.clone())).await?;
+    sh.enrolment_changed("elder", &e.id).await;
     tracing::info!(elder = %e.id, bands = e.bands.len(), "elder enrolled");
     Ok(Json(e))
 }
@@ -213,6 +220,7 @@ async fn list_elders(State(sh): S) -> R<Vec<Elder>> {
 }
 
 async fn update_elder(State(sh): S, Path(id): Path<String>, Json(p): Json<ElderPatch>) -> R<Elder> {
+    writable(&sh)?;
     let mut e = find_elder(&sh, &id)?;
     if let Some(n) = p.name {
         if n.trim().is_empty() {
@@ -243,12 +251,15 @@ async fn update_elder(State(sh): S, Path(id): Path<String>, Json(p): Json<ElderP
         e.emergency_contacts = parse_contacts(&c)?;
     }
     sh.store.put_elder(&e, false)?;
+    sh.enrolment_changed("elder", &id).await;
     sh.command(Command::ReloadElder(id)).await?;
     Ok(Json(e))
 }
 
 async fn remove_elder(State(sh): S, Path(id): Path<String>) -> R<Elder> {
+    writable(&sh)?;
     let e = sh.store.remove_elder(&id)?;
+    sh.enrolment_changed("elder", &id).await;
     sh.command(Command::RemoveElder(id)).await?;
     Ok(Json(e))
 }
@@ -256,11 +267,13 @@ async fn remove_elder(State(sh): S, Path(id): Path<String>) -> R<Elder> {
 // ---- staff and ladders ----
 
 async fn add_staff(State(sh): S, Json(s): Json<Staff>) -> R<Staff> {
+    writable(&sh)?;
     if s.id.trim().is_empty() || s.name.trim().is_empty() {
         return Err(bad("staff need an id and a name"));
     }
     check_phone(&s.phone)?;
     sh.store.put_staff(&s)?;
+    sh.enrolment_changed("staff", &s.id).await;
     Ok(Json(s))
 }
 
@@ -269,7 +282,10 @@ async fn list_staff(State(sh): S) -> R<Vec<Staff>> {
 }
 
 async fn remove_staff(State(sh): S, Path(id): Path<String>) -> R<Staff> {
-    Ok(Json(sh.store.remove_staff(&id)?))
+    writable(&sh)?;
+    let s = sh.store.remove_staff(&id)?;
+    sh.enrolment_changed("staff", &id).await;
+    Ok(Json(s))
 }
 
 async fn list_ladders(State(sh): S) -> R<serde_json::Value> {
@@ -278,6 +294,7 @@ async fn list_ladders(State(sh): S) -> R<serde_json::Value> {
 }
 
 async fn set_ladder(State(sh): S, Path(grid): Path<String>, Json(levels): Json<Vec<Level>>) -> R<Vec<Level>> {
+    writable(&sh)?;
     if levels.is_empty() {
         return Err(bad("a ladder needs at least one level"));
     }
@@ -298,12 +315,15 @@ async fn set_ladder(State(sh): S, Path(grid): Path<String>, Json(levels): Json<V
         }
     }
     sh.store.put_ladder(&grid, &levels)?;
+    sh.enrolment_changed("ladder", &grid).await;
     sh.command(Command::ReloadLadders).await?;
     Ok(Json(levels))
 }
 
 async fn remove_ladder(State(sh): S, Path(grid): Path<String>) -> R<serde_json::Value> {
+    writable(&sh)?;
     sh.store.remove_ladder(&grid)?;
+    sh.enrolment_changed("ladder", &grid).await;
     sh.command(Command::ReloadLadders).await?;
     Ok(Json(json!({ "removed": grid })))
 }
@@ -321,6 +341,7 @@ pub fn parse_time(s: &str) -> Result<Timestamp, String> {
 }
 
 async fn add_leave(State(sh): S, Json(i): Json<LeaveInput>) -> R<Leave> {
+    writable(&sh)?;
     find_elder(&sh, &i.elder)?;
     let from = match &i.from {
         Some(f) => parse_time(f).map_err(bad)?,
@@ -332,6 +353,7 @@ async fn add_leave(State(sh): S, Json(i): Json<LeaveInput>) -> R<Leave> {
     }
     let l = Leave { id: sh.store.next_id()?, elder: i.elder.clone(), from, until, note: i.note, created_by: i.by };
     sh.store.put_leave(&l)?;
+    sh.enrolment_changed("leave", &l.id.to_string()).await;
     sh.command(Command::ReloadLeaves(i.elder)).await?;
     Ok(Json(l))
 }
@@ -346,7 +368,9 @@ async fn list_leaves(State(sh): S, Query(q): Query<ElderQuery>) -> R<Vec<Leave>>
 }
 
 async fn remove_leave(State(sh): S, Path(id): Path<u64>) -> R<Leave> {
+    writable(&sh)?;
     let l = sh.store.remove_leave(id)?;
+    sh.enrolment_changed("leave", &id.to_string()).await;
     sh.command(Command::ReloadLeaves(l.elder.clone())).await?;
     Ok(Json(l))
 }

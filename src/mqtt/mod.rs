@@ -94,6 +94,7 @@ pub async fn run(
     client: AsyncClient,
     mut eventloop: rumqttc::EventLoop,
     tx: mpsc::Sender<Parsed>,
+    enrolment: Option<mpsc::Sender<Vec<u8>>>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
@@ -103,6 +104,11 @@ pub async fn run(
     }
     if cfg.cluster.is_some() {
         topics.push(crate::cluster::topic(&cfg.site, "#"));
+    }
+    if enrolment.is_some() {
+        // Retained: on (re)subscribing the whole roster arrives, so a box that
+        // was offline catches up.
+        topics.push(format!("gatewarden/{}/enrolment/#", cfg.site));
     }
     let max = cfg.mqtt.max_payload_bytes;
     let mut backoff = cfg.mqtt.reconnect_min.get();
@@ -127,6 +133,16 @@ pub async fn run(
             }
             Ok(Event::Incoming(Packet::Publish(p))) => match parse(&p.topic, &p.payload, max) {
                 Ok(Parsed::Ignored) => metrics.message("ignored"),
+                Ok(Parsed::Enrolment(raw)) => match &enrolment {
+                    Some(e) => {
+                        metrics.message("enrolment");
+                        // Awaited: a long catch-up slows reading, never drops a record.
+                        if e.send(raw).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => metrics.message("ignored"),
+                },
                 Ok(parsed) => {
                     metrics.message(match parsed {
                         Parsed::Sighting(_) => "sighting",

@@ -15,6 +15,8 @@ pub enum Parsed {
     /// A PIN, card number or QR payload from a keypad or reader at a gate,
     /// on `gatewarden/<site>/gate/<gate>/credential`: `{"kind":"card","value":"…"}`.
     Credential { gate: String, kind: crate::gate::log::Credential, value: String },
+    /// A signed enrolment record from the source box (verified by the sync task).
+    Enrolment(Vec<u8>),
     /// The broker connection (re)started: retained messages follow.
     Connected,
     /// From another box of this site (see `cluster`).
@@ -136,6 +138,7 @@ pub fn parse(topic: &str, payload: &[u8], max_bytes: usize) -> Result<Parsed, Re
         ["gatewarden", _site, "sighting"] => parse_own(text),
         ["gatewarden", _site, "gate", gate, "credential"] => parse_credential(gate, text),
         ["gatewarden", _site, "gate", _gate, "event"] => Ok(Parsed::Ignored),
+        ["gatewarden", _site, "enrolment", _kind, _id] => Ok(Parsed::Enrolment(payload.to_vec())),
         ["gatewarden", _site, "cluster", rest @ ..] => {
             crate::cluster::parse(rest, text).map(Parsed::Cluster).map_err(|e| reject(RejectReason::Malformed, e))
         }
@@ -340,7 +343,7 @@ mod tests {
             let (topic, payload) = line.split_once('\t').unwrap();
             match parse(topic, payload.as_bytes(), MAX).unwrap_or_else(|e| panic!("{line}: {e:?}")) {
                 Parsed::Sighting(_) => sightings += 1,
-                Parsed::GatewayStatus { .. } | Parsed::Ignored | Parsed::Credential { .. } | Parsed::Connected | Parsed::Cluster(_) => {}
+                Parsed::GatewayStatus { .. } | Parsed::Ignored | Parsed::Credential { .. } | Parsed::Connected | Parsed::Cluster(_) | Parsed::Enrolment(_) => {}
             }
         }
         assert_eq!(sightings, 5);

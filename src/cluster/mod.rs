@@ -19,6 +19,8 @@
 //! The lease is judged on wall-clock time (boxes run NTP); `Lease::handle`
 //! is a pure state machine and takes `now` so tests drive it.
 
+pub mod sync;
+
 use crate::alert::{Alert, AlertKind, Subject};
 use crate::clock::Timestamp;
 use serde::{Deserialize, Serialize};
