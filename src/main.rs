@@ -153,6 +153,20 @@ enum Cmd {
         #[arg(long)]
         allow_key_mismatch: bool,
     },
+    /// Web console users.
+    User {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        cmd: cli::UserCmd,
+    },
+    /// The audit log: who changed what, and when.
+    Audit {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
     /// Wristbands.
     Wristbands {
         #[command(flatten)]
@@ -256,6 +270,8 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             let out = out.unwrap_or_else(|| PathBuf::from(format!("gatewarden-{}.gwbak", chrono::Utc::now().format("%Y%m%d-%H%M%S"))));
             cli::backup(&client(&conn)?, &out).await?
         }
+        Cmd::User { conn, cmd } => cli::user(&client(&conn)?, cmd).await?,
+        Cmd::Audit { conn, limit } => cli::audit(&client(&conn)?, limit).await?,
         Cmd::Restore { config, file, allow_key_mismatch } => restore(&config, &file, allow_key_mismatch)?,
         Cmd::Compliance { conn, cmd: ComplianceCmd::Report } => cli::compliance(&client(&conn)?).await?,
         Cmd::Gate { conn, cmd: GateCmd::Present { gate, pin, card, qr, plate } } => {

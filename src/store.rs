@@ -158,6 +158,9 @@ pub struct Store {
     vehicles: sled::Tree,
     templates: sled::Tree,
     entries: sled::Tree,
+    history: sled::Tree,
+    users: sled::Tree,
+    audit: sled::Tree,
 }
 
 fn enc<T: Serialize>(v: &T) -> Vec<u8> {
@@ -170,6 +173,38 @@ fn dec<T: DeserializeOwned>(tree: &'static str, b: &[u8]) -> Result<T> {
 
 fn all<T: DeserializeOwned>(tree: &sled::Tree, name: &'static str) -> Result<Vec<T>> {
     tree.iter().values().map(|v| dec(name, &v?)).collect()
+}
+
+fn history_key(elder: &str, at: Timestamp) -> Vec<u8> {
+    let mut k = format!("{elder}\u{0}").into_bytes();
+    k.extend_from_slice(&at.timestamp_millis().to_be_bytes());
+    k
+}
+
+/// A console user. The password is an argon2id PHC string, never the password.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct User {
+    pub name: String,
+    /// "admin" or "staff".
+    pub role: String,
+    pub password_hash: String,
+    pub created_at: Timestamp,
+}
+
+/// Who changed what, and when: one entry per admin write (API or console).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct AuditEntry {
+    pub id: u64,
+    pub at: Timestamp,
+    /// A console user's name, or "admin-token" for the CLI.
+    pub actor: String,
+    pub role: String,
+    /// e.g. "POST /elders".
+    pub action: String,
+    /// What it touched, e.g. "elder E00012". For `forget`, a keyed hash of the
+    /// id instead: the entry proves the erasure without naming the person.
+    pub target: String,
+    pub status: u16,
 }
 
 fn band_key(b: &BandId) -> Vec<u8> {
@@ -207,6 +242,9 @@ impl Store {
             vehicles: t("vehicles")?,
             templates: t("face_templates")?,
             entries: t("entry_log")?,
+            history: t("sighting_history")?,
+            users: t("users")?,
+            audit: t("audit_log")?,
             db,
         };
         s.migrate()?;
@@ -337,6 +375,7 @@ impl Store {
             self.bands.remove(band_key(b))?;
         }
         self.last_seen.remove(id.as_bytes())?;
+        self.remove_history_locked(id)?;
         for l in self.list_leaves(Some(id))? {
             self.leaves.remove(l.id.to_be_bytes())?;
         }
@@ -349,11 +388,108 @@ impl Store {
     pub fn put_last_seen_batch(&self, items: &[(String, LastSeen)]) -> Result<()> {
         let _w = self.writing();
         let mut b = sled::Batch::default();
+        let mut h = sled::Batch::default();
         for (id, l) in items {
             b.insert(id.as_bytes(), enc(l));
+            h.insert(history_key(id, l.at), enc(l));
         }
         self.last_seen.apply_batch(b)?;
+        // The bounded whereabouts window (PIPL Art. 28): purged by `purge_history`.
+        self.history.apply_batch(h)?;
         Ok(())
+    }
+
+    /// An elder's recent sightings (at most one a minute), oldest first.
+    pub fn history(&self, elder: &str) -> Result<Vec<LastSeen>> {
+        self.history.scan_prefix(format!("{elder}\u{0}").as_bytes()).values().map(|v| dec("sighting_history", &v?)).collect()
+    }
+
+    /// Drop history older than `before`, and beyond `max_per_elder` per elder.
+    pub fn purge_history(&self, before: Timestamp, max_per_elder: usize) -> Result<usize> {
+        let _w = self.writing();
+        let mut doomed = Vec::new();
+        let mut per: std::collections::HashMap<Vec<u8>, Vec<(sled::IVec, Timestamp)>> = Default::default();
+        for kv in self.history.iter() {
+            let (k, v) = kv?;
+            let l: LastSeen = dec("sighting_history", &v)?;
+            let elder = k.split(|&b| b == 0).next().unwrap_or_default().to_vec();
+            if l.at < before {
+                doomed.push(k);
+            } else {
+                per.entry(elder).or_default().push((k, l.at));
+            }
+        }
+        for (_, mut v) in per {
+            if v.len() > max_per_elder {
+                v.sort_by_key(|(_, at)| *at);
+                let extra = v.len() - max_per_elder;
+                doomed.extend(v.into_iter().take(extra).map(|(k, _)| k));
+            }
+        }
+        for k in &doomed {
+            self.history.remove(k)?;
+        }
+        Ok(doomed.len())
+    }
+
+    fn remove_history_locked(&self, elder: &str) -> Result<usize> {
+        let keys: Vec<_> = self.history.scan_prefix(format!("{elder}\u{0}").as_bytes()).keys().collect::<std::result::Result<_, _>>()?;
+        for k in &keys {
+            self.history.remove(k)?;
+        }
+        Ok(keys.len())
+    }
+
+    // ---- console users and the audit log ----
+
+    pub fn put_user(&self, u: &User) -> Result<()> {
+        let _w = self.writing();
+        self.users.insert(u.name.as_bytes(), enc(u))?;
+        Ok(())
+    }
+
+    pub fn get_user(&self, name: &str) -> Result<Option<User>> {
+        self.users.get(name.as_bytes())?.map(|v| dec("users", &v)).transpose()
+    }
+
+    pub fn list_users(&self) -> Result<Vec<User>> {
+        all(&self.users, "users")
+    }
+
+    pub fn remove_user(&self, name: &str) -> Result<User> {
+        let _w = self.writing();
+        let u = self.get_user(name)?.ok_or_else(|| StoreError::NotFound { what: "user", id: name.into() })?;
+        self.users.remove(name.as_bytes())?;
+        Ok(u)
+    }
+
+    /// Append to the audit log of admin writes (fsynced: it is evidence).
+    pub fn append_audit(&self, e: &mut AuditEntry) -> Result<()> {
+        e.id = self.next_id()?;
+        let _w = self.writing();
+        self.audit.insert(e.id.to_be_bytes(), enc(e))?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Newest first.
+    pub fn list_audit(&self, limit: usize) -> Result<Vec<AuditEntry>> {
+        self.audit.iter().values().rev().take(limit).map(|v| dec("audit_log", &v?)).collect()
+    }
+
+    pub fn purge_audit(&self, before: Timestamp) -> Result<usize> {
+        let _w = self.writing();
+        let mut n = 0;
+        for kv in self.audit.iter() {
+            let (k, v) = kv?;
+            let e: AuditEntry = dec("audit_log", &v)?;
+            if e.at >= before {
+                break;
+            }
+            self.audit.remove(k)?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     pub fn get_last_seen(&self, id: &str) -> Result<Option<LastSeen>> {

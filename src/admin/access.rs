@@ -85,6 +85,23 @@ fn check_pin(pin: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhotoCheckInput {
+    /// JPEG/PNG, base64.
+    pub photo: String,
+}
+
+/// `POST /api/v1/photos/check`: would this photo enrol? Immediate feedback for
+/// the console's upload (no face, two faces, too small, blurred…); nothing kept.
+pub async fn check_photo(State(sh): S, Json(i): Json<PhotoCheckInput>) -> R<serde_json::Value> {
+    match templates(&sh, std::slice::from_ref(&i.photo)).await {
+        Ok(_) => Ok(Json(json!({ "ok": true, "message": "照片可用 / photo is usable" }))),
+        Err(ApiError(StatusCode::BAD_REQUEST, msg)) => Ok(Json(json!({ "ok": false, "message": msg.trim_start_matches("photo 1: ") }))),
+        Err(e) => Err(e),
+    }
+}
+
 /// Turn photos into templates in the vision process; any bad photo refuses all.
 async fn templates(sh: &Shared, photos: &[String]) -> Result<Vec<Vec<f32>>, ApiError> {
     if photos.is_empty() {
@@ -437,6 +454,8 @@ pub async fn compliance(State(sh): S) -> R<serde_json::Value> {
             "unknown_snapshots": a.unknown_retention.to_string(), "visitors": a.visitor_retention.to_string(),
             "entry_log": a.entry_log_retention.to_string(), "leaves": a.leave_retention.to_string(),
             "delivered_notifications": sh.cfg.alert.outbox.retention.to_string(),
+            "sighting_history": format!("{} (at most {} per elder)", sh.cfg.presence.history_window, sh.cfg.presence.history_max),
+            "audit_log": sh.cfg.console.audit_retention.to_string(),
         },
         "last_purges": purges,
         "templates_encrypted": true,

@@ -90,6 +90,13 @@ pub fn router(sh: Arc<Shared>) -> Router {
         .route("/keys/rotate", post(super::access::rotate_key))
         .route("/compliance", get(super::access::compliance))
         .route("/backup", post(super::access::backup))
+        .route("/me", get(super::console::me))
+        .route("/users", get(super::console::list_users).post(super::console::add_user))
+        .route("/users/:name", axum::routing::delete(super::console::remove_user))
+        .route("/audit", get(list_audit))
+        .route("/qr.svg", get(super::console::qr_svg))
+        .route("/photos/check", post(super::access::check_photo))
+        .route("/elders/:id/history", get(elder_history))
         .route("/debug/clock", post(move_clock))
         .route("/debug/tick", post(tick))
         .route_layer(axum::middleware::from_fn_with_state(sh.clone(), auth));
@@ -97,22 +104,93 @@ pub fn router(sh: Arc<Shared>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/ack/:token", get(ack_page).post(ack_link))
+        .route("/", get(|| async { axum::response::Redirect::temporary("/console/") }))
+        .route("/console/", get(super::console::index))
+        .route("/console", get(|| async { axum::response::Redirect::temporary("/console/") }))
+        .route("/console/app.js", get(super::console::app_js))
+        .route("/console/app.css", get(super::console::app_css))
+        .route("/console/login", post(super::console::login))
+        .route("/console/logout", post(super::console::logout))
         .nest("/api/v1", api)
         // Enrolment photos arrive base64 in JSON.
         .layer(axum::extract::DefaultBodyLimit::max(32 * 1024 * 1024))
         .with_state(sh)
 }
 
-async fn auth(State(sh): S, headers: HeaderMap, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+/// Every `/api/v1` call: the CLI's bearer token (full rights), or a console
+/// session whose role allows it. Every write is then recorded in the audit log.
+async fn auth(State(sh): S, headers: HeaderMap, mut req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use super::console::{Actor, Role};
     let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    let ok = given.is_some_and(|g| {
+    let by_token = given.is_some_and(|g| {
         use subtle_eq::ct_eq;
         ct_eq(g.as_bytes(), sh.admin_token.as_bytes())
     });
-    if !ok {
-        return ApiError(StatusCode::UNAUTHORIZED, "missing or wrong admin token (Authorization: Bearer …)".into()).into_response();
+    let actor = match by_token {
+        true => Some(Actor { name: "admin-token".into(), role: Role::Admin }),
+        false => super::console::session_cookie(&headers).and_then(|t| sh.sessions.actor(&t, sh.clock.now())),
+    };
+    let Some(actor) = actor else {
+        return ApiError(StatusCode::UNAUTHORIZED, "not logged in: use the admin token (Authorization: Bearer …) or log in to the console".into()).into_response();
+    };
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    if actor.role == Role::Staff && !super::console::staff_may(&method, &path) {
+        return ApiError(StatusCode::FORBIDDEN, format!("staff accounts cannot {method} {path}; ask an administrator")).into_response();
     }
-    next.run(req).await
+    req.extensions_mut().insert(actor.clone());
+    let resp = next.run(req).await;
+    if audited(&method, &path) {
+        let mut e = crate::store::AuditEntry {
+            id: 0,
+            at: sh.clock.now(),
+            actor: actor.name,
+            role: actor.role.as_str().into(),
+            action: format!("{method} {}", route_of(&path)),
+            target: audit_target(&sh, &method, &path),
+            status: resp.status().as_u16(),
+        };
+        if let Err(err) = sh.store.append_audit(&mut e) {
+            tracing::error!(error = %err, "cannot write the audit log");
+        }
+    }
+    resp
+}
+
+/// Admin writes. Not the test clock, and not devices presenting credentials
+/// or faces (those are in the entry log).
+fn audited(method: &axum::http::Method, path: &str) -> bool {
+    *method != axum::http::Method::GET
+        && *method != axum::http::Method::HEAD
+        && !path.starts_with("/debug/")
+        && !path.starts_with("/photos/check")
+        && !(path.starts_with("/gates/") && path.ends_with("/credential"))
+        && path != "/sightings/face"
+}
+
+/// The route without the ids in it: `/elders/E1/history` → `/elders/…`.
+fn route_of(path: &str) -> String {
+    let mut parts: Vec<&str> = path.split('/').collect();
+    if parts.len() > 2 {
+        parts[2] = "…";
+    }
+    parts.join("/")
+}
+
+/// What a write touched. `forget` leaves no personal data behind, so the
+/// person's id is replaced by a keyed hash: it proves the erasure to someone
+/// who knows the id, and names no one to anyone else.
+fn audit_target(sh: &Shared, method: &axum::http::Method, path: &str) -> String {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (method.as_str(), parts.as_slice()) {
+        ("DELETE", ["people", id]) => {
+            let id = percent_encoding::percent_decode_str(id).decode_utf8_lossy();
+            format!("person (forgotten) {}", crate::gate::task::secret_hash(&sh.credential_key, crate::gate::log::Credential::Pin, &format!("forget:{id}")))
+        }
+        (_, [kind, id, ..]) => format!("{kind} {}", percent_encoding::percent_decode_str(id).decode_utf8_lossy()),
+        (_, [kind]) => kind.to_string(),
+        _ => String::new(),
+    }
 }
 
 mod subtle_eq {
@@ -141,6 +219,28 @@ async fn healthz(State(sh): S) -> Response {
     });
     let code = if store_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(body)).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct AuditQuery {
+    #[serde(default = "default_audit_limit")]
+    limit: usize,
+}
+
+fn default_audit_limit() -> usize {
+    200
+}
+
+/// `GET /api/v1/audit?limit=N`: newest first.
+async fn list_audit(State(sh): S, Query(q): Query<AuditQuery>) -> R<Vec<crate::store::AuditEntry>> {
+    Ok(Json(sh.store.list_audit(q.limit)?))
+}
+
+/// `GET /api/v1/elders/:id/history`: the bounded window of recent sightings.
+async fn elder_history(State(sh): S, Path(id): Path<String>) -> R<serde_json::Value> {
+    find_elder(&sh, &id)?;
+    flush_presence(&sh).await?;
+    Ok(Json(json!({ "elder": id, "window": sh.cfg.presence.history_window.to_string(), "sightings": sh.store.history(&id)? })))
 }
 
 async fn metrics(State(sh): S) -> impl IntoResponse {

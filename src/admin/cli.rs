@@ -812,3 +812,53 @@ pub async fn compliance(c: &Client) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[derive(Subcommand, Debug)]
+pub enum UserCmd {
+    /// Add a console user (or set a new password). The password is read from
+    /// GATEWARDEN_PASSWORD, else from the first line of stdin.
+    Add {
+        name: String,
+        /// admin (everything) or staff (read, acknowledge alerts, check in).
+        #[arg(long, default_value = "staff")]
+        role: String,
+    },
+    List,
+    Remove { name: String },
+}
+
+pub async fn user(c: &Client, cmd: UserCmd) -> anyhow::Result<()> {
+    match cmd {
+        UserCmd::Add { name, role } => {
+            let password = match std::env::var("GATEWARDEN_PASSWORD") {
+                Ok(p) => p,
+                Err(_) => {
+                    eprintln!("password for {name} (at least 10 characters):");
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line)?;
+                    line.trim_end_matches(['\r', '\n']).to_string()
+                }
+            };
+            let v = c.call(Method::POST, "/users", Some(json!({ "name": name, "role": role, "password": password }))).await?;
+            one(c, &v, format!("console user {} ({}) saved; log in at /console/", s(&v, "name"), s(&v, "role")));
+        }
+        UserCmd::List => {
+            let v = c.call(Method::GET, "/users", None).await?;
+            table(c, &v, &["NAME", "ROLE", "CREATED"], |u| vec![s(u, "name"), s(u, "role"), local(u, "created_at")]);
+        }
+        UserCmd::Remove { name } => {
+            let v = c.call(Method::DELETE, &format!("/users/{name}"), None).await?;
+            one(c, &v, format!("removed {}; their sessions ended", s(&v, "removed")));
+        }
+    }
+    Ok(())
+}
+
+/// `gatewarden audit`: admin writes, newest first.
+pub async fn audit(c: &Client, limit: usize) -> anyhow::Result<()> {
+    let v = c.call(Method::GET, &format!("/audit?limit={limit}"), None).await?;
+    table(c, &v, &["WHEN", "WHO", "ROLE", "ACTION", "TARGET", "STATUS"], |e| {
+        vec![local(e, "at"), s(e, "actor"), s(e, "role"), s(e, "action"), s(e, "target"), s(e, "status")]
+    });
+    Ok(())
+}

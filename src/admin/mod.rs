@@ -5,6 +5,7 @@
 pub mod access;
 pub mod api;
 pub mod cli;
+pub mod console;
 
 use serde::{Deserialize, Serialize};
 

@@ -3,6 +3,8 @@
 //! gatewarden binary itself, started, stopped and killed like in production.
 #![allow(dead_code)]
 
+pub mod webdriver;
+
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use serde_json::Value;
 use std::collections::VecDeque;

@@ -1,0 +1,192 @@
+//! The web console in a real browser (headless Debian Chromium through
+//! chromedriver) against the real daemon with the real face models: log in,
+//! see presence colours, get face-quality feedback on upload, enrol a resident
+//! with a real photo, register a visitor and get the QR pass, acknowledge an
+//! alert, filter the entry log. Plus roles, login rate limiting, and the audit
+//! log of every write.
+
+mod common;
+use common::webdriver::Browser;
+use common::*;
+use serde_json::json;
+use std::path::Path;
+
+const EXTRA: &str = r#"
+[alert.absence]
+after = "48h"
+repeat_every = "6h"
+escalate_after = "12h"
+[[alert.channels]]
+name = "hook"
+kind = "webhook"
+url = "{R}/hook"
+[[alert.ladder]]
+name = "网格员"
+channels = ["hook"]
+[vision]
+enabled = true
+models_dir = "{MODELS}"
+[[gates]]
+name = "north"
+actuator = { kind = "log" }
+[console]
+login_max_failures = 3
+"#;
+
+struct World {
+    dir: tempfile::TempDir,
+    _broker: Mosquitto,
+    _rx: Receiver,
+    d: Daemon,
+}
+
+async fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start();
+    let rx = Receiver::start().await;
+    let http = free_port();
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let extra = EXTRA.replace("{R}", &rx.url("")).replace("{MODELS}", &models.display().to_string());
+    let d = Daemon::start(dir.path(), &config(dir.path(), broker.port, http, &extra), http).await;
+    World { dir, _broker: broker, _rx: rx, d }
+}
+
+fn add_user(d: &Daemon, name: &str, role: &str, password: &str) {
+    let o = std::process::Command::new(bin())
+        .args(["user", "add", name, "--role", role, "--config"])
+        .arg(&d.config)
+        .env("GATEWARDEN_PASSWORD", password)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+async fn login(b: &Browser, d: &Daemon, user: &str, password: &str) {
+    b.goto(&format!("http://127.0.0.1:{}/console/", d.http_port)).await;
+    b.type_into("#login input[name=user]", user).await;
+    b.type_into("#login input[name=password]", password).await;
+    b.click("#login button[type=submit]").await;
+    b.wait_text("#who", user).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_administrator_enrols_registers_acknowledges_and_reads_the_log_in_a_real_browser() {
+    let Some(faces) = shared_testdata("faces/people") else { return };
+    let faces = faces.canonicalize().unwrap();
+    let Some(browser) = Browser::start().await else {
+        eprintln!("SKIPPED: needs chromium and chromium-driver (deploy/gw.sh test installs them)");
+        return;
+    };
+    let w = world().await;
+    let d = &w.d;
+    add_user(d, "admin1", "admin", "correct-horse-42");
+    d.post("/elders", json!({"id": "E1", "name": "张桂兰", "building": "3栋", "room": "401", "bands": ["c3a1f0001101"]})).await;
+    d.post("/elders", json!({"id": "E2", "name": "李秀英", "bands": ["c3a1f0001102"]})).await;
+    d.advance("30h").await;
+    d.post("/checkins", json!({"elder": "E2", "by": "李网格"})).await;
+    d.advance("19h").await; // E1: 49h unseen → alert; E2: 19h
+    let alert = eventually("E1's alert", 10, async || d.get("/alerts").await.as_array().unwrap().first().cloned()).await;
+
+    login(&browser, d, "admin1", "correct-horse-42").await;
+    // Presence: E1 red (absent), E2 fresh.
+    browser.find("tr[data-elder=E1]").await;
+    let classes = browser.script("return [...document.querySelectorAll('tr[data-elder]')].map(r => r.dataset.elder + ':' + r.className)").await;
+    assert_eq!(classes, json!(["E1:absent", "E2:fresh"]), "longest unseen first, coloured");
+
+    // Residents: immediate feedback on a two-face photo, then a good one, then enrol.
+    browser.goto(&format!("http://127.0.0.1:{}/console/#/residents", d.http_port)).await;
+    browser.type_into("input[name=photo]", faces.join("couple.jpg").to_str().unwrap()).await;
+    let verdict = browser.wait_text("#photo-verdict", "face").await;
+    assert!(verdict.contains("2 faces") || verdict.contains("faces"), "{verdict}");
+    browser.script("document.querySelector('input[name=photo]').value = ''").await;
+    browser.type_into("input[name=photo]", faces.join("img1.jpg").to_str().unwrap()).await;
+    browser.wait_text("#photo-verdict", "照片可用").await;
+    browser.type_into("input[name=name]", "王建国").await;
+    browser.type_into("input[name=id]", "R1").await;
+    browser.type_into("input[name=unit]", "3-401").await;
+    browser.type_into("input[name=pin]", "246810").await;
+    browser.type_into("input[name=consent_by]", "王建国").await;
+    browser.type_into("input[name=consent_how]", "纸质同意书").await;
+    browser.click("#page form.card button[type=submit]").await;
+    browser.wait_text("tr[data-person=R1]", "王建国").await;
+    let people = d.get("/people").await;
+    let r1 = people.as_array().unwrap().iter().find(|p| p["id"] == "R1").unwrap().clone();
+    assert_eq!((r1["faces"].as_u64(), r1["pin"].as_bool()), (Some(1), Some(true)), "{r1}");
+    assert_eq!(r1["consent"]["how"], "纸质同意书");
+
+    // Visitors: register, then the QR pass and PIN are shown.
+    browser.goto(&format!("http://127.0.0.1:{}/console/#/visitors", d.http_port)).await;
+    browser.type_into("input[name=name]", "赵访客").await;
+    browser.type_into("input[name=id_number]", "11010519491231002X").await;
+    browser.type_into("input[name=host_unit]", "3-401").await;
+    browser.click("#page form.card button[type=submit]").await;
+    browser.find("img.qr").await;
+    let pin = browser.text("#visitor-pin").await;
+    assert!(pin.len() >= 4 && pin.chars().all(|c| c.is_ascii_digit()), "{pin:?}");
+    let qr_ok = browser.script("const i = document.querySelector('img.qr'); return i.complete && i.naturalWidth > 0").await;
+    assert_eq!(qr_ok, json!(true), "the QR image rendered");
+    // The PIN shown on the pass opens the gate.
+    let opened = d.post("/gates/north/credential", json!({"kind": "pin", "value": pin})).await;
+    assert_eq!(opened["opened"], true, "{opened}");
+
+    // Alerts: acknowledge in the browser; the daemon records who.
+    browser.goto(&format!("http://127.0.0.1:{}/console/#/alerts", d.http_port)).await;
+    browser.click(&format!("tr[data-alert='{}'] button", alert["id"])).await;
+    browser.wait_text(&format!("tr[data-alert='{}']", alert["id"]), "admin1").await;
+    let a = d.get("/alerts").await[0].clone();
+    assert_eq!((a["state"].as_str(), a["acked_by"].as_str()), (Some("acknowledged"), Some("admin1")), "{a}");
+
+    // The entry log, filtered to the north gate, shows the visitor's passage.
+    browser.goto(&format!("http://127.0.0.1:{}/console/#/log?gate=north", d.http_port)).await;
+    browser.wait_text("table", "放行").await;
+
+    // Every write above is in the audit log under the console user's name.
+    let audit = d.get("/audit").await;
+    let by_admin1: Vec<String> = audit.as_array().unwrap().iter().filter(|e| e["actor"] == "admin1").map(|e| e["action"].as_str().unwrap().to_string()).collect();
+    for want in ["POST /residents", "POST /visitors", "POST /alerts/…/ack"] {
+        assert!(by_admin1.iter().any(|a| a == want), "{want} missing from {by_admin1:?}");
+    }
+    if let Ok(p) = std::env::var("GW_CONSOLE_SCREENSHOT") {
+        browser.goto(&format!("http://127.0.0.1:{}/console/#/presence", d.http_port)).await;
+        browser.find("tr[data-elder=E1]").await;
+        browser.screenshot(Path::new(&p)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn staff_cannot_enrol_and_repeated_wrong_passwords_are_locked_out() {
+    let w = world().await;
+    let d = &w.d;
+    add_user(d, "grid1", "staff", "staff-password-1");
+    let url = |p: &str| format!("http://127.0.0.1:{}{p}", d.http_port);
+    let r = reqwest::Client::new().post(url("/console/login")).json(&json!({"user": "grid1", "password": "staff-password-1"})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict"), "{set}");
+    let cookie = set.split(';').next().unwrap().to_string();
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(reqwest::header::COOKIE, cookie.parse().unwrap());
+    let c = reqwest::Client::builder().default_headers(h).build().unwrap();
+    // Staff read presence and may check in, but cannot enrol.
+    assert_eq!(c.get(url("/api/v1/presence")).send().await.unwrap().status(), 200);
+    let r = c.post(url("/api/v1/residents")).json(&json!({"name": "x"})).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(c.get(url("/api/v1/audit")).send().await.unwrap().status(), 403);
+    // No session, no API.
+    assert_eq!(reqwest::get(url("/api/v1/presence")).await.unwrap().status(), 401);
+    // Three wrong passwords lock the account for the window, even for the right one.
+    let anon = reqwest::Client::new();
+    for _ in 0..3 {
+        let r = anon.post(url("/console/login")).json(&json!({"user": "grid1", "password": "wrong"})).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    let r = anon.post(url("/console/login")).json(&json!({"user": "grid1", "password": "staff-password-1"})).send().await.unwrap();
+    assert_eq!(r.status(), 429, "{}", r.text().await.unwrap());
+    // After the window (moved on the test clock) the right password works again.
+    d.advance("16m").await;
+    let r = anon.post(url("/console/login")).json(&json!({"user": "grid1", "password": "staff-password-1"})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // The stored password is an argon2id hash, never the password.
+    let users = d.get("/users").await;
+    assert!(!users.to_string().contains("staff-password-1"));
+}
