@@ -930,6 +930,66 @@ impl Store {
         })
     }
 
+    /// `forget`: replace a person's id in the entry log by `replacement` and
+    /// re-chain from the first changed record, in one transaction, so the log
+    /// keeps verifying and keeps no trace of who it was. Returns how many
+    /// records named the person.
+    pub fn erase_from_entries(&self, person: &str, replacement: &str) -> Result<usize> {
+        let _w = self.writing();
+        let all: Vec<Chained> = all(&self.entries, "entry_log")?;
+        let Some(first) = all.iter().position(|c| c.entry.person.as_deref() == Some(person)) else { return Ok(0) };
+        let mut prev = if first == 0 {
+            self.entry_anchor()?.map(|(_, h)| h).unwrap_or_else(|| entry_log::GENESIS.to_string())
+        } else {
+            all[first - 1].hash.clone()
+        };
+        let mut n = 0;
+        let mut rewritten = Vec::with_capacity(all.len() - first);
+        for c in &all[first..] {
+            let mut e = c.entry.clone();
+            if e.person.as_deref() == Some(person) {
+                e.person = Some(replacement.to_string());
+                n += 1;
+            }
+            let hash = entry_log::hash(c.seq, &prev, &e);
+            rewritten.push(Chained { seq: c.seq, prev: prev.clone(), hash: hash.clone(), entry: e });
+            prev = hash;
+        }
+        let head = rewritten.last().map(|c| (c.seq, c.hash.clone()));
+        let r = (&self.entries, &self.meta).transaction(|(ent, meta)| {
+            for c in &rewritten {
+                ent.insert(&c.seq.to_be_bytes(), enc(c))?;
+            }
+            if let Some(h) = &head {
+                meta.insert("entry_log_head", enc(h))?;
+            }
+            Ok(())
+        });
+        r.map_err(|e: TransactionError<StoreError>| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Sled(e),
+        })?;
+        Ok(n)
+    }
+
+    /// For tests and `forget` checks: does any key or value in any tree
+    /// contain these bytes?
+    #[doc(hidden)]
+    pub fn contains_bytes(&self, needle: &[u8]) -> Result<Vec<String>> {
+        let mut hits = Vec::new();
+        for name in self.db.tree_names() {
+            let tree = self.db.open_tree(&name)?;
+            for kv in tree.iter() {
+                let (k, v) = kv?;
+                if k.windows(needle.len()).any(|w| w == needle) || v.windows(needle.len()).any(|w| w == needle) {
+                    hits.push(String::from_utf8_lossy(&name).to_string());
+                    break;
+                }
+            }
+        }
+        Ok(hits)
+    }
+
     pub fn entries(&self) -> Result<Vec<Chained>> {
         all(&self.entries, "entry_log")
     }

@@ -190,3 +190,66 @@ async fn staff_cannot_enrol_and_repeated_wrong_passwords_are_locked_out() {
     let users = d.get("/users").await;
     assert!(!users.to_string().contains("staff-password-1"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_admin_write_leaves_an_audit_entry_and_reads_leave_none() {
+    use reqwest::Method;
+    let w = world().await;
+    let d = &w.d;
+    let writes: Vec<(Method, String, Option<serde_json::Value>)> = vec![
+        (Method::POST, "/elders".into(), Some(json!({"id": "E1", "name": "张桂兰", "bands": ["c3a1f0001101"]}))),
+        (Method::PATCH, "/elders/E1".into(), Some(json!({"room": "402"}))),
+        (Method::POST, "/staff".into(), Some(json!({"id": "S1", "name": "李网格"}))),
+        (Method::PUT, "/ladders/g1".into(), Some(json!([{"name": "网格员", "channels": ["hook"], "staff": ["S1"]}]))),
+        (Method::POST, "/checkins".into(), Some(json!({"elder": "E1", "by": "李网格"}))),
+        (Method::POST, "/residents".into(), Some(json!({"id": "R1", "name": "王建国", "pin": "246810"}))),
+        (Method::POST, "/visitors".into(), Some(json!({"name": "赵访客", "id_number": "11010519491231002X", "host_unit": "3-401", "valid_for": "4h"}))),
+        (Method::POST, "/vehicles".into(), Some(json!({"plate": "川A12345", "owner": "R1"}))),
+        (Method::DELETE, "/vehicles/川A12345".into(), None),
+        (Method::DELETE, "/ladders/g1".into(), None),
+        (Method::DELETE, "/staff/S1".into(), None),
+        (Method::POST, "/users".into(), Some(json!({"name": "temp", "role": "staff", "password": "temporary-pass"}))),
+        (Method::DELETE, "/users/temp".into(), None),
+        (Method::POST, "/keys/rotate".into(), None),
+        (Method::POST, "/channels/hook/test".into(), None),
+        (Method::DELETE, "/people/R1".into(), None),
+    ];
+    let reads = ["/elders", "/presence", "/people", "/alerts", "/log", "/compliance", "/users"];
+    for r in reads {
+        d.get(r).await;
+    }
+    for (m, path, body) in &writes {
+        let (code, v) = d.api(m.clone(), path, body.clone()).await;
+        assert!((200..300).contains(&code), "{m} {path} → {code} {v}");
+    }
+    // A leave, taken and removed (its id comes from the answer).
+    let leave = d.post("/leaves", json!({"elder": "E1", "until": "2099-01-01"})).await;
+    let (code, _) = d.api(Method::DELETE, &format!("/leaves/{}", leave["id"]), None).await;
+    assert_eq!(code, 200);
+    // And a refused write is recorded too, with its status.
+    let (code, _) = d.api(Method::POST, "/elders", Some(json!({"id": "E1", "name": "dup"}))).await;
+    assert_eq!(code, 409);
+    let (code, _) = d.api(Method::DELETE, "/elders/E1", None).await;
+    assert_eq!(code, 200);
+
+    let audit = d.get("/audit?limit=1000").await;
+    let entries = audit.as_array().unwrap();
+    assert_eq!(entries.len(), writes.len() + 4, "one entry per write, none per read: {audit:#}");
+    for (m, path, _) in &writes {
+        let parts: Vec<&str> = path.split('/').collect();
+        let route = match parts.len() {
+            3 if parts[2] == "rotate" => path.clone(),
+            3 => format!("/{}/…", parts[1]),
+            4 => format!("/{}/…/{}", parts[1], parts[3]),
+            _ => path.clone(),
+        };
+        let action = format!("{m} {route}");
+        assert!(entries.iter().any(|e| e["action"] == action.as_str() && e["actor"] == "admin-token" && e["status"] == 200), "no audit entry for {action}");
+    }
+    assert!(entries.iter().any(|e| e["action"] == "POST /elders" && e["status"] == 409), "refused writes are audited");
+    assert!(entries.iter().all(|e| e["at"].is_string() && e["role"] == "admin"));
+    // The CLI shows it.
+    let o = d.cli(&["audit", "--limit", "5"]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("DELETE /elders/…"));
+}

@@ -250,16 +250,39 @@ async fn bad_enrolment_input_gets_a_clear_reason() {
     let o = d.cli(&["visitor", "register", "--name", "王五", "--id-number", "110105194912310021", "--host-unit", "3-401"]);
     assert!(out(&o).contains("check character is wrong (expected X"), "{}", out(&o));
     assert!(d.get("/people").await.as_array().unwrap().is_empty(), "nothing was half-enrolled");
+}
 
-    // `forget` removes the person and every template.
-    let o = d.cli(&["resident", "add", "--name", "赵六", "--id", "R9", "--photo", faces.join("img1.jpg").to_str().unwrap(), "--consent-by", "赵六", "--consent-how", "app"]);
+#[tokio::test(flavor = "multi_thread")]
+async fn forget_removes_every_trace_and_leaves_an_audit_entry_without_personal_data() {
+    let Some(faces) = shared_testdata("faces/people") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start();
+    let http = free_port();
+    let gates = "[[gates]]\nname = \"north\"\nactuator = { kind = \"log\" }\n";
+    let d = Daemon::start(dir.path(), &config(dir.path(), broker.port, http, &gate_config(gates)), http).await;
+    // `forget` removes every trace: person, templates, credentials, vehicle, and
+    // their name in the entry log; the audit entry names no one.
+    let o = d.cli(&["resident", "add", "--name", "赵六", "--id", "R9", "--unit", "9-909", "--pin", "975310", "--card", "CA11D0009", "--photo",
+        faces.join("img1.jpg").to_str().unwrap(), "--consent-by", "赵六", "--consent-how", "app"]);
     assert!(o.status.success(), "{}", out(&o));
-    assert!(d.cli(&["resident", "forget", "R9"]).status.success());
+    assert!(d.cli(&["vehicle", "add", "--plate", "川A97531", "--owner", "R9"]).status.success());
+    assert!(d.cli(&["gate", "present", "north", "--pin", "975310"]).status.success());
+    assert!(entries(&d).await.iter().any(|e| e["entry"]["person"] == "R9"), "the passage names R9 before forget");
+    let o = d.cli(&["resident", "forget", "R9"]);
+    assert!(o.status.success(), "{}", out(&o));
+    let audit = d.get("/audit").await;
+    let forget = audit.as_array().unwrap().iter().find(|e| e["action"] == "DELETE /people/…").expect("an audit entry for forget").clone();
+    assert!(forget["target"].as_str().unwrap().starts_with("person (forgotten) "), "{forget}");
+    assert!(d.cli(&["log", "verify"]).status.success(), "the entry log still verifies after the erasure");
     let mut d = d;
     assert!(d.terminate().success());
     let s = gatewarden::store::Store::open(&dir.path().join("db")).unwrap();
     assert!(s.template_counts().unwrap().is_empty(), "no face template left");
     assert!(s.get_person("R9").unwrap().is_none());
+    for needle in ["R9", "赵六", "9-909", "川A97531"] {
+        assert_eq!(s.contains_bytes(needle.as_bytes()).unwrap(), Vec::<String>::new(), "{needle:?} is still in the store");
+    }
+    assert!(s.entries().unwrap().iter().any(|c| c.entry.person.as_deref() == Some("(forgotten)")), "the passage itself stays, anonymised");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -560,3 +560,36 @@ async fn systemd_hears_ready_and_watchdog_pings_and_the_unit_file_verifies() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighting_history_is_a_bounded_window_never_an_unbounded_track() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start();
+    let http = free_port();
+    let text = config(dir.path(), broker.port, http, "").replace("[presence]\n", "[presence]\nhistory_window = \"7d\"\nhistory_max = 3\n");
+    let d = Daemon::start(dir.path(), &text, http).await;
+    enroll(&d, "E1", "c3a1f0001101").await;
+    let p = broker.publisher().await;
+    // Five sightings, ten minutes apart, in different places.
+    for i in 0..5 {
+        d.advance("10m").await;
+        p.publish(&format!("home/gw{i}/BTtoMQTT/C3A1F0001101"), r#"{"id":"C3:A1:F0:00:11:01"}"#).await;
+        wait_seen(&d, "E1", &format!("gw{i}")).await;
+    }
+    let h = d.get("/elders/E1/history").await;
+    let places: Vec<&str> = h["sightings"].as_array().unwrap().iter().map(|s| s["place"].as_str().unwrap()).collect();
+    assert_eq!(places, ["gw0", "gw1", "gw2", "gw3", "gw4"]);
+    // The hourly purge keeps at most 3 per elder…
+    d.advance("61m").await;
+    let h = d.get("/elders/E1/history").await;
+    let places: Vec<&str> = h["sightings"].as_array().unwrap().iter().map(|s| s["place"].as_str().unwrap()).collect();
+    assert_eq!(places, ["gw2", "gw3", "gw4"], "capped per elder");
+    // …and nothing older than the window; last-seen itself stays.
+    d.advance("8d").await;
+    eventually("history older than 7 days purged", 10, async || {
+        d.get("/elders/E1/history").await["sightings"].as_array().unwrap().is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(d.last_seen("E1").await["place"], "gw4");
+    assert!(d.metric("gatewarden_purged_total{kind=\"sighting_history\"}").await >= 5.0);
+}

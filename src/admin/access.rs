@@ -265,9 +265,12 @@ pub async fn forget(State(sh): S, Path(id): Path<String>) -> R<serde_json::Value
     if let Some(v) = &sh.vision {
         let _ = v.send(VisionCmd::GalleryRemove { person: id.clone() }).await;
     }
+    // Their passages stay in the entry log (access records), no longer naming them.
+    let passages = sh.store.erase_from_entries(&id, "(forgotten)")?;
     reload(&sh, &id).await;
-    tracing::info!(person = %id, "person forgotten");
-    Ok(Json(json!({ "forgotten": id, "name": r.person.name })))
+    // No id or name in the log line either: the audit entry records the erasure.
+    tracing::info!(passages, "person forgotten");
+    Ok(Json(json!({ "forgotten": id, "name": r.person.name, "entry_log_records_anonymised": passages })))
 }
 
 pub async fn register_visitor(State(sh): S, Json(i): Json<VisitorInput>) -> R<serde_json::Value> {

@@ -171,7 +171,8 @@ fn audited(method: &axum::http::Method, path: &str) -> bool {
 /// The route without the ids in it: `/elders/E1/history` → `/elders/…`.
 fn route_of(path: &str) -> String {
     let mut parts: Vec<&str> = path.split('/').collect();
-    if parts.len() > 2 {
+    // Fixed sub-resources are not ids.
+    if parts.len() > 2 && !["rotate", "verify", "unknown", "check", "face", "clock", "tick"].contains(&parts[2]) {
         parts[2] = "…";
     }
     parts.join("/")
