@@ -238,6 +238,10 @@ impl Default for VisionConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccessConfig {
+    /// The compound's units ("3-401"), one per line: roster imports refuse a
+    /// resident or elder in a unit not listed. Absent: units are not checked.
+    #[serde(default)]
+    pub units_file: Option<PathBuf>,
     /// A face decision needs the same result in `agree_frames` of the last `window_frames`.
     #[serde(default = "AccessConfig::default_agree")]
     pub agree_frames: usize,

@@ -60,6 +60,8 @@ pub struct Shared {
     pub mqtt: Option<rumqttc::AsyncClient>,
     /// Which box alerts, for /healthz (written by the monitor).
     pub cluster: Arc<std::sync::RwLock<ClusterView>>,
+    /// Roster imports being staged.
+    pub imports: crate::admin::roster::Imports,
     /// Console sessions and login rate limits.
     pub sessions: crate::admin::console::Sessions,
     /// Enrolment sync, when `cluster.enrolment` is set.
@@ -828,6 +830,7 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
         })),
         sync,
         sessions: Default::default(),
+        imports: Default::default(),
     });
 
     if cfg.mqtt.external_addr().map_err(anyhow::Error::msg)?.is_none() {

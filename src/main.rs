@@ -153,6 +153,13 @@ enum Cmd {
         #[arg(long)]
         allow_key_mismatch: bool,
     },
+    /// Roster import and export (CSV or XLSX).
+    Roster {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        cmd: cli::RosterCmd,
+    },
     /// Web console users.
     User {
         #[command(flatten)]
@@ -270,6 +277,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             let out = out.unwrap_or_else(|| PathBuf::from(format!("gatewarden-{}.gwbak", chrono::Utc::now().format("%Y%m%d-%H%M%S"))));
             cli::backup(&client(&conn)?, &out).await?
         }
+        Cmd::Roster { conn, cmd } => cli::roster(&client(&conn)?, cmd).await?,
         Cmd::User { conn, cmd } => cli::user(&client(&conn)?, cmd).await?,
         Cmd::Audit { conn, limit } => cli::audit(&client(&conn)?, limit).await?,
         Cmd::Restore { config, file, allow_key_mismatch } => restore(&config, &file, allow_key_mismatch)?,

@@ -747,6 +747,55 @@ impl Store {
         Ok(())
     }
 
+    /// A whole roster file in one transaction: every person (with templates),
+    /// elder (with the band index) and vehicle, or none of them.
+    pub fn import_roster(&self, people: &[(PersonRecord, Vec<Vec<f32>>)], elders: &[Elder], vehicles: &[Vehicle]) -> Result<()> {
+        let key = if people.iter().any(|(_, t)| !t.is_empty()) { Some(self.current_key()?) } else { None };
+        // Ids before the transaction (a retried closure must not take new ones).
+        let mut sealed = Vec::new();
+        for (r, ts) in people {
+            for e in ts {
+                let k = format!("{}\u{0}{:020}", r.person.id, self.next_id()?);
+                sealed.push((k, seal(key.as_ref().expect("a key when templates exist"), &r.person.id, e)));
+            }
+        }
+        let _w = self.writing();
+        let res = (&self.people, &self.templates, &self.elders, &self.bands, &self.vehicles).transaction(|(pt, tt, et, bt, vt)| {
+            for (r, _) in people {
+                pt.insert(r.person.id.as_bytes(), enc(r))?;
+            }
+            for (k, v) in &sealed {
+                tt.insert(k.as_bytes(), v.as_slice())?;
+            }
+            for e in elders {
+                if let Some(old) = et.get(e.id.as_bytes())? {
+                    let old: Elder = dec("elders", &old).map_err(ConflictableTransactionError::Abort)?;
+                    for b in &old.bands {
+                        bt.remove(band_key(b))?;
+                    }
+                }
+                for b in &e.bands {
+                    if let Some(owner) = bt.get(band_key(b))? {
+                        let owner = String::from_utf8_lossy(&owner).to_string();
+                        if owner != e.id {
+                            return Err(ConflictableTransactionError::Abort(StoreError::BandTaken { band: b.to_string(), elder: owner }));
+                        }
+                    }
+                    bt.insert(band_key(b), e.id.as_bytes())?;
+                }
+                et.insert(e.id.as_bytes(), enc(e))?;
+            }
+            for v in vehicles {
+                vt.insert(v.plate.as_bytes(), enc(v))?;
+            }
+            Ok(())
+        });
+        res.map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Sled(e),
+        })
+    }
+
     pub fn get_person(&self, id: &str) -> Result<Option<PersonRecord>> {
         self.people.get(id.as_bytes())?.map(|v| dec("people", &v)).transpose()
     }

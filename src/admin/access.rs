@@ -102,6 +102,11 @@ pub async fn check_photo(State(sh): S, Json(i): Json<PhotoCheckInput>) -> R<serd
     }
 }
 
+/// One photo's template (roster import), or why it cannot be enrolled.
+pub async fn embed_photo(sh: &Shared, photo: &str) -> Result<Vec<f32>, ApiError> {
+    Ok(templates(sh, &[photo.to_string()]).await?.remove(0))
+}
+
 /// Turn photos into templates in the vision process; any bad photo refuses all.
 async fn templates(sh: &Shared, photos: &[String]) -> Result<Vec<Vec<f32>>, ApiError> {
     if photos.is_empty() {

@@ -862,3 +862,108 @@ pub async fn audit(c: &Client, limit: usize) -> anyhow::Result<()> {
     });
     Ok(())
 }
+
+#[derive(Subcommand, Debug)]
+pub enum RosterCmd {
+    /// Import residents, elders, vehicles and wristbands from a CSV or XLSX
+    /// file (columns: see `roster export` or README). All or nothing per file.
+    Import {
+        file: std::path::PathBuf,
+        /// The folder the `photo` column's file names are in.
+        #[arg(long)]
+        photos: Option<std::path::PathBuf>,
+        /// Check every row and report, import nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Write the roster in the import format (.csv or .xlsx). Never photos or templates.
+    Export { file: std::path::PathBuf },
+}
+
+/// A progress line on stderr: redrawn in place on a terminal, every 10% otherwise.
+struct Progress {
+    total: usize,
+    last_tenth: usize,
+    tty: bool,
+}
+
+impl Progress {
+    fn new(total: usize) -> Progress {
+        use std::io::IsTerminal as _;
+        Progress { total, last_tenth: usize::MAX, tty: std::io::stderr().is_terminal() }
+    }
+    fn show(&mut self, done: usize, errors: usize) {
+        let width = 30;
+        let filled = if self.total == 0 { width } else { done * width / self.total };
+        let bar = format!("[{}{}] {done}/{} rows checked, {errors} bad", "#".repeat(filled), "-".repeat(width - filled), self.total);
+        if self.tty {
+            eprint!("\r{bar}");
+            if done == self.total {
+                eprintln!();
+            }
+        } else {
+            let tenth = if self.total == 0 { 10 } else { done * 10 / self.total };
+            if tenth != self.last_tenth {
+                self.last_tenth = tenth;
+                eprintln!("{bar}");
+            }
+        }
+    }
+}
+
+pub async fn roster(c: &Client, cmd: RosterCmd) -> anyhow::Result<()> {
+    use super::roster::{read_file, write_file};
+    match cmd {
+        RosterCmd::Export { file } => {
+            let v = c.call(Method::GET, "/roster", None).await?;
+            let cols: Vec<String> = serde_json::from_value(v["columns"].clone())?;
+            let rows: Vec<Vec<String>> = serde_json::from_value(v["rows"].clone())?;
+            write_file(&file, &cols, &rows)?;
+            println!("wrote {} rows to {} (no photos or face templates are ever exported)", rows.len(), file.display());
+        }
+        RosterCmd::Import { file, photos, dry_run } => {
+            let mut rows = read_file(&file)?;
+            // Photos are read here; a missing file is reported by the daemon as a bad row.
+            for r in rows.iter_mut() {
+                let name = r.cells.get("photo").map(|s| s.trim().to_string()).unwrap_or_default();
+                if name.is_empty() {
+                    continue;
+                }
+                let Some(dir) = &photos else { bail!("line {}: a photo is named but --photos DIR was not given", r.line) };
+                if let Ok(bytes) = std::fs::read(dir.join(&name)) {
+                    use base64::Engine as _;
+                    r.photo_data = Some(base64::engine::general_purpose::STANDARD.encode(bytes));
+                }
+            }
+            let import = c.call(Method::POST, "/roster/imports", None).await?["import"].as_str().unwrap_or_default().to_string();
+            let mut progress = Progress::new(rows.len());
+            let (mut done, mut bad) = (0, 0);
+            progress.show(0, 0);
+            for batch in rows.chunks(10) {
+                let v = c.call(Method::POST, &format!("/roster/imports/{import}/rows"), Some(serde_json::to_value(batch)?)).await?;
+                done += batch.len();
+                bad += v["errors"].as_array().map_or(0, |a| a.len());
+                progress.show(done, bad);
+            }
+            let v = c.call(Method::POST, &format!("/roster/imports/{import}/commit?dry_run={dry_run}"), None).await?;
+            if c.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                for e in v["errors"].as_array().into_iter().flatten() {
+                    println!("line {}: {} {}: {}", s(e, "line"), s(e, "kind"), s(e, "id"), s(e, "reason"));
+                }
+                let counts = |k: &str| v[k].as_object().map(|m| m.iter().map(|(k, n)| format!("{n} {k}")).collect::<Vec<_>>().join(", ")).unwrap_or_default();
+                match (v["imported"].as_bool(), dry_run) {
+                    (Some(true), _) => println!("imported {} from {}", counts("imported_counts"), file.display()),
+                    (_, true) if bad == 0 => println!("dry run: all {} rows are good; would import {}", rows.len(), counts("would_import")),
+                    (_, true) => println!("dry run: {bad} bad row(s) of {}; nothing imported", rows.len()),
+                    _ => println!("{bad} bad row(s) of {}: nothing was imported (a file is imported whole or not at all)", rows.len()),
+                }
+            }
+            if bad > 0 {
+                bail!("{bad} bad row(s)");
+            }
+        }
+    }
+    Ok(())
+}

@@ -6,6 +6,7 @@ pub mod access;
 pub mod api;
 pub mod cli;
 pub mod console;
+pub mod roster;
 
 use serde::{Deserialize, Serialize};
 
