@@ -129,6 +129,20 @@ async fn an_administrator_enrols_registers_acknowledges_and_reads_the_log_in_a_r
     let opened = d.post("/gates/north/credential", json!({"kind": "pin", "value": pin})).await;
     assert_eq!(opened["opened"], true, "{opened}");
 
+    // Roster import in the console: a dry run with one bad row shows progress
+    // and the row's reason, and imports nothing.
+    let csv = w.dir.path().join("roster.csv");
+    std::fs::write(&csv, "kind,id,name,unit,plate,owner\nelder,E7,王奶奶,3-401,,\nvehicle,,,,川A1234,R1\n").unwrap();
+    browser.goto(&format!("http://127.0.0.1:{}/console/#/roster", d.http_port)).await;
+    browser.type_into("input[name=roster]", csv.to_str().unwrap()).await;
+    browser.click("#page form.card button[type=submit]").await;
+    browser.wait_text("#import-status", "1 行有问题").await;
+    let bad_row = browser.text("tr[data-line='3']").await;
+    assert!(bad_row.contains("invalid plate"), "{bad_row}");
+    let progress = browser.script("const p = document.querySelector('#import-progress'); return [p.value, p.max]").await;
+    assert_eq!(progress, json!([2, 2]));
+    assert_eq!(d.api(reqwest::Method::GET, "/elders/E7", None).await.0, 404, "a dry run imports nothing");
+
     // Alerts: acknowledge in the browser; the daemon records who.
     browser.goto(&format!("http://127.0.0.1:{}/console/#/alerts", d.http_port)).await;
     browser.click(&format!("tr[data-alert='{}'] button", alert["id"])).await;

@@ -93,6 +93,7 @@ pub fn router(sh: Arc<Shared>) -> Router {
         .route("/me", get(super::console::me))
         .route("/roster", get(super::roster::export))
         .route("/roster/imports", post(super::roster::start))
+        .route("/roster/parse", post(super::roster::parse))
         .route("/roster/imports/:id/rows", post(super::roster::add_rows))
         .route("/roster/imports/:id/commit", post(super::roster::commit))
         .route("/users", get(super::console::list_users).post(super::console::add_user))
@@ -168,6 +169,8 @@ fn audited(method: &axum::http::Method, path: &str) -> bool {
         && *method != axum::http::Method::HEAD
         && !path.starts_with("/debug/")
         && !path.starts_with("/photos/check")
+        && path != "/roster/parse"
+        && !(path.starts_with("/roster/imports/") && path.ends_with("/rows"))
         && !(path.starts_with("/gates/") && path.ends_with("/credential"))
         && path != "/sightings/face"
 }

@@ -194,7 +194,7 @@ pub async fn logout(State(sh): S, headers: HeaderMap) -> Response {
 /// What staff (as opposed to admins) may do: read the operational pages,
 /// acknowledge alerts and record check-ins.
 pub fn staff_may(method: &axum::http::Method, path: &str) -> bool {
-    let admin_only_reads = ["/audit", "/compliance", "/users", "/outbox"];
+    let admin_only_reads = ["/audit", "/compliance", "/users", "/outbox", "/roster"];
     if method == axum::http::Method::GET {
         return !admin_only_reads.iter().any(|p| path.starts_with(p));
     }

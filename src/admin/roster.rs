@@ -391,6 +391,20 @@ pub async fn export(State(sh): S) -> Result<Json<serde_json::Value>, ApiError> {
     Ok(Json(json!({ "columns": COLUMNS, "rows": table })))
 }
 
+/// `POST /api/v1/roster/parse?name=FILE.xlsx`: the console uploads the file
+/// itself; the daemon reads it (CSV or XLSX) into rows with the same rules.
+pub async fn parse(axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>, body: axum::body::Bytes) -> Result<Json<Vec<Row>>, ApiError> {
+    let name = q.get("name").cloned().unwrap_or_default();
+    let ext = std::path::Path::new(&name).extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    if ext != "csv" && ext != "xlsx" {
+        return Err(bad("give a .csv or .xlsx file"));
+    }
+    let tmp = tempfile::Builder::new().suffix(&format!(".{ext}")).tempfile().map_err(|e| bad(e.to_string()))?;
+    std::fs::write(tmp.path(), &body).map_err(|e| bad(e.to_string()))?;
+    let rows = read_file(tmp.path()).map_err(|e| bad(format!("{e:#}").replace(&tmp.path().display().to_string(), &name)))?;
+    Ok(Json(rows))
+}
+
 // ---- files (used by the CLI) ----
 
 /// Read a roster file: CSV (UTF-8, optional BOM) or XLSX (first sheet). The

@@ -85,11 +85,12 @@ impl Browser {
         self.cmd(reqwest::Method::POST, &format!("/element/{el}/click"), None).await;
     }
 
+    /// The text of the first match, or "" (read in one script call, so a
+    /// page re-rendering meanwhile cannot leave a stale element).
     pub async fn text(&self, css: &str) -> String {
-        let url = format!("{}/session/{}/element", self.base, self.session);
-        let v: Value = self.http.post(url).json(&json!({"using": "css selector", "value": css})).send().await.unwrap().json().await.unwrap();
-        let Some(el) = v["value"][ELEMENT].as_str() else { return String::new() };
-        self.cmd(reqwest::Method::GET, &format!("/element/{el}/text"), None).await.as_str().unwrap_or_default().to_string()
+        let sel = serde_json::to_string(css).unwrap();
+        let v = self.script(&format!("const e = document.querySelector({sel}); return e ? e.innerText : ''")).await;
+        v.as_str().unwrap_or_default().to_string()
     }
 
     /// Wait until the text of `css` contains `want`; returns it.

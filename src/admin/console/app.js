@@ -220,6 +220,44 @@ const pages = {
     })));
   },
 
+  async roster(page) {
+    page.append(h("h1", {}, "名册导入"), h("p", {}, "CSV 或 XLSX，每行一条记录，kind 列为 resident / elder / vehicle / wristband。整份文件全部导入或全部不导入。"));
+    const file = h("input", { type: "file", name: "roster", accept: ".csv,.xlsx" });
+    const photos = h("input", { type: "file", name: "photos", multiple: true, accept: "image/*" });
+    const dry = h("input", { type: "checkbox", name: "dry_run", checked: true, style: "display:inline;width:auto" });
+    const bar = h("progress", { id: "import-progress", max: 1, value: 0, style: "width:100%" });
+    const status = h("p", { id: "import-status", role: "status" });
+    const report = h("div", { id: "import-report" });
+    page.append(form([h("label", {}, "名册文件", file), h("label", {}, "照片（可多选，按 photo 列的文件名匹配）", photos),
+      h("label", {}, dry, " 只检查，不导入（试运行）"), bar, status],
+    "开始", async () => {
+      report.replaceChildren();
+      if (!file.files[0]) throw new Error("请选择名册文件");
+      const r = await fetch("/api/v1/roster/parse?name=" + encodeURIComponent(file.files[0].name), { method: "POST", body: file.files[0] });
+      const rows = await r.json();
+      if (!r.ok) throw new Error(rows.error);
+      const byName = Object.fromEntries([...photos.files].map((f) => [f.name, f]));
+      const { import: id } = await api("POST", "/roster/imports");
+      bar.max = rows.length || 1;
+      let done = 0, bad = 0;
+      for (let i = 0; i < rows.length; i += 5) {
+        const batch = rows.slice(i, i + 5);
+        for (const row of batch) {
+          const p = (row.cells.photo || "").trim();
+          if (p && byName[p]) row.photo_data = await fileB64(byName[p]);
+        }
+        const v = await api("POST", `/roster/imports/${id}/rows`, batch);
+        done += batch.length; bad += v.errors.length;
+        bar.value = done;
+        status.textContent = `已检查 ${done}/${rows.length} 行，${bad} 行有问题`;
+      }
+      const res = await api("POST", `/roster/imports/${id}/commit?dry_run=${dry.checked}`);
+      status.textContent = res.imported ? `已导入：${JSON.stringify(res.imported_counts)}` : res.errors.length ? `${res.errors.length} 行有问题，未导入任何记录` : `试运行通过：可导入 ${JSON.stringify(res.would_import)}`;
+      if (res.errors.length) report.append(table(["行", "类型", "编号", "原因"], res.errors.map((e) => ({ attrs: { "data-line": e.line }, cells: [e.line, e.kind, e.id, e.reason] }))));
+    }), report);
+    page.append(h("p", {}, h("a", { href: "#", onclick: async (e) => { e.preventDefault(); const v = await api("GET", "/roster"); const csv = [v.columns].concat(v.rows).map((r) => r.map((c) => /[",\n]/.test(c) ? `"${c.replace(/"/g, '""')}"` : c).join(",")).join("\n"); const a = h("a", { href: URL.createObjectURL(new Blob(["\ufeff" + csv], { type: "text/csv" })), download: "roster.csv" }); a.click(); } }, "导出名册（CSV，不含照片和人脸数据）")));
+  },
+
   async compliance(page) {
     const c = await api("GET", "/compliance");
     page.append(h("h1", {}, "合规报告"),
@@ -238,7 +276,7 @@ const pages = {
   },
 };
 
-const NAV = [["presence", "在位"], ["alerts", "告警"], ["residents", "住户"], ["visitors", "访客"], ["elders", "老人/手环"], ["vehicles", "车辆"], ["staff", "人员"], ["log", "通行记录"], ["compliance", "合规", "admin"], ["audit", "审计", "admin"]];
+const NAV = [["presence", "在位"], ["alerts", "告警"], ["residents", "住户"], ["visitors", "访客"], ["elders", "老人/手环"], ["vehicles", "车辆"], ["staff", "人员"], ["log", "通行记录"], ["roster", "名册导入", "admin"], ["compliance", "合规", "admin"], ["audit", "审计", "admin"]];
 
 function showLogin() {
   $("#top").hidden = true;
