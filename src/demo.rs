@@ -120,7 +120,12 @@ pub async fn run(cfg: Config, config_path: &Path, exit_after: bool) -> anyhow::R
     if exit_after || r.is_err() {
         cancel.cancel();
     } else {
-        println!("\nThe daemon keeps running: try `gatewarden presence --config {}` in another shell. Ctrl-C stops it.", config_path.display());
+        // A console user for trying the web console (demo only; a real box gets
+        // its users from `gatewarden user add`).
+        let pw = "demo-admin-2026";
+        let _ = c.call(reqwest::Method::POST, "/users", Some(serde_json::json!({ "name": "admin", "role": "admin", "password": pw }))).await;
+        println!("\nThe web console: http://{}/console/ (user admin, password {pw}).", cfg.http.listen);
+        println!("The daemon keeps running: try `gatewarden presence --config {}` in another shell. Ctrl-C stops it.", config_path.display());
     }
     daemon.await??;
     r
