@@ -8,20 +8,6 @@ use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-const CHANNEL: &str = r#"
-[alert.absence]
-after = "48h"
-repeat_every = "6h"
-escalate_after = "12h"
-[[alert.channels]]
-name = "hook"
-kind = "webhook"
-url = "{R}/hook"
-[[alert.ladder]]
-name = "网格员"
-channels = ["hook"]
-"#;
-
 fn text(o: &std::process::Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
@@ -32,7 +18,7 @@ async fn a_backup_taken_under_load_restores_into_a_box_that_carries_on() {
     let broker = Mosquitto::start();
     let rx = Receiver::start().await;
     let http = free_port();
-    let cfg = config(dir.path(), broker.port, http, &CHANNEL.replace("{R}", &rx.url("")));
+    let cfg = config(dir.path(), broker.port, http, &HOOK_LADDER.replace("{R}", &rx.url("")));
     let mut d = Daemon::start(dir.path(), &cfg, http).await;
 
     // E1 goes unseen for 49h: one open alert episode to carry across.

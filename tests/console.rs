@@ -12,17 +12,6 @@ use serde_json::json;
 use std::path::Path;
 
 const EXTRA: &str = r#"
-[alert.absence]
-after = "48h"
-repeat_every = "6h"
-escalate_after = "12h"
-[[alert.channels]]
-name = "hook"
-kind = "webhook"
-url = "{R}/hook"
-[[alert.ladder]]
-name = "网格员"
-channels = ["hook"]
 [vision]
 enabled = true
 models_dir = "{MODELS}"
@@ -46,7 +35,7 @@ async fn world() -> World {
     let rx = Receiver::start().await;
     let http = free_port();
     let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
-    let extra = EXTRA.replace("{R}", &rx.url("")).replace("{MODELS}", &models.display().to_string());
+    let extra = format!("{HOOK_LADDER}{EXTRA}").replace("{R}", &rx.url("")).replace("{MODELS}", &models.display().to_string());
     let d = Daemon::start(dir.path(), &config(dir.path(), broker.port, http, &extra), http).await;
     World { dir, _broker: broker, _rx: rx, d }
 }

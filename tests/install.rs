@@ -59,6 +59,13 @@ impl Drop for ProcMount {
     }
 }
 
+/// The layout both the install script and the image produce.
+const VISION_CHECK: &str = "site = \"t\"\n[store]\npath = \"/var/lib/gatewarden/db\"\n[vision]\nmodels_dir = \"/usr/share/gatewarden/models\"\n";
+
+fn installed_config(http: u16, mqtt: u16) -> String {
+    format!("site = \"t\"\n[store]\npath = \"/var/lib/gatewarden/db\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n[mqtt]\nbroker = \"mqtt://127.0.0.1:{mqtt}\"\n")
+}
+
 fn chroot(root: &Path, args: &[&str]) -> Command {
     let mut c = Command::new("chroot");
     c.arg(root).args(args).env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
@@ -144,7 +151,7 @@ async fn the_install_script_makes_a_working_locked_down_layout_in_a_fresh_debian
     }
 
     // OpenCV and ONNX Runtime work for the service user: a real photo, one face.
-    let check_cfg = "site = \"t\"\n[store]\npath = \"/var/lib/gatewarden/db\"\n[vision]\nmodels_dir = \"/usr/share/gatewarden/models\"\n";
+    let check_cfg = VISION_CHECK;
     std::fs::write(root.join("tmp/check.toml"), check_cfg).unwrap();
     let o = run(&mut chroot(
         &root,
@@ -155,10 +162,7 @@ async fn the_install_script_makes_a_working_locked_down_layout_in_a_fresh_debian
     // The installed daemon runs as the service user from /var/lib/gatewarden.
     let broker = Mosquitto::start();
     let http = free_port();
-    let cfg = format!(
-        "site = \"t\"\n[store]\npath = \"/var/lib/gatewarden/db\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n[mqtt]\nbroker = \"mqtt://127.0.0.1:{}\"\n",
-        broker.port
-    );
+    let cfg = installed_config(http, broker.port);
     std::fs::write(root.join("etc/gatewarden/gatewarden.toml"), cfg).unwrap();
     let mut daemon = chroot(
         &root,
@@ -230,7 +234,7 @@ async fn the_docker_image_runs_the_daemon_as_the_service_user() {
     std::fs::copy(&face, dir.path().join("face.jpg")).unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(dir.path().join("face.jpg"), std::fs::Permissions::from_mode(0o644)).unwrap();
-    let check = format!("site = \"t\"\n[store]\npath = \"/var/lib/gatewarden/db\"\n[vision]\nmodels_dir = \"/usr/share/gatewarden/models\"\n");
+    let check = VISION_CHECK;
     std::fs::write(dir.path().join("check.toml"), check).unwrap();
     std::fs::set_permissions(dir.path().join("check.toml"), std::fs::Permissions::from_mode(0o644)).unwrap();
     let o = run(Command::new("docker")
@@ -241,10 +245,7 @@ async fn the_docker_image_runs_the_daemon_as_the_service_user() {
 
     let broker = Mosquitto::start();
     let http = free_port();
-    let cfg = format!(
-        "site = \"t\"\n[store]\npath = \"/var/lib/gatewarden/db\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n[mqtt]\nbroker = \"mqtt://127.0.0.1:{}\"\n",
-        broker.port
-    );
+    let cfg = installed_config(http, broker.port);
     std::fs::write(dir.path().join("gatewarden.toml"), cfg).unwrap();
     std::fs::set_permissions(dir.path().join("gatewarden.toml"), std::fs::Permissions::from_mode(0o644)).unwrap();
     let name = format!("{}-run", tag.replace(':', "-"));

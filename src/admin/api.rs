@@ -136,7 +136,11 @@ async fn auth(State(sh): S, headers: HeaderMap, mut req: axum::extract::Request,
         false => super::console::session_cookie(&headers).and_then(|t| sh.sessions.actor(&t, sh.clock.now())),
     };
     let Some(actor) = actor else {
-        return ApiError(StatusCode::UNAUTHORIZED, "not logged in: use the admin token (Authorization: Bearer …) or log in to the console".into()).into_response();
+        let msg = match given {
+            Some(_) => "wrong admin token (Authorization: Bearer …)",
+            None => "not logged in: give the admin token (Authorization: Bearer …) or log in to the console",
+        };
+        return ApiError(StatusCode::UNAUTHORIZED, msg.into()).into_response();
     };
     let method = req.method().clone();
     let path = req.uri().path().to_string();

@@ -138,13 +138,7 @@ fn check(sh: &Shared, st: &mut Staged, r: &Row, emb: Option<Result<Vec<f32>, Str
     match r.get("kind") {
         "resident" => {
             let name = r.opt("name").ok_or("a resident needs a name")?;
-            let id = match r.opt("id") {
-                Some(id) => id,
-                None => {
-                    st.next += 1;
-                    format!("R{:05}", store.next_id().map_err(err)? + st.next)
-                }
-            };
+            let id = id_or_new(st, sh, r, "R")?;
             if store.get_person(&id).map_err(err)?.is_some() || !st.ids.insert(format!("p:{id}")) {
                 return Err(format!("resident id {id:?} is already enrolled or repeated in the file"));
             }
@@ -198,13 +192,7 @@ fn check(sh: &Shared, st: &mut Staged, r: &Row, emb: Option<Result<Vec<f32>, Str
         }
         "elder" => {
             let name = r.opt("name").ok_or("an elder needs a name")?;
-            let id = match r.opt("id") {
-                Some(id) => id,
-                None => {
-                    st.next += 1;
-                    format!("E{:05}", store.next_id().map_err(err)? + st.next)
-                }
-            };
+            let id = id_or_new(st, sh, r, "E")?;
             if store.get_elder(&id).map_err(err)?.is_some() || !st.elders.insert(id.clone()) {
                 return Err(format!("elder id {id:?} is already enrolled or repeated in the file"));
             }
@@ -258,6 +246,15 @@ fn check(sh: &Shared, st: &mut Staged, r: &Row, emb: Option<Result<Vec<f32>, Str
         "" => Err("the kind column is empty (resident, elder, vehicle or wristband)".into()),
         other => Err(format!("unknown kind {other:?} (resident, elder, vehicle or wristband)")),
     }
+}
+
+/// The row's id, or a fresh one like the API's ("R00012").
+fn id_or_new(st: &mut Staged, sh: &Shared, r: &Row, prefix: &str) -> Result<String, String> {
+    if let Some(id) = r.opt("id") {
+        return Ok(id);
+    }
+    st.next += 1;
+    Ok(format!("{prefix}{:05}", sh.store.next_id().map_err(|e| e.to_string())? + st.next))
 }
 
 fn claim_band(sh: &Shared, st: &mut Staged, raw: &str) -> Result<BandId, String> {

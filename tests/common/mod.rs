@@ -14,6 +14,22 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Absence alerts (48h, reminders 6h, escalation 12h) to one webhook channel
+/// "hook" at the receiver `{R}`.
+pub const HOOK_LADDER: &str = r#"
+[alert.absence]
+after = "48h"
+repeat_every = "6h"
+escalate_after = "12h"
+[[alert.channels]]
+name = "hook"
+kind = "webhook"
+url = "{R}/hook"
+[[alert.ladder]]
+name = "网格员"
+channels = ["hook"]
+"#;
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
