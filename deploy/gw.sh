@@ -13,7 +13,7 @@ BUILD_PKGS=(build-essential pkg-config ca-certificates curl libopencv-dev clang 
 # debootstrap and docker.io: tests/install.rs installs into a throwaway Debian
 # root and builds deploy/Dockerfile on a base imported from it. chromium and
 # chromium-driver: tests/console.rs drives the web console in a real browser.
-TEST_PKGS=(mosquitto mosquitto-clients ffmpeg debootstrap docker.io chromium chromium-driver)
+TEST_PKGS=(mosquitto mosquitto-clients openssl ffmpeg debootstrap docker.io chromium chromium-driver)
 
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else

@@ -151,3 +151,63 @@ async fn events_published_while_the_uplink_is_down_reach_the_district_when_it_re
     let _ = central.kill();
     let _ = local.kill();
 }
+
+/// The shipped gatewarden.conf itself (paths and ports moved to a scratch
+/// folder): the LAN listener speaks only TLS with passwords, the loopback
+/// listener serves the daemon, and a wrong password or plain MQTT on the LAN
+/// port is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shipped_broker_config_requires_tls_and_passwords_on_the_lan() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sh = |cmd: &str| {
+        let o = Command::new("sh").arg("-c").arg(cmd).current_dir(d).output().unwrap();
+        assert!(o.status.success(), "{cmd}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    // A throwaway CA and a box certificate for 127.0.0.1.
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj /CN=gatewarden-test-ca 2>/dev/null");
+    sh("openssl req -newkey rsa:2048 -nodes -keyout box.key -out box.csr -subj /CN=127.0.0.1 2>/dev/null");
+    sh("printf 'subjectAltName=IP:127.0.0.1\\n' > san.ext && openssl x509 -req -in box.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out box.crt -days 2 -extfile san.ext 2>/dev/null");
+    sh("chmod 0644 box.key ca.crt box.crt");
+    let pw = d.join("gatewarden.passwd");
+    for (i, u) in ["gatewarden", "blegateway"].iter().enumerate() {
+        let mut cmd = Command::new("mosquitto_passwd");
+        if i == 0 {
+            cmd.arg("-c");
+        }
+        assert!(cmd.arg("-b").arg(&pw).args([*u, "pw"]).status().unwrap().success());
+    }
+    std::fs::write(d.join("gatewarden.acl"), deploy("gatewarden.acl")).unwrap();
+    let (local, lan) = (free_port(), free_port());
+    let conf = deploy("gatewarden.conf")
+        .replace("/etc/mosquitto/certs/", &format!("{}/", d.display()))
+        .replace("/etc/mosquitto/", &format!("{}/", d.display()))
+        .replace("/var/lib/mosquitto/", &format!("{}/", d.display()))
+        .replace("listener 1883 127.0.0.1", &format!("listener {local} 127.0.0.1"))
+        .replace("listener 8883", &format!("listener {lan} 127.0.0.1"));
+    assert!(conf.contains("tls_version") && conf.contains("allow_anonymous false"));
+    let conf_path = d.join("gatewarden.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let mut broker = mosquitto(&conf_path, lan);
+
+    // The daemon's side: loopback, with its password.
+    let (_daemon, seen) = client(local, "gatewarden", Some("home/#")).await;
+    let publish = |args: &[&str]| Command::new("mosquitto_pub").args(["-h", "127.0.0.1", "-q", "1", "-t", "home/gw1/BTtoMQTT/C3A1F0001101"]).args(args).output().unwrap();
+    let ca = d.join("ca.crt");
+    let port = lan.to_string();
+    // A BLE gateway on the LAN: TLS, verified against the CA, with its password.
+    let ok = publish(&["-p", &port, "--cafile", ca.to_str().unwrap(), "-u", "blegateway", "-P", "pw", "-m", "over-tls"]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    // Plain MQTT on the LAN port, and a wrong password over TLS: refused.
+    let plain = publish(&["-p", &port, "-u", "blegateway", "-P", "pw", "-m", "plain"]);
+    assert!(!plain.status.success(), "plain MQTT was accepted on the TLS listener");
+    let wrong = publish(&["-p", &port, "--cafile", ca.to_str().unwrap(), "-u", "blegateway", "-P", "nope", "-m", "wrong-password"]);
+    assert!(!wrong.status.success(), "a wrong password was accepted");
+    let anon = publish(&["-p", &local.to_string(), "-m", "anonymous"]);
+    assert!(!anon.status.success(), "anonymous clients are refused on loopback too");
+    eventually("the TLS sighting reaches the daemon", 10, async || seen.lock().unwrap().iter().any(|m| m.ends_with("over-tls")).then_some(())).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = seen.lock().unwrap().clone();
+    assert!(!seen.iter().any(|m| m.ends_with("plain") || m.ends_with("wrong-password") || m.ends_with("anonymous")), "{seen:?}");
+    let _ = broker.kill();
+}
