@@ -116,3 +116,31 @@ async fn a_dry_run_names_every_bad_row_and_a_real_import_is_all_or_nothing() {
         assert_eq!((e1.cells["band"].as_str(), e1.cells["contacts"].as_str()), ("C3:A1:F0:00:11:01", "王丽:13800002222:女儿"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kill_9_in_the_middle_of_an_import_leaves_nothing_half_imported() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start();
+    let http = free_port();
+    let mut d = Daemon::start(dir.path(), &config(dir.path(), broker.port, http, ""), http).await;
+    let import = d.post("/roster/imports", json!(null)).await["import"].as_str().unwrap().to_string();
+    let rows: Vec<serde_json::Value> = (0..20)
+        .map(|i| json!({"line": i + 2, "cells": {"kind": "elder", "id": format!("E{i}"), "name": format!("老人{i}"), "band": format!("C3:A1:F0:00:20:{i:02}")}}))
+        .collect();
+    let v = d.post(&format!("/roster/imports/{import}/rows"), json!(rows[..10])).await;
+    assert_eq!(v["errors"], json!([]));
+    // Killed after half the rows were checked, before the commit.
+    d.kill9();
+    d.restart().await;
+    assert!(d.get("/elders").await.as_array().unwrap().is_empty(), "nothing half-imported");
+    // The staged import is gone with the process, and the answer says so.
+    let (code, body) = d.api(reqwest::Method::POST, &format!("/roster/imports/{import}/commit"), None).await;
+    assert_eq!(code, 404, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("no import"), "{body}");
+    // Starting again imports everything.
+    let import = d.post("/roster/imports", json!(null)).await["import"].as_str().unwrap().to_string();
+    d.post(&format!("/roster/imports/{import}/rows"), json!(rows)).await;
+    let v = d.post(&format!("/roster/imports/{import}/commit"), json!(null)).await;
+    assert_eq!(v["imported"], true, "{v}");
+    assert_eq!(d.get("/elders").await.as_array().unwrap().len(), 20);
+}

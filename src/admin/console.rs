@@ -80,13 +80,12 @@ impl Sessions {
 
     fn locked_out(&self, keys: &[String], now: Timestamp, window: chrono::Duration, max: usize) -> Option<Timestamp> {
         let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        keys.iter()
-            .filter_map(|k| {
-                let v = f.entry(k.clone()).or_default();
-                v.retain(|t| now - *t < window);
-                (v.len() >= max).then(|| v[v.len() - max] + window)
-            })
-            .max()
+        // Forget failures older than the window, so the map stays small.
+        f.retain(|_, v| {
+            v.retain(|t| now - *t < window);
+            !v.is_empty()
+        });
+        keys.iter().filter_map(|k| f.get(k).filter(|v| v.len() >= max).map(|v| v[v.len() - max] + window)).max()
     }
 
     fn failed(&self, keys: &[String], now: Timestamp) {
@@ -100,10 +99,12 @@ impl Sessions {
         self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(user_key);
     }
 
-    fn open(&self, user: &User, role: Role, expires: Timestamp) -> String {
+    fn open(&self, user: &User, role: Role, now: Timestamp, expires: Timestamp) -> String {
         let token: [u8; 32] = rand::random();
         let token = hex::encode(token);
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(token.clone(), Session { user: user.name.clone(), role, expires });
+        let mut m = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        m.retain(|_, s| s.expires > now);
+        m.insert(token.clone(), Session { user: user.name.clone(), role, expires });
         token
     }
 
@@ -177,7 +178,7 @@ pub async fn login(State(sh): S, ConnectInfo(peer): ConnectInfo<SocketAddr>, Jso
     };
     sh.sessions.succeeded(&keys[0]);
     let ttl = c.session_ttl.get();
-    let token = sh.sessions.open(&user, role, now + crate::clock::chrono_dur(ttl));
+    let token = sh.sessions.open(&user, role, now, now + crate::clock::chrono_dur(ttl));
     tracing::info!(user = %user.name, role = role.as_str(), "console login");
     let cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}", ttl.as_secs());
     ([(header::SET_COOKIE, cookie)], Json(json!({ "user": user.name, "role": role.as_str() }))).into_response()
