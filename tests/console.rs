@@ -132,6 +132,19 @@ async fn an_administrator_enrols_registers_acknowledges_and_reads_the_log_in_a_r
     assert_eq!(progress, json!([2, 2]));
     assert_eq!(d.api(reqwest::Method::GET, "/elders/E7", None).await.0, 404, "a dry run imports nothing");
 
+    // Staff and the escalation ladder: add a staff member, then a ladder for a grid.
+    browser.goto(&format!("http://127.0.0.1:{}/console/#/staff", d.http_port)).await;
+    browser.type_into("#page form input[name=id]", "S1").await;
+    browser.type_into("#page form input[name=name]", "李网格").await;
+    browser.click("#page form.card button[type=submit]").await;
+    browser.wait_text("table", "李网格").await;
+    browser.type_into("#page form:nth-of-type(2) input[name=grid]", "g1").await;
+    browser.type_into("#page form:nth-of-type(2) textarea[name=levels]", "网格员:hook:S1").await;
+    browser.click("#page form:nth-of-type(2) button[type=submit]").await;
+    browser.wait_text("tr[data-grid=g1]", "网格员").await;
+    let ladders = d.get("/ladders").await;
+    assert_eq!(ladders["grids"][0]["levels"][0]["staff"], json!(["S1"]), "{ladders}");
+
     // Alerts: acknowledge in the browser; the daemon records who.
     browser.goto(&format!("http://127.0.0.1:{}/console/#/alerts", d.http_port)).await;
     browser.click(&format!("tr[data-alert='{}'] button", alert["id"])).await;

@@ -197,7 +197,20 @@ const pages = {
     }
     page.append(table(["编号", "姓名", "电话", "职务", "网格"], staff.map((s) => ({ cells: [s.id, s.name, s.phone || "—", s.role, s.grid] }))));
     const ladderRows = [{ grid: "（默认）", levels: ladders.default }].concat(ladders.grids);
-    page.append(h("h2", {}, "上报层级"), table(["网格", "层级"], ladderRows.map((l) => ({ cells: [l.grid, (l.levels || []).map((x, i) => `${i + 1}. ${x.name} → ${x.channels.join("、")}`).join("　")] }))));
+    page.append(h("h2", {}, "上报层级"), table(["网格", "层级"], ladderRows.map((l) => ({ attrs: { "data-grid": l.grid }, cells: [l.grid, (l.levels || []).map((x, i) => `${i + 1}. ${x.name} → ${x.channels.join("、")}${x.staff && x.staff.length ? "（" + x.staff.join("、") + "）" : ""}`).join("　")] }))));
+    if (me.role === "admin") {
+      // One level per line, as in the CLI: 名称:渠道[+渠道…][:人员[,人员…]]
+      page.append(form([h("h2", {}, "设置网格的上报层级"), field("网格", "grid", { required: true }),
+        h("label", {}, "层级（每行一级：名称:渠道+渠道:人员,人员）", h("textarea", { name: "levels", rows: 3, required: true, placeholder: "网格员:grid-wecom:s1\n社区办:office-dingtalk" }))],
+      "保存", async (fd) => {
+        const levels = String(fd.get("levels")).split("\n").map((l) => l.trim()).filter(Boolean).map((l) => {
+          const [name, chans, staff] = l.split(":");
+          if (!name || !chans) throw new Error(`"${l}" 应为 名称:渠道[:人员]`);
+          return { name, channels: chans.split("+").filter(Boolean), staff: (staff || "").split(",").filter(Boolean) };
+        });
+        await api("PUT", `/ladders/${encodeURIComponent(fd.get("grid"))}`, levels); route();
+      }));
+    }
   },
 
   async log(page) {
