@@ -99,6 +99,8 @@ case "$cmd" in
     "$venv/bin/python" deploy/bench/plate_reference.py --frame "$frame" --iters 200 2>/dev/null | grep JSON
     "$venv/bin/python" deploy/bench/plate_reference.py --frame "$frame" --iters 200 --no-spin 2>/dev/null | grep JSON
     rm -f "$frame"
+    echo "== store: backup (writers paused) and restore on a compound-sized store"
+    target/release/gatewarden-bench-store
     ;;
   *)
     echo "usage: bash deploy/gw.sh demo|test|bench" >&2; exit 2 ;;

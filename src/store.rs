@@ -1167,7 +1167,8 @@ fn put_chunk(out: &mut Vec<u8>, b: &[u8]) {
 
 impl Store {
     /// Write a consistent snapshot of every tree to `out`. Writers wait while
-    /// it runs (tens of milliseconds for a typical compound); readers don't.
+    /// it runs (about 0.3 s for 126k records on the benchmark VM, see
+    /// BENCHMARKS.md); readers don't.
     pub fn backup(&self, created: i64, out: &mut dyn std::io::Write) -> std::result::Result<BackupHeader, BackupError> {
         use sha2::Digest;
         let _frozen = self.gate.write().unwrap_or_else(|e| e.into_inner());
