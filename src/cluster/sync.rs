@@ -231,7 +231,10 @@ pub fn apply(store: &Store, keys: &SyncKeys, c: &Change) -> Result<Applied, Sync
             Applied::Person { id: id.clone(), templates: plain }
         }
         (None, "person") => {
+            // A `forget` on the source: this box's records of the person go too,
+            // including their passages through this box's gates.
             ignore_missing(store.remove_person(&c.id).map(|_| ()))?;
+            store.erase_from_entries(&c.id, "(forgotten)")?;
             Applied::Person { id: c.id.clone(), templates: vec![] }
         }
         (Some(Record::Vehicle(v)), _) => {
