@@ -280,11 +280,10 @@ impl Monitor {
                 };
                 self.observe_from(obs, false);
             }
-            ClusterMsg::Alert(a) if a.from != me => {
-                if self.alerting() {
-                    let acts = self.engine.handle(Input::External { kind: a.kind, subject: a.subject, detail: a.detail, firing: a.firing }, self.sh.clock.now());
-                    self.apply(acts);
-                }
+            // Only the alerting box acts on a forwarded box-local alert.
+            ClusterMsg::Alert(a) if a.from != me && self.alerting() => {
+                let acts = self.engine.handle(Input::External { kind: a.kind, subject: a.subject, detail: a.detail, firing: a.firing }, self.sh.clock.now());
+                self.apply(acts);
             }
             ClusterMsg::Episode(e) if e.from != me => {
                 if self.alerting() {
@@ -426,7 +425,7 @@ impl Monitor {
             let acts = self.engine.handle(Input::Tick, now);
             self.apply(acts);
         }
-        if self.last_purge.map_or(true, |t| now - t > chrono::Duration::hours(1)) {
+        if self.last_purge.is_none_or(|t| now - t > chrono::Duration::hours(1)) {
             self.last_purge = Some(now);
             self.purge(now);
         }

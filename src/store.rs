@@ -542,7 +542,7 @@ impl Store {
     }
 
     pub fn list_leaves(&self, elder: Option<&str>) -> Result<Vec<Leave>> {
-        Ok(all::<Leave>(&self.leaves, "leaves")?.into_iter().filter(|l| elder.map_or(true, |e| l.elder == e)).collect())
+        Ok(all::<Leave>(&self.leaves, "leaves")?.into_iter().filter(|l| elder.is_none_or(|e| l.elder == e)).collect())
     }
 
     pub fn remove_leave(&self, id: u64) -> Result<Leave> {

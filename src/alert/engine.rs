@@ -254,7 +254,7 @@ impl Engine {
                         self.resolve(AlertKind::BandNotWorn, &subject, now, "wristband heard again".into(), out)
                     }
                     Source::Face if has_band && now >= self.judging_from => {
-                        let silent = band_ref.map_or(true, |b| at - b >= self.settings.band_silent_after);
+                        let silent = band_ref.is_none_or(|b| at - b >= self.settings.band_silent_after);
                         if silent {
                             let detail = format!("face seen at {place} but the wristband has been silent");
                             self.open_alert(AlertKind::BandNotWorn, subject, now, band_ref, detail, out);
