@@ -85,8 +85,30 @@ fn make_clip(photo: &Path, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Each run starts from an empty store: the scenario moves the clock two days
+/// forward, and a second run on the same store would start "before" the
+/// sightings of the first. Only a store the demo made (it leaves a marker
+/// file beside it) is ever deleted.
+fn fresh_store(store: &Path) -> anyhow::Result<()> {
+    let marker = store.with_extension("demo-store");
+    if store.exists() {
+        anyhow::ensure!(
+            marker.exists(),
+            "{} exists but was not made by the demo; the demo starts from an empty store, so point its config at a store of its own (or delete that folder)",
+            store.display()
+        );
+        std::fs::remove_dir_all(store).with_context(|| format!("cannot clear the demo store {}", store.display()))?;
+    }
+    if let Some(parent) = store.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&marker, "made by `gatewarden demo`; deleted and remade on every run\n")?;
+    Ok(())
+}
+
 pub async fn run(cfg: Config, config_path: &Path, exit_after: bool) -> anyhow::Result<()> {
     anyhow::ensure!(cfg.debug.manual_clock, "the demo moves time forward; its config needs [debug] manual_clock = true");
+    fresh_store(&cfg.store.path)?;
     // The gate part needs the sample video before the camera opens it.
     let camera = cfg.gates.iter().find_map(|g| g.camera.clone());
     if let (Some(cam), Some((_, clip_photo))) = (&camera, sample_faces()) {
@@ -143,7 +165,6 @@ async fn scenario(cfg: &Config, c: &Client, received: &AtomicUsize) -> anyhow::R
     for (id, name, band, b, u, r) in elders {
         let body = json!({"id": id, "name": name, "building": format!("{b}栋"), "unit": format!("{u}单元"), "room": r,
             "grid": "g1", "bands": [band], "contacts": [format!("{name}家属:13800001111:子女")], "categories": ["over70", "alone"]});
-        // Re-running the demo on the same store keeps the earlier enrolment.
         if let Err(e) = c.call(Method::POST, "/elders", Some(body)).await {
             println!("  {id}: {e}");
         }
