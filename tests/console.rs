@@ -24,7 +24,7 @@ login_max_failures = 3
 
 struct World {
     dir: tempfile::TempDir,
-    _broker: Mosquitto,
+    broker: Mosquitto,
     _rx: Receiver,
     d: Daemon,
 }
@@ -37,7 +37,7 @@ async fn world() -> World {
     let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
     let extra = format!("{HOOK_LADDER}{EXTRA}").replace("{R}", &rx.url("")).replace("{MODELS}", &models.display().to_string());
     let d = Daemon::start(dir.path(), &config(dir.path(), broker.port, http, &extra), http).await;
-    World { dir, _broker: broker, _rx: rx, d }
+    World { dir, broker, _rx: rx, d }
 }
 
 fn add_user(d: &Daemon, name: &str, role: &str, password: &str) {
@@ -131,6 +131,19 @@ async fn an_administrator_enrols_registers_acknowledges_and_reads_the_log_in_a_r
     let progress = browser.script("const p = document.querySelector('#import-progress'); return [p.value, p.max]").await;
     assert_eq!(progress, json!([2, 2]));
     assert_eq!(d.api(reqwest::Method::GET, "/elders/E7", None).await.0, 404, "a dry run imports nothing");
+
+    // An unknown wristband heard by a gateway: bound to E2 in one click.
+    let p = w.broker.publisher().await;
+    p.publish("home/gw-east/BTtoMQTT/C3A1F0007777", r#"{"id":"C3:A1:F0:00:77:77","rssi":-70}"#).await;
+    eventually("the unknown band is listed", 10, async || (!d.get("/wristbands/unknown").await.as_array().unwrap().is_empty()).then_some(())).await;
+    browser.goto(&format!("http://127.0.0.1:{}/console/#/elders", d.http_port)).await;
+    browser.find("tr[data-band] select").await;
+    browser.script("const s = document.querySelector('tr[data-band] select'); s.value = 'E2';").await;
+    browser.click("tr[data-band] button").await;
+    eventually("E2 wears the new band", 10, async || {
+        (d.get("/elders/E2").await["elder"]["bands"].as_array().unwrap().len() == 2).then_some(())
+    })
+    .await;
 
     // Staff and the escalation ladder: add a staff member, then a ladder for a grid.
     browser.goto(&format!("http://127.0.0.1:{}/console/#/staff", d.http_port)).await;
