@@ -171,28 +171,16 @@ fn wall_ms() -> i64 {
 impl Monitor {
     fn load(sh: Arc<Shared>) -> anyhow::Result<Monitor> {
         let cfg = &sh.cfg;
-        let now = sh.clock.now();
-        let judging_from = now + chrono_dur(cfg.presence.startup_grace.get());
-        let mut engine = Engine::new(Settings::from_config(cfg), judging_from, 1);
+        let judging_from = sh.clock.now() + chrono_dur(cfg.presence.startup_grace.get());
         let mut presence = Presence::new(cfg.presence.unknown_bands_max, cfg.presence.max_clock_skew.get());
-        let store = &sh.store;
-        for a in store.list_alerts()? {
-            engine.load_alert(a);
-        }
-        for u in store.list_unknown()? {
+        for u in sh.store.list_unknown()? {
             presence.load_unknown(u);
         }
-        for (g, at) in store.list_gateways()? {
-            engine.load_gateway(g, at, now);
-        }
         let lease = cfg.cluster.as_ref().map(|c| crate::cluster::Lease::new(c.box_id.clone(), c.role, c.lease_ttl.get(), c.claim_settle.get()));
+        let engine = Engine::new(Settings::from_config(cfg), judging_from, 1);
         let mut m = Monitor { sh: sh.clone(), presence, engine, last_purge: None, lease };
-        for e in store.list_elders()? {
-            m.load_elder(&e)?;
-        }
-        m.reload_ladders()?;
+        m.rebuild_engine(judging_from)?;
         sh.metrics.elders.set(m.presence.elder_count() as i64);
-        m.update_alert_gauges();
         tracing::info!(
             elders = m.presence.elder_count(),
             open_alerts = m.engine.open_alerts().count(),
@@ -200,6 +188,28 @@ impl Monitor {
             "state loaded; absence is judged after the start-up grace"
         );
         Ok(m)
+    }
+
+    /// The alert engine from the store: open episodes, gateways, elders (with
+    /// last-seen and leaves) and ladders. At start-up, and when a standby box
+    /// takes over alerting (the episodes it mirrored are in its store).
+    fn rebuild_engine(&mut self, judging_from: Timestamp) -> anyhow::Result<()> {
+        let now = self.sh.clock.now();
+        let store = &self.sh.store;
+        let mut engine = Engine::new(Settings::from_config(&self.sh.cfg), judging_from, 1);
+        for a in store.list_alerts()? {
+            engine.load_alert(a);
+        }
+        for (g, at) in store.list_gateways()? {
+            engine.load_gateway(g, at, now);
+        }
+        self.engine = engine;
+        for e in self.sh.store.list_elders()? {
+            self.load_elder(&e)?;
+        }
+        self.reload_ladders()?;
+        self.update_alert_gauges();
+        Ok(())
     }
 
     fn load_elder(&mut self, e: &Elder) -> anyhow::Result<()> {
@@ -330,21 +340,9 @@ impl Monitor {
     /// This box now alerts: rebuild the engine from the store, where the
     /// episodes mirrored from the previous alerting box are, so they go on.
     fn promote(&mut self) -> anyhow::Result<()> {
-        let now = self.sh.clock.now();
-        let mut engine = Engine::new(Settings::from_config(&self.sh.cfg), now, 1);
-        for a in self.sh.store.list_alerts()? {
-            engine.load_alert(a);
-        }
-        for (g, at) in self.sh.store.list_gateways()? {
-            engine.load_gateway(g, at, now);
-        }
-        self.engine = engine;
-        for e in self.sh.store.list_elders()? {
-            self.load_elder(&e)?;
-        }
-        self.reload_ladders()?;
+        // Presence is shared, so absence is judged at once: no start-up grace.
+        self.rebuild_engine(self.sh.clock.now())?;
         tracing::info!(open_alerts = self.engine.open_alerts().count(), "this box now sends the alerts (holds the lease)");
-        self.update_alert_gauges();
         self.tick();
         Ok(())
     }

@@ -304,8 +304,12 @@ fn restore(config: &std::path::Path, file: &std::path::Path, allow_key_mismatch:
     let (header, _) = gatewarden::store::Store::read_backup(&bytes).with_context(|| format!("{} cannot be restored", file.display()))?;
     if let Some(fp) = &header.key_fingerprint {
         let key_file = gatewarden::daemon::template_key_path(&cfg);
-        let ours = std::fs::read_to_string(&key_file).ok().and_then(|_| gatewarden::store::TemplateKeys::load_or_create(&key_file).ok());
-        let ours = ours.map(|k| gatewarden::store::key_fingerprint(&k.current));
+        // Read the key only if it exists: restore must not create one.
+        let ours = key_file
+            .exists()
+            .then(|| gatewarden::store::TemplateKeys::load_or_create(&key_file).ok())
+            .flatten()
+            .map(|k| gatewarden::store::key_fingerprint(&k.current));
         if ours.as_deref() != Some(fp.as_str()) && !allow_key_mismatch {
             anyhow::bail!(
                 "the backup's face templates are sealed with template key {fp}, but {} holds {}. Copy the template key file from the \

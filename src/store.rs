@@ -755,7 +755,7 @@ impl Store {
         let mut sealed = Vec::new();
         for (r, ts) in people {
             for e in ts {
-                let k = format!("{}\u{0}{:020}", r.person.id, self.next_id()?);
+                let k = self.template_key(&r.person.id)?;
                 sealed.push((k, seal(key.as_ref().expect("a key when templates exist"), &r.person.id, e)));
             }
         }
@@ -848,7 +848,7 @@ impl Store {
 
     pub fn add_template(&self, person: &str, embedding: &[f32]) -> Result<()> {
         let _w = self.writing();
-        let key = format!("{person}\u{0}{:020}", self.next_id()?);
+        let key = self.template_key(person)?;
         self.templates.insert(key.as_bytes(), seal(&self.current_key()?, person, embedding))?;
         Ok(())
     }
@@ -901,24 +901,31 @@ impl Store {
 
     /// Every (person, embedding), unsealed.
     pub fn templates(&self) -> Result<Vec<(String, Vec<f32>)>> {
-        let keys = self.keys.read().expect("keys").clone().ok_or(StoreError::NoTemplateKey)?;
-        self.templates
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                let k = String::from_utf8_lossy(&k).to_string();
-                let person = k.split('\u{0}').next().unwrap_or_default().to_string();
-                let e = unseal(&keys.current, &person, &v)
-                    .or_else(|| keys.previous.and_then(|p| unseal(&p, &person, &v)))
-                    .ok_or(StoreError::TemplateKey { person: person.clone() })?;
-                Ok((person, e))
-            })
-            .collect()
+        self.open_templates(self.templates.iter())
     }
 
     /// One person's templates, unsealed.
     pub fn templates_of(&self, person: &str) -> Result<Vec<Vec<f32>>> {
-        Ok(self.templates()?.into_iter().filter(|(p, _)| p == person).map(|(_, e)| e).collect())
+        let prefix = format!("{person}\u{0}");
+        Ok(self.open_templates(self.templates.scan_prefix(prefix.as_bytes()))?.into_iter().map(|(_, e)| e).collect())
+    }
+
+    /// `person\0<id>`: one person's templates sort together.
+    fn template_key(&self, person: &str) -> Result<String> {
+        Ok(format!("{person}\u{0}{:020}", self.next_id()?))
+    }
+
+    fn open_templates(&self, it: sled::Iter) -> Result<Vec<(String, Vec<f32>)>> {
+        let keys = self.keys.read().expect("keys").clone().ok_or(StoreError::NoTemplateKey)?;
+        it.map(|kv| {
+            let (k, v) = kv?;
+            let person = String::from_utf8_lossy(&k).split('\u{0}').next().unwrap_or_default().to_string();
+            let e = unseal(&keys.current, &person, &v)
+                .or_else(|| keys.previous.and_then(|p| unseal(&p, &person, &v)))
+                .ok_or(StoreError::TemplateKey { person: person.clone() })?;
+            Ok((person, e))
+        })
+        .collect()
     }
 
     /// Replace a person and all their templates (enrolment sync).
@@ -928,7 +935,7 @@ impl Store {
         self.remove_templates_locked(&r.person.id)?;
         self.people.insert(r.person.id.as_bytes(), enc(r))?;
         for e in templates {
-            let k = format!("{}\u{0}{:020}", r.person.id, self.next_id()?);
+            let k = self.template_key(&r.person.id)?;
             self.templates.insert(k.as_bytes(), seal(&key, &r.person.id, e))?;
         }
         Ok(())

@@ -152,19 +152,12 @@ const SYNC: &str = r#"
 box_id = "{BOX}"
 enrolment = "{ROLE}"
 sync_key_file = "{KEY}"
-[vision]
-enabled = true
-models_dir = "{MODELS}"
-[[gates]]
-name = "north"
-actuator = { kind = "log" }
 "#;
 
 async fn sync_box(name: &str, role: &str, broker: &Mosquitto, key: &std::path::Path) -> Box {
     let dir = tempfile::tempdir().unwrap();
     let http = free_port();
-    let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
-    let extra = SYNC.replace("{BOX}", name).replace("{ROLE}", role).replace("{KEY}", &key.display().to_string()).replace("{MODELS}", &models.display().to_string());
+    let extra = SYNC.replace("{BOX}", name).replace("{ROLE}", role).replace("{KEY}", &key.display().to_string()) + &vision_and_north_gate();
     let d = Daemon::start(dir.path(), &config(dir.path(), broker.port, http, &extra), http).await;
     Box { _dir: dir, d }
 }

@@ -12,12 +12,6 @@ use serde_json::json;
 use std::path::Path;
 
 const EXTRA: &str = r#"
-[vision]
-enabled = true
-models_dir = "{MODELS}"
-[[gates]]
-name = "north"
-actuator = { kind = "log" }
 [console]
 login_max_failures = 3
 "#;
@@ -34,8 +28,7 @@ async fn world() -> World {
     let broker = Mosquitto::start();
     let rx = Receiver::start().await;
     let http = free_port();
-    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
-    let extra = format!("{HOOK_LADDER}{EXTRA}").replace("{R}", &rx.url("")).replace("{MODELS}", &models.display().to_string());
+    let extra = format!("{HOOK_LADDER}{EXTRA}{}", vision_and_north_gate()).replace("{R}", &rx.url(""));
     let d = Daemon::start(dir.path(), &config(dir.path(), broker.port, http, &extra), http).await;
     World { dir, broker, _rx: rx, d }
 }

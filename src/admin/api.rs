@@ -144,6 +144,7 @@ async fn auth(State(sh): S, headers: HeaderMap, mut req: axum::extract::Request,
     };
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let route = req.extensions().get::<axum::extract::MatchedPath>().map_or_else(|| path.clone(), |m| route_of(m.as_str()));
     if actor.role == Role::Staff && !super::console::staff_may(&method, &path) {
         return ApiError(StatusCode::FORBIDDEN, format!("staff accounts cannot {method} {path}; ask an administrator")).into_response();
     }
@@ -155,7 +156,7 @@ async fn auth(State(sh): S, headers: HeaderMap, mut req: axum::extract::Request,
             at: sh.clock.now(),
             actor: actor.name,
             role: actor.role.as_str().into(),
-            action: format!("{method} {}", route_of(&path)),
+            action: format!("{method} {route}"),
             target: audit_target(&sh, &method, &path),
             status: resp.status().as_u16(),
         };
@@ -179,14 +180,11 @@ fn audited(method: &axum::http::Method, path: &str) -> bool {
         && path != "/sightings/face"
 }
 
-/// The route without the ids in it: `/elders/E1/history` → `/elders/…`.
-fn route_of(path: &str) -> String {
-    let mut parts: Vec<&str> = path.split('/').collect();
-    // Fixed sub-resources are not ids.
-    if parts.len() > 2 && !["rotate", "verify", "unknown", "check", "face", "clock", "tick"].contains(&parts[2]) {
-        parts[2] = "…";
-    }
-    parts.join("/")
+/// The route with its ids elided, from the router's own template:
+/// `/alerts/:id/ack` → `/alerts/…/ack`.
+fn route_of(matched: &str) -> String {
+    let route = matched.strip_prefix("/api/v1").unwrap_or(matched);
+    route.split('/').map(|seg| if seg.starts_with(':') { "…" } else { seg }).collect::<Vec<_>>().join("/")
 }
 
 /// What a write touched. `forget` leaves no personal data behind, so the

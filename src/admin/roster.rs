@@ -67,8 +67,12 @@ enum Planned {
     Band { band: BandId, elder: String },
 }
 
-#[derive(Default)]
 struct Staged {
+    started: crate::clock::Timestamp,
+    /// Read once when the import starts: the compound's units (None: not
+    /// checked) and the credential hashes already in use.
+    units: Option<HashSet<String>>,
+    credentials_in_use: HashSet<String>,
     planned: Vec<(usize, Planned)>,
     errors: Vec<RowError>,
     rows: usize,
@@ -83,11 +87,31 @@ struct Staged {
 #[derive(Default)]
 pub struct Imports(Mutex<HashMap<String, Staged>>);
 
+/// An import not committed within this long is dropped.
+const IMPORT_TTL: chrono::Duration = chrono::Duration::hours(1);
+
 /// `POST /api/v1/roster/imports`: start one (returns its id).
 pub async fn start(State(sh): S) -> Result<Json<serde_json::Value>, ApiError> {
     super::api::writable(&sh)?;
+    let now = sh.clock.now();
+    let credentials_in_use = sh.store.list_people()?.into_iter().flat_map(|r| r.person.pin_hash.into_iter().chain(r.person.cards)).collect();
+    let st = Staged {
+        started: now,
+        units: known_units(&sh)?,
+        credentials_in_use,
+        planned: Vec::new(),
+        errors: Vec::new(),
+        rows: 0,
+        ids: HashSet::new(),
+        bands: HashSet::new(),
+        plates: HashSet::new(),
+        elders: HashSet::new(),
+        next: 0,
+    };
     let id = hex::encode(rand::random::<[u8; 8]>());
-    sh.imports.0.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), Staged::default());
+    let mut all = sh.imports.0.lock().unwrap_or_else(|e| e.into_inner());
+    all.retain(|_, s| now - s.started < IMPORT_TTL);
+    all.insert(id.clone(), st);
     Ok(Json(json!({ "import": id })))
 }
 
@@ -104,14 +128,13 @@ pub async fn add_rows(State(sh): S, Path(import): Path<String>, Json(rows): Json
             embedded.insert(r.line, res);
         }
     }
-    let units = known_units(&sh)?;
     let mut all = sh.imports.0.lock().unwrap_or_else(|e| e.into_inner());
     let st = all.get_mut(&import).ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no import {import:?} (it expires after an hour)")))?;
     let mut errors = Vec::new();
     for r in rows {
         st.rows += 1;
         let emb = embedded.remove(&r.line);
-        match check(&sh, st, &r, emb, units.as_ref()) {
+        match check(&sh, st, &r, emb) {
             Ok(p) => st.planned.push((r.line, p)),
             Err(reason) => errors.push(RowError { line: r.line, kind: r.get("kind").into(), id: r.opt("id").or(r.opt("plate")).or(r.opt("band")).unwrap_or_default(), reason }),
         }
@@ -126,13 +149,16 @@ fn known_units(sh: &Shared) -> Result<Option<HashSet<String>>, ApiError> {
     Ok(Some(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect()))
 }
 
-/// Check one row against the store and the rows before it in the file.
-fn check(sh: &Shared, st: &mut Staged, r: &Row, emb: Option<Result<Vec<f32>, String>>, units: Option<&HashSet<String>>) -> Result<Planned, String> {
-    let now = sh.clock.now();
-    let unit_ok = |u: &str| match units {
+fn unit_ok(units: &Option<HashSet<String>>, u: &str) -> Result<(), String> {
+    match units {
         Some(set) if !u.is_empty() && !set.contains(u) => Err(format!("unknown unit {u:?} (not in access.units_file)")),
         _ => Ok(()),
-    };
+    }
+}
+
+/// Check one row against the store and the rows before it in the file.
+fn check(sh: &Shared, st: &mut Staged, r: &Row, emb: Option<Result<Vec<f32>, String>>) -> Result<Planned, String> {
+    let now = sh.clock.now();
     let store = &sh.store;
     let err = |e: crate::store::StoreError| e.to_string();
     match r.get("kind") {
@@ -142,7 +168,7 @@ fn check(sh: &Shared, st: &mut Staged, r: &Row, emb: Option<Result<Vec<f32>, Str
             if store.get_person(&id).map_err(err)?.is_some() || !st.ids.insert(format!("p:{id}")) {
                 return Err(format!("resident id {id:?} is already enrolled or repeated in the file"));
             }
-            unit_ok(r.get("unit"))?;
+            unit_ok(&st.units, r.get("unit"))?;
             let (id_masked, id_hash) = match r.opt("id_number") {
                 Some(n) => {
                     let idn = IdNumber::parse(&n, now.date_naive()).map_err(|e| format!("invalid ID number: {e}"))?;
@@ -171,8 +197,7 @@ fn check(sh: &Shared, st: &mut Staged, r: &Row, emb: Option<Result<Vec<f32>, Str
                 .chain(r.opt("card").map(|c| crate::gate::task::secret_hash(k, crate::gate::log::Credential::Card, &c)))
                 .collect();
             for h in &hashes {
-                let taken = store.list_people().map_err(err)?.iter().any(|o| o.person.pin_hash.as_ref() == Some(h) || o.person.cards.contains(h));
-                if taken || !st.ids.insert(format!("cred:{h}")) {
+                if st.credentials_in_use.contains(h) || !st.ids.insert(format!("cred:{h}")) {
                     return Err("PIN or card already used by someone else".into());
                 }
             }
@@ -196,7 +221,7 @@ fn check(sh: &Shared, st: &mut Staged, r: &Row, emb: Option<Result<Vec<f32>, Str
             if store.get_elder(&id).map_err(err)?.is_some() || !st.elders.insert(id.clone()) {
                 return Err(format!("elder id {id:?} is already enrolled or repeated in the file"));
             }
-            unit_ok(r.get("unit"))?;
+            unit_ok(&st.units, r.get("unit"))?;
             if let Some(p) = r.opt("phone") {
                 if !crate::presence::is_phone(&p) {
                     return Err(format!("invalid phone number {p:?}"));
@@ -310,10 +335,8 @@ pub async fn commit(State(sh): S, Path(import): Path<String>, axum::extract::Que
             Some(e) => e.bands.push(band),
             None => {
                 let mut e = sh.store.get_elder(&elder)?.ok_or_else(|| bad(format!("elder {elder} disappeared during the import")))?;
-                if !elders.iter().any(|x| x.id == e.id) {
-                    e.bands.push(band);
-                    elders.push(e);
-                }
+                e.bands.push(band);
+                elders.push(e);
             }
         }
     }

@@ -30,6 +30,13 @@ name = "网格员"
 channels = ["hook"]
 "#;
 
+/// The face models (vision on, no camera: enrolment photos only) and a
+/// credentials-only gate "north" with a log actuator.
+pub fn vision_and_north_gate() -> String {
+    let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    format!("[vision]\nenabled = true\nmodels_dir = \"{}\"\n[[gates]]\nname = \"north\"\nactuator = {{ kind = \"log\" }}\n", models.display())
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
