@@ -634,7 +634,10 @@ pub struct PresenceConfig {
     #[serde(default = "PresenceConfig::default_max_clock_skew")]
     pub max_clock_skew: Dur,
     /// Whereabouts are sensitive (PIPL Art. 28): besides last-seen, keep a
-    /// sighting history (at most one a minute) only this long…
+    /// sighting history (an entry when the place changes, at most once a
+    /// minute, and hourly otherwise) only this long. Off ("0s") by default:
+    /// data minimisation, and it costs the daemon about 25 MB more at peak
+    /// (BENCHMARKS.md)…
     #[serde(default = "PresenceConfig::default_history_window")]
     pub history_window: Dur,
     /// …and at most this many entries per elder.
@@ -643,10 +646,10 @@ pub struct PresenceConfig {
 }
 impl PresenceConfig {
     fn default_history_window() -> Dur {
-        Dur::secs(7 * 86400)
+        Dur::secs(0)
     }
     fn default_history_max() -> usize {
-        2000
+        500
     }
     fn default_startup_grace() -> Dur {
         Dur::secs(60)

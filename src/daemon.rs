@@ -464,7 +464,7 @@ impl Monitor {
         let r = self
             .sh
             .store
-            .put_last_seen_batch(&dirty)
+            .put_last_seen_batch(&dirty, !self.sh.cfg.presence.history_window.get().is_zero())
             .and_then(|_| self.sh.store.put_unknown_batch(&unknown, &removed))
             .and_then(|_| self.sh.store.put_gateways(&gateways));
         match r {

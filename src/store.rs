@@ -159,6 +159,9 @@ pub struct Store {
     templates: sled::Tree,
     entries: sled::Tree,
     history: sled::Tree,
+    /// The last history entry written per elder (time, place), to decide
+    /// whether the next sighting is worth an entry (see `history_due`).
+    history_last: Arc<std::sync::Mutex<std::collections::HashMap<String, (Timestamp, String)>>>,
     users: sled::Tree,
     audit: sled::Tree,
 }
@@ -173,6 +176,21 @@ fn dec<T: DeserializeOwned>(tree: &'static str, b: &[u8]) -> Result<T> {
 
 fn all<T: DeserializeOwned>(tree: &sled::Tree, name: &'static str) -> Result<Vec<T>> {
     tree.iter().values().map(|v| dec(name, &v?)).collect()
+}
+
+/// The sighting history records movements, not heartbeats: an entry when the
+/// place changes (at most once a minute, so an elder between two gateways
+/// does not flap into it) and otherwise one an hour. A stationary elder costs
+/// 24 entries a day; 5,000 of them seen every second would otherwise cost
+/// one write each per flush.
+fn history_due(last: Option<&(Timestamp, String)>, l: &LastSeen) -> bool {
+    match last {
+        None => true,
+        Some((at, place)) => {
+            let gap = l.at - *at;
+            gap >= chrono::Duration::hours(1) || (*place != l.place && gap >= chrono::Duration::minutes(1))
+        }
+    }
 }
 
 fn history_key(elder: &str, at: Timestamp) -> Vec<u8> {
@@ -243,6 +261,7 @@ impl Store {
             templates: t("face_templates")?,
             entries: t("entry_log")?,
             history: t("sighting_history")?,
+            history_last: Default::default(),
             users: t("users")?,
             audit: t("audit_log")?,
             db,
@@ -385,21 +404,28 @@ impl Store {
 
     // ---- presence ----
 
-    pub fn put_last_seen_batch(&self, items: &[(String, LastSeen)]) -> Result<()> {
+    /// Last-seen for each elder, and (when `history` is on) their movements
+    /// into the bounded sighting history.
+    pub fn put_last_seen_batch(&self, items: &[(String, LastSeen)], history: bool) -> Result<()> {
         let _w = self.writing();
         let mut b = sled::Batch::default();
         let mut h = sled::Batch::default();
+        let mut last = self.history_last.lock().unwrap_or_else(|e| e.into_inner());
         for (id, l) in items {
             b.insert(id.as_bytes(), enc(l));
-            h.insert(history_key(id, l.at), enc(l));
+            if history && history_due(last.get(id), l) {
+                last.insert(id.clone(), (l.at, l.place.clone()));
+                h.insert(history_key(id, l.at), enc(l));
+            }
         }
+        drop(last);
         self.last_seen.apply_batch(b)?;
         // The bounded whereabouts window (PIPL Art. 28): purged by `purge_history`.
         self.history.apply_batch(h)?;
         Ok(())
     }
 
-    /// An elder's recent sightings (at most one a minute), oldest first.
+    /// An elder's recent movements (see `history_due`), oldest first.
     pub fn history(&self, elder: &str) -> Result<Vec<LastSeen>> {
         self.history.scan_prefix(format!("{elder}\u{0}").as_bytes()).values().map(|v| dec("sighting_history", &v?)).collect()
     }
@@ -433,6 +459,7 @@ impl Store {
     }
 
     fn remove_history_locked(&self, elder: &str) -> Result<usize> {
+        self.history_last.lock().unwrap_or_else(|e| e.into_inner()).remove(elder);
         let keys: Vec<_> = self.history.scan_prefix(format!("{elder}\u{0}").as_bytes()).keys().collect::<std::result::Result<_, _>>()?;
         for k in &keys {
             self.history.remove(k)?;

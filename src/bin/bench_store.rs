@@ -42,7 +42,7 @@ fn main() -> anyhow::Result<()> {
     let seen: Vec<(String, LastSeen)> = (0..n_elders)
         .map(|i| (format!("E{i:05}"), LastSeen { at: now, source: Source::Wristband, place: "gw-east".into(), band_at: Some(now), battery: Some(80) }))
         .collect();
-    store.put_last_seen_batch(&seen)?;
+    store.put_last_seen_batch(&seen, false)?;
     for i in 0..n_people {
         let p = Person {
             id: format!("R{i:05}"),
