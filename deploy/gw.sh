@@ -38,7 +38,7 @@ ensure_rust() {
   fi
   if ! command -v cargo >/dev/null; then
     echo "==> installing the Rust toolchain (rustup)"
-    curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+    curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c clippy -c rustfmt
     . "$HOME/.cargo/env"
   fi
 }
@@ -49,7 +49,7 @@ case "$cmd" in
     apt_install "${BUILD_PKGS[@]}"; ensure_rust
     apt_install ffmpeg
     bash deploy/fetch-models.sh
-    cargo build --release --locked --bin gatewarden --bin gatewarden-vision
+    cargo build --release --locked -p gatewarden -p gatewarden-vision --bin gatewarden --bin gatewarden-vision
     exec target/release/gatewarden demo --config config/demo.toml "$@"
     ;;
   test)
@@ -63,11 +63,19 @@ case "$cmd" in
       for _ in $(seq 30); do docker info >/dev/null 2>&1 && break; sleep 1; done
       docker info >/dev/null 2>&1 || echo "note: dockerd did not start (see /tmp/gatewarden-test-dockerd.log); the Dockerfile test will be skipped"
     fi
+    # Habits that gate every change: formatting, lints, then the suite, then
+    # the crate-graph rules (deploy/check-deps.sh reads the built daemon).
+    echo "==> cargo fmt --check"
+    cargo fmt --all --check
+    echo "==> cargo clippy --all-targets -D warnings"
+    cargo clippy --locked --workspace --all-targets -- -D warnings
     log=$(mktemp)
     set +e
-    cargo test --locked "$@" 2>&1 | tee "$log"
+    cargo test --locked --workspace "$@" 2>&1 | tee "$log"
     status=${PIPESTATUS[0]}
     set -e
+    echo "==> crate-graph rules"
+    bash deploy/check-deps.sh target/debug/gatewarden || status=1
     # One closing line for the whole suite (cargo prints one per test binary).
     grep -E '^test result: ' "$log" | sed -E 's/.* ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/' \
       | awk '{p+=$1; f+=$2} END {printf "\nsuite: %d passed, %d failed\n", p, f}'
@@ -78,7 +86,7 @@ case "$cmd" in
   bench)
     apt_install "${BUILD_PKGS[@]}" "${TEST_PKGS[@]}"; ensure_rust
     bash deploy/fetch-models.sh
-    cargo build --release --locked --bins
+    cargo build --release --locked --workspace --bins
     echo "== sighting ingestion through mosquitto (vs mosquitto_sub)"
     target/release/gatewarden-bench "$@"
     echo "== face: frame to decision at 720p (vs the Python reference)"

@@ -1,0 +1,99 @@
+//! The `[access]` section: the gate access policy shared by all gates.
+
+use crate::Dur;
+use serde::Deserialize;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessConfig {
+    /// The compound's units ("3-401"), one per line: roster imports refuse a
+    /// resident or elder in a unit not listed. Absent: units are not checked.
+    #[serde(default)]
+    pub units_file: Option<PathBuf>,
+    /// A face decision needs the same result in `agree_frames` of the last `window_frames`.
+    #[serde(default = "AccessConfig::default_agree")]
+    pub agree_frames: usize,
+    #[serde(default = "AccessConfig::default_window")]
+    pub window_frames: usize,
+    /// One person at one gate opens it at most once per cooldown.
+    #[serde(default = "AccessConfig::default_cooldown")]
+    pub cooldown: Dur,
+    #[serde(default)]
+    pub anti_passback: bool,
+    /// Snapshots of unknown faces are deleted after this.
+    #[serde(default = "AccessConfig::default_unknown_retention")]
+    pub unknown_retention: Dur,
+    /// Where unknown-face snapshots go (default: beside the store).
+    #[serde(default)]
+    pub snapshot_dir: Option<PathBuf>,
+    /// The key that seals face templates at rest; created (mode 0600) on first
+    /// start. Default: template.key beside the store. Keep it out of backups of
+    /// the database, or keep it with them only encrypted.
+    #[serde(default)]
+    pub template_key_file: Option<PathBuf>,
+    /// Entry-log records older than this are purged (the hash chain continues from an anchor).
+    #[serde(default = "AccessConfig::default_entry_log_retention")]
+    pub entry_log_retention: Dur,
+    /// Leave records are purged this long after they end.
+    #[serde(default = "AccessConfig::default_leave_retention")]
+    pub leave_retention: Dur,
+    /// Visitor records are purged this long after their pass ends.
+    #[serde(default = "AccessConfig::default_visitor_retention")]
+    pub visitor_retention: Dur,
+    /// A plate is confirmed after this many identical reads…
+    #[serde(default = "AccessConfig::default_plate_votes")]
+    pub plate_votes: usize,
+    /// …or after one read at least this confident.
+    #[serde(default = "AccessConfig::default_plate_sure")]
+    pub plate_sure_confidence: f32,
+    /// A car unseen this long has left: coming back lifts the barrier again.
+    #[serde(default = "AccessConfig::default_plate_gone_after")]
+    pub plate_gone_after: Dur,
+    /// Tolerate an OCR slip in the province character (default: never).
+    #[serde(default)]
+    pub tolerate_province: bool,
+    /// A camera with no frame for this long raises "camera offline".
+    #[serde(default = "AccessConfig::default_camera_offline_after")]
+    pub camera_offline_after: Dur,
+}
+impl AccessConfig {
+    fn default_agree() -> usize {
+        3
+    }
+    fn default_window() -> usize {
+        5
+    }
+    fn default_cooldown() -> Dur {
+        Dur::secs(10)
+    }
+    fn default_unknown_retention() -> Dur {
+        Dur::secs(7 * 24 * 3600)
+    }
+    fn default_visitor_retention() -> Dur {
+        Dur::secs(30 * 24 * 3600)
+    }
+    fn default_entry_log_retention() -> Dur {
+        Dur::secs(180 * 24 * 3600)
+    }
+    fn default_leave_retention() -> Dur {
+        Dur::secs(90 * 24 * 3600)
+    }
+    fn default_plate_votes() -> usize {
+        3
+    }
+    fn default_plate_sure() -> f32 {
+        0.97
+    }
+    fn default_plate_gone_after() -> Dur {
+        Dur::secs(30)
+    }
+    fn default_camera_offline_after() -> Dur {
+        Dur::secs(120)
+    }
+}
+impl Default for AccessConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("access defaults")
+    }
+}

@@ -1,0 +1,43 @@
+//! The `[cluster]` section: several boxes per site, the lease and enrolment sync.
+
+use crate::Dur;
+use serde::Deserialize;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This box's name, unique within the site (letters, digits, '-', '_').
+    pub box_id: String,
+    /// "lease" (default): the alerting box is chosen by a lease held through a
+    /// retained MQTT message, and another box takes over when it lapses;
+    /// "primary" / "standby": fixed by config.
+    #[serde(default)]
+    pub role: domain::cluster::Role,
+    /// How long a lease lasts without renewal: the failover time after the
+    /// alerting box dies. Renewed at a third left.
+    #[serde(default = "ClusterConfig::default_lease_ttl")]
+    pub lease_ttl: Dur,
+    /// How long a claim must stand unchallenged before the box starts alerting.
+    #[serde(default = "ClusterConfig::default_claim_settle")]
+    pub claim_settle: Dur,
+    /// Enrolment sync: "source" (the admin box: enrol here, published to the
+    /// others) or "replica" (follows the source; local enrolment is refused).
+    /// Absent: each box keeps its own enrolment.
+    #[serde(default)]
+    pub enrolment: Option<domain::cluster::EnrolmentRole>,
+    /// The site's shared secret (≥ 32 characters, same file on every box, mode
+    /// 0640 root:gatewarden): signs enrolment changes, seals templates in
+    /// transit, and keys credential hashes so a PIN works at every box.
+    #[serde(default)]
+    pub sync_key_file: Option<PathBuf>,
+}
+
+impl ClusterConfig {
+    fn default_lease_ttl() -> Dur {
+        Dur::secs(60)
+    }
+    fn default_claim_settle() -> Dur {
+        Dur::secs(3)
+    }
+}

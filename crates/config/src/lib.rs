@@ -1,0 +1,483 @@
+//! Strict TOML configuration. Unknown keys are errors, durations are written
+//! "48h", and every problem is reported with its key path
+//! (`alert.channels[1].secret`) before the daemon refuses to start.
+
+use serde::{Deserialize, Deserializer};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+mod access;
+mod alert;
+mod cluster;
+mod console;
+mod debug;
+mod gates;
+mod http;
+mod log;
+mod mqtt;
+mod presence;
+mod settings;
+
+/// The shortest secret accepted for signing links or guarding the API.
+pub const MIN_SECRET_CHARS: usize = 16;
+mod store;
+mod vision;
+
+pub use access::*;
+pub use alert::*;
+pub use cluster::*;
+pub use console::*;
+pub use debug::*;
+pub use gates::*;
+pub use http::*;
+pub use log::*;
+pub use mqtt::*;
+pub use presence::*;
+pub use store::*;
+pub use vision::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {key}: {message}")]
+    Parse { path: PathBuf, key: String, message: String },
+    #[error("{path}: {} problem(s):\n{}", .problems.len(), .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid { path: PathBuf, problems: Vec<Problem> },
+}
+
+/// One validation problem, tied to the key that causes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// A duration written as text: "48h", "90s", "2d 6h", "250ms".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Dur(pub Duration);
+
+impl Dur {
+    pub const fn secs(s: u64) -> Self {
+        Dur(Duration::from_secs(s))
+    }
+    pub const fn millis(ms: u64) -> Self {
+        Dur(Duration::from_millis(ms))
+    }
+    pub fn get(self) -> Duration {
+        self.0
+    }
+    pub fn parse(s: &str) -> Result<Self, String> {
+        humantime::parse_duration(s.trim()).map(Dur).map_err(|e| format!("invalid duration {s:?} ({e}); write it like \"48h\", \"30m\" or \"3s\""))
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Dur::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::fmt::Display for Dur {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+pub use domain::alert::message::Language;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Short name of the compound; used in MQTT topics and messages.
+    pub site: String,
+    /// Human-readable name of the compound shown in alerts.
+    #[serde(default)]
+    pub site_name: Option<String>,
+    #[serde(default)]
+    pub language: Language,
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    #[serde(default)]
+    pub presence: PresenceConfig,
+    #[serde(default)]
+    pub alert: AlertConfig,
+    #[serde(default)]
+    pub vision: VisionConfig,
+    /// Gate access policy (shared by all gates).
+    #[serde(default)]
+    pub access: AccessConfig,
+    /// One entry per gate: its camera, its actuator and its rules.
+    #[serde(default)]
+    pub gates: Vec<GateConfig>,
+    /// Several boxes in one compound (see ARCHITECTURE.md). Absent: this box
+    /// is alone and always alerts.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
+    #[serde(default)]
+    pub console: ConsoleConfig,
+    #[serde(default)]
+    pub debug: DebugConfig,
+}
+
+impl Config {
+    /// Read, parse and validate. Every validation problem is reported at once.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let cfg = Self::parse(&text).map_err(|(key, message)| ConfigError::Parse { path: path.to_owned(), key, message })?;
+        let problems = cfg.validate();
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid { path: path.to_owned(), problems });
+        }
+        Ok(cfg)
+    }
+
+    /// Parse TOML, returning the failing key path and message on error.
+    pub fn parse(text: &str) -> Result<Config, (String, String)> {
+        let de = toml::Deserializer::new(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { "(top level)".to_string() } else { key };
+            // toml's message carries the line and column; keep its first paragraph.
+            let msg = e.into_inner().to_string();
+            (key, msg.trim().replace('\n', " ").replace("  ", " "))
+        })
+    }
+
+    /// Cross-field checks that serde cannot express.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut p = Vec::new();
+        let mut bad = |key: String, message: String| p.push(Problem { key, message });
+        if self.site.trim().is_empty() || self.site.contains(['/', '+', '#', ' ']) {
+            bad("site".into(), "must be a non-empty name without spaces, '/', '+' or '#'".into());
+        }
+        if let Err(e) = self.mqtt.external_addr() {
+            bad("mqtt.broker".into(), e);
+        }
+        if let Some(c) = &self.cluster {
+            if c.box_id.is_empty() || !c.box_id.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
+                bad("cluster.box_id".into(), "must be a non-empty name of letters, digits, '-' or '_'".into());
+            }
+            if c.enrolment.is_some() && c.sync_key_file.is_none() {
+                bad("cluster.sync_key_file".into(), "is required with cluster.enrolment (the same key file on every box)".into());
+            }
+            if c.claim_settle.get() * 3 > c.lease_ttl.get() {
+                bad("cluster.claim_settle".into(), "must be under a third of cluster.lease_ttl".into());
+            }
+        }
+        if self.mqtt.topics.is_empty() {
+            bad("mqtt.topics".into(), "at least one topic filter is needed".into());
+        }
+        if self.mqtt.max_payload_bytes == 0 {
+            bad("mqtt.max_payload_bytes".into(), "must be greater than 0".into());
+        }
+        if self.mqtt.reconnect_min > self.mqtt.reconnect_max {
+            bad("mqtt.reconnect_min".into(), "must not exceed mqtt.reconnect_max".into());
+        }
+        if let Some(env) = &self.mqtt.password_env {
+            if std::env::var(env).is_err() {
+                bad("mqtt.password_env".into(), format!("environment variable {env} is not set"));
+            }
+        }
+        if self.presence.tick_interval.get().is_zero() {
+            bad("presence.tick_interval".into(), "must be greater than 0".into());
+        }
+        if self.presence.battery_low_percent > 100 {
+            bad("presence.battery_low_percent".into(), "must be 0..=100".into());
+        }
+        if self.alert.absence.after.is_none() {
+            bad("alert.absence.after".into(), "must be set (e.g. \"48h\")".into());
+        }
+        for (name, pol) in [
+            ("absence", &self.alert.absence),
+            ("sos", &self.alert.sos),
+            ("battery", &self.alert.battery),
+            ("band_not_worn", &self.alert.band_not_worn),
+            ("gateway_offline", &self.alert.gateway_offline),
+        ] {
+            if pol.repeat_every.get().is_zero() {
+                bad(format!("alert.{name}.repeat_every"), "must be greater than 0".into());
+            }
+            if pol.escalate_after.get().is_zero() {
+                bad(format!("alert.{name}.escalate_after"), "must be greater than 0".into());
+            }
+            if name != "absence" && pol.after.is_some() {
+                bad(format!("alert.{name}.after"), "only alert.absence has `after`".into());
+            }
+        }
+        if self.alert.outbox.retry_initial > self.alert.outbox.retry_max {
+            bad("alert.outbox.retry_initial".into(), "must not exceed alert.outbox.retry_max".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, ch) in self.alert.channels.iter().enumerate() {
+            let key = |f: &str| format!("alert.channels[{i}].{f}");
+            if ch.name.trim().is_empty() {
+                bad(key("name"), "must not be empty".into());
+            } else if !names.insert(ch.name.clone()) {
+                bad(key("name"), format!("duplicate channel name {:?}", ch.name));
+            }
+            match url::Url::parse(&ch.url) {
+                Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+                Ok(_) => bad(key("url"), "must be an http:// or https:// URL".into()),
+                Err(e) => bad(key("url"), format!("invalid URL: {e}")),
+            }
+            if let Some(env) = &ch.secret_env {
+                if std::env::var(env).is_err() {
+                    bad(key("secret_env"), format!("environment variable {env} is not set"));
+                }
+            }
+            let has_secret = ch.secret.is_some() || ch.secret_env.is_some();
+            match ch.kind {
+                ChannelKind::Dingtalk | ChannelKind::Feishu if !has_secret => {
+                    bad(key("secret"), "signed robots need their signing secret (or secret_env)".into())
+                }
+                ChannelKind::Ntfy if ch.topic.is_none() => bad(key("topic"), "ntfy needs a topic".into()),
+                _ => {}
+            }
+            if ch.rate_per_minute == Some(0) {
+                bad(key("rate_per_minute"), "must be greater than 0".into());
+            }
+        }
+        for (i, lvl) in self.alert.ladder.iter().enumerate() {
+            if lvl.channels.is_empty() {
+                bad(format!("alert.ladder[{i}].channels"), "a level needs at least one channel".into());
+            }
+            for (j, c) in lvl.channels.iter().enumerate() {
+                if !names.contains(c) {
+                    bad(format!("alert.ladder[{i}].channels[{j}]"), format!("no channel named {c:?} in alert.channels"));
+                }
+            }
+        }
+        let mut gate_names = std::collections::HashSet::new();
+        for (i, g) in self.gates.iter().enumerate() {
+            let key = |f: &str| format!("gates[{i}].{f}");
+            if g.name.is_empty() || g.name.contains(['/', '+', '#', ' ']) {
+                bad(key("name"), "must be a non-empty name without spaces, '/', '+' or '#'".into());
+            } else if !gate_names.insert(g.name.clone()) {
+                bad(key("name"), format!("duplicate gate name {:?}", g.name));
+            }
+            for (f, h) in [("visitor_hours", &g.visitor_hours), ("resident_hours", &g.resident_hours)] {
+                if let Some(h) = h {
+                    if let Err(e) = h.parse::<domain::gate::policy::Hours>() {
+                        bad(key(f), e);
+                    }
+                }
+            }
+            if g.max_fps.is_nan() || g.max_fps <= 0.0 {
+                bad(key("max_fps"), "must be greater than 0".into());
+            }
+            if let ActuatorConfig::Http { url, .. } = &g.actuator {
+                if url::Url::parse(url).is_err() {
+                    bad(key("actuator.url"), format!("invalid URL {url:?}"));
+                }
+            }
+        }
+        if self.access.agree_frames == 0 || self.access.agree_frames > self.access.window_frames {
+            bad("access.agree_frames".into(), "must be 1..=access.window_frames".into());
+        }
+        if !(0.0..=1.0).contains(&self.vision.match_threshold) {
+            bad("vision.match_threshold".into(), "must be a cosine similarity in 0..1".into());
+        }
+        if self.http.admin_token.is_some() && self.http.admin_token_file.is_some() {
+            bad("http.admin_token".into(), "set admin_token or admin_token_file, not both".into());
+        }
+        if self.http.ack_secret.is_some() && self.http.ack_secret_file.is_some() {
+            bad("http.ack_secret".into(), "set ack_secret or ack_secret_file, not both".into());
+        }
+        if let Some(u) = &self.http.public_url {
+            if url::Url::parse(u).is_err() {
+                bad("http.public_url".into(), format!("invalid URL {u:?}"));
+            }
+        }
+        // A secret that is empty or short signs links anyone can compute offline.
+        let key = |file: &Option<PathBuf>, name: &str| if file.is_some() { format!("http.{name}_file") } else { format!("http.{name}") };
+        if let Err(e) = self.ack_secret() {
+            bad(key(&self.http.ack_secret_file, "ack_secret"), e);
+        }
+        if let Err(e) = self.admin_token() {
+            bad(key(&self.http.admin_token_file, "admin_token"), e);
+        }
+        // Zero periods would panic a task's interval (or spin it).
+        for (k, d) in [("store.flush_every", self.store.flush_every), ("presence.tick_interval", self.presence.tick_interval)] {
+            if d.get().is_zero() {
+                bad(k.into(), "must be longer than 0s".into());
+            }
+        }
+        if self.console.login_max_failures == 0 {
+            bad("console.login_max_failures".into(), "must be at least 1".into());
+        }
+        p
+    }
+
+    pub fn client_id(&self) -> String {
+        // Boxes of one site must not share a client id: the broker would keep
+        // disconnecting one for the other.
+        self.mqtt.client_id.clone().unwrap_or_else(|| match &self.cluster {
+            Some(c) => format!("gatewarden-{}-{}", self.site, c.box_id),
+            None => format!("gatewarden-{}", self.site),
+        })
+    }
+
+    pub fn mqtt_password(&self) -> Option<String> {
+        match &self.mqtt.password_env {
+            Some(v) => std::env::var(v).ok(),
+            None => self.mqtt.password.clone(),
+        }
+    }
+
+    fn secret_from(inline: &Option<String>, file: &Option<PathBuf>, env: &str) -> Result<Option<String>, String> {
+        if let Ok(v) = std::env::var(env) {
+            if !v.is_empty() {
+                return Ok(Some(v));
+            }
+        }
+        let value = match file {
+            Some(f) => std::fs::read_to_string(f).map_err(|e| format!("cannot read {}: {e}", f.display()))?.trim().to_string(),
+            None => match inline {
+                Some(v) => v.clone(),
+                None => return Ok(None),
+            },
+        };
+        if value.chars().count() < MIN_SECRET_CHARS {
+            return Err(format!(
+                "the secret is {} characters; it must be at least {MIN_SECRET_CHARS} (e.g. `openssl rand -hex 32`), or unset it and the box makes one",
+                value.chars().count()
+            ));
+        }
+        Ok(Some(value))
+    }
+
+    /// The admin API token: GATEWARDEN_ADMIN_TOKEN, then the file, then inline.
+    pub fn admin_token(&self) -> Result<Option<String>, String> {
+        Self::secret_from(&self.http.admin_token, &self.http.admin_token_file, "GATEWARDEN_ADMIN_TOKEN")
+    }
+
+    pub fn ack_secret(&self) -> Result<Option<String>, String> {
+        Self::secret_from(&self.http.ack_secret, &self.http.ack_secret_file, "GATEWARDEN_ACK_SECRET")
+    }
+
+    pub fn public_url(&self) -> String {
+        self.http.public_url.clone().unwrap_or_else(|| format!("http://{}", self.http.listen)).trim_end_matches('/').to_string()
+    }
+}
+
+impl Config {
+    /// Where the face-template key lives: outside the database, beside it.
+    pub fn template_key_path(&self) -> PathBuf {
+        self.access.template_key_file.clone().unwrap_or_else(|| self.admin_token_path().with_file_name("template.key"))
+    }
+
+    /// Where `gatewarden run` writes the admin token for the CLI.
+    pub fn admin_token_path(&self) -> PathBuf {
+        let p = &self.store.path;
+        p.parent().unwrap_or(Path::new(".")).join("admin.token")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = "site = \"t\"\n[store]\npath = \"/tmp/x\"\n";
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = Config::parse(MIN).unwrap();
+        assert_eq!(c.alert.absence_after(), Duration::from_secs(48 * 3600));
+        assert_eq!(c.alert.absence.repeat_every, Dur::secs(6 * 3600));
+        assert_eq!(c.mqtt.max_payload_bytes, 16384);
+        assert_eq!(c.mqtt.broker, "embedded");
+        assert!(c.validate().is_empty());
+    }
+
+    #[test]
+    fn unknown_key_error_names_the_key_path() {
+        let (key, msg) = Config::parse(&format!("{MIN}[alert.absence]\nafter = \"48h\"\nrepeat_every=\"6h\"\nescalate_after=\"1h\"\nbogus = 1\n")).unwrap_err();
+        assert_eq!(key, "alert.absence.bogus");
+        assert!(msg.contains("bogus"), "{msg}");
+    }
+
+    #[test]
+    fn bad_duration_error_names_the_key_path() {
+        let (key, msg) = Config::parse(&format!("{MIN}[presence]\ntick_interval = \"soon\"\n")).unwrap_err();
+        assert_eq!(key, "presence.tick_interval");
+        assert!(msg.contains("invalid duration"), "{msg}");
+    }
+
+    #[test]
+    fn validate_reports_every_problem_with_its_key() {
+        let text = format!(
+            "{MIN}[[alert.channels]]\nname=\"a\"\nkind=\"dingtalk\"\nurl=\"ftp://x\"\n\
+             [[alert.channels]]\nname=\"a\"\nkind=\"ntfy\"\nurl=\"http://n\"\n\
+             [[alert.ladder]]\nname=\"grid\"\nchannels=[\"nope\"]\n"
+        );
+        let c = Config::parse(&text).unwrap();
+        let keys: Vec<String> = c.validate().into_iter().map(|p| p.key).collect();
+        for k in ["alert.channels[0].url", "alert.channels[0].secret", "alert.channels[1].name", "alert.channels[1].topic", "alert.ladder[0].channels[0]"] {
+            assert!(keys.iter().any(|x| x == k), "missing {k} in {keys:?}");
+        }
+    }
+
+    #[test]
+    fn shipped_example_and_demo_configs_parse_and_validate() {
+        for f in ["config/gatewarden.example.toml", "config/demo.toml"] {
+            let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join(f);
+            let text = std::fs::read_to_string(&path).unwrap();
+            let c = Config::parse(&text).unwrap_or_else(|e| panic!("{f}: {e:?}"));
+            assert!(c.validate().is_empty(), "{f}: {:?}", c.validate());
+        }
+    }
+
+    #[test]
+    fn a_partial_policy_section_takes_the_defaults_of_its_kind() {
+        let c = Config::parse(&format!("{MIN}[alert.absence]\nafter = \"7d\"\n[alert.sos]\nrepeat_every = \"1m\"\n")).unwrap();
+        assert_eq!(c.alert.absence.after.map(Dur::get), Some(Duration::from_secs(7 * 86400)));
+        assert_eq!(c.alert.absence.repeat_every.get(), Duration::from_secs(6 * 3600));
+        assert_eq!(c.alert.absence.escalate_after.get(), Duration::from_secs(12 * 3600));
+        assert_eq!(c.alert.sos.repeat_every.get(), Duration::from_secs(60));
+        assert_eq!(c.alert.sos.escalate_after.get(), Duration::from_secs(600));
+        let (key, _) = Config::parse(&format!("{MIN}[alert.absence]\nrepeat = \"1h\"\n")).unwrap_err();
+        assert_eq!(key, "alert.absence.repeat", "an unknown key is still refused by name");
+        assert!(c.mqtt.topics.iter().any(|t| t == "home/+/LWT"), "gateway LWT is subscribed by default");
+    }
+
+    #[test]
+    fn dangerous_values_are_refused_with_their_key_path() {
+        let dir = std::env::temp_dir().join(format!("gw-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("ack.key");
+        std::fs::write(&empty, "\n").unwrap();
+        let text = format!(
+            "site = \"t\"\n[store]\npath = \"/tmp/x\"\nflush_every = \"0s\"\n[http]\nack_secret_file = \"{}\"\nadmin_token = \"short\"\n[console]\nlogin_max_failures = 0\n",
+            empty.display()
+        );
+        let c = Config::parse(&text).unwrap_or_else(|e| panic!("{e:?}"));
+        let problems = c.validate();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        for k in ["http.ack_secret_file", "http.admin_token", "store.flush_every", "console.login_max_failures"] {
+            assert!(keys.contains(&k), "missing {k} in {problems:?}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn broker_url_is_parsed() {
+        let mut c = Config::parse(MIN).unwrap();
+        c.mqtt.broker = "mqtt://10.0.0.2:1884".into();
+        assert_eq!(c.mqtt.external_addr().unwrap(), Some(("10.0.0.2".into(), 1884)));
+        c.mqtt.broker = "amqp://x".into();
+        assert!(c.mqtt.external_addr().is_err());
+    }
+}

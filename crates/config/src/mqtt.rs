@@ -1,0 +1,88 @@
+//! The `[mqtt]` section: the broker, topics and the embedded broker.
+
+use crate::Dur;
+use serde::Deserialize;
+use std::net::SocketAddr;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// "embedded" starts a broker inside the daemon (demo); otherwise
+    /// "mqtt://host:port".
+    #[serde(default = "MqttConfig::default_broker")]
+    pub broker: String,
+    /// Listen address of the embedded broker.
+    #[serde(default = "MqttConfig::default_embedded_listen")]
+    pub embedded_listen: SocketAddr,
+    /// Defaults to "gatewarden-<site>". Must be stable across restarts, because
+    /// the broker keeps the persistent session under this id.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub password_env: Option<String>,
+    #[serde(default = "MqttConfig::default_keep_alive")]
+    pub keep_alive: Dur,
+    /// Topic filters for wristband sightings and gateway status. The defaults
+    /// cover ESPresense, OpenMQTTGateway, Theengs and gatewarden's own format.
+    #[serde(default = "MqttConfig::default_topics")]
+    pub topics: Vec<String>,
+    #[serde(default = "MqttConfig::default_max_payload_bytes")]
+    pub max_payload_bytes: usize,
+    #[serde(default = "MqttConfig::default_reconnect_min")]
+    pub reconnect_min: Dur,
+    #[serde(default = "MqttConfig::default_reconnect_max")]
+    pub reconnect_max: Dur,
+}
+impl MqttConfig {
+    fn default_broker() -> String {
+        "embedded".into()
+    }
+    fn default_embedded_listen() -> SocketAddr {
+        "127.0.0.1:1883".parse().unwrap()
+    }
+    fn default_keep_alive() -> Dur {
+        Dur::secs(30)
+    }
+    pub fn default_topics() -> Vec<String> {
+        // home/+/LWT: OpenMQTTGateway's last will, so "gateway offline" works out of the box.
+        vec!["espresense/devices/#".into(), "espresense/rooms/+/status".into(), "home/+/BTtoMQTT/#".into(), "home/+/LWT".into(), "gatewarden/+/sighting".into()]
+    }
+    fn default_max_payload_bytes() -> usize {
+        16 * 1024
+    }
+    fn default_reconnect_min() -> Dur {
+        Dur::millis(500)
+    }
+    fn default_reconnect_max() -> Dur {
+        Dur::secs(60)
+    }
+    /// (host, port) of an external broker, or None for the embedded one.
+    pub fn external_addr(&self) -> Result<Option<(String, u16)>, String> {
+        if self.broker == "embedded" {
+            return Ok(None);
+        }
+        let rest = self
+            .broker
+            .strip_prefix("mqtt://")
+            .or_else(|| self.broker.strip_prefix("tcp://"))
+            .ok_or_else(|| format!("{:?} must be \"embedded\" or \"mqtt://host:port\"", self.broker))?;
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) => (h, p.parse::<u16>().map_err(|_| format!("bad port in {:?}", self.broker))?),
+            None => (rest, 1883),
+        };
+        if host.is_empty() {
+            return Err(format!("no host in {:?}", self.broker));
+        }
+        Ok(Some((host.to_string(), port)))
+    }
+}
+impl Default for MqttConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("mqtt defaults")
+    }
+}

@@ -1,0 +1,75 @@
+//! The `[presence]` section: how sightings become presence.
+
+use crate::Dur;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceConfig {
+    /// After start-up, absence is not judged until this has passed, so that
+    /// sightings the broker queued for us during a restart arrive first.
+    #[serde(default = "PresenceConfig::default_startup_grace")]
+    pub startup_grace: Dur,
+    /// How often absence, reminders and escalation are evaluated.
+    #[serde(default = "PresenceConfig::default_tick_interval")]
+    pub tick_interval: Dur,
+    #[serde(default = "PresenceConfig::default_battery_low_percent")]
+    pub battery_low_percent: u8,
+    /// A BLE gateway that sends nothing for this long is reported offline.
+    #[serde(default = "PresenceConfig::default_gateway_silent_after")]
+    pub gateway_silent_after: Dur,
+    /// An elder whose face is seen at a gate while the wristband has been
+    /// silent this long is probably not wearing it.
+    #[serde(default = "PresenceConfig::default_band_silent_after")]
+    pub band_silent_after: Dur,
+    /// How many unknown wristbands are remembered for enrolment (oldest dropped).
+    #[serde(default = "PresenceConfig::default_unknown_bands_max")]
+    pub unknown_bands_max: usize,
+    /// Sightings dated further than this into the future are clamped to now.
+    #[serde(default = "PresenceConfig::default_max_clock_skew")]
+    pub max_clock_skew: Dur,
+    /// Whereabouts are sensitive (PIPL Art. 28): besides last-seen, keep a
+    /// sighting history (an entry when the place changes, at most once a
+    /// minute, and hourly otherwise) only this long. Off ("0s") by default:
+    /// data minimisation, and it costs the daemon about 25 MB more at peak
+    /// (BENCHMARKS.md)…
+    #[serde(default = "PresenceConfig::default_history_window")]
+    pub history_window: Dur,
+    /// …and at most this many entries per elder.
+    #[serde(default = "PresenceConfig::default_history_max")]
+    pub history_max: usize,
+}
+impl PresenceConfig {
+    fn default_history_window() -> Dur {
+        Dur::secs(0)
+    }
+    fn default_history_max() -> usize {
+        500
+    }
+    fn default_startup_grace() -> Dur {
+        Dur::secs(60)
+    }
+    fn default_tick_interval() -> Dur {
+        Dur::secs(10)
+    }
+    fn default_battery_low_percent() -> u8 {
+        20
+    }
+    fn default_gateway_silent_after() -> Dur {
+        Dur::secs(10 * 60)
+    }
+    fn default_band_silent_after() -> Dur {
+        Dur::secs(24 * 3600)
+    }
+    fn default_unknown_bands_max() -> usize {
+        1000
+    }
+    fn default_max_clock_skew() -> Dur {
+        Dur::secs(300)
+    }
+}
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("presence defaults")
+    }
+}

@@ -1,0 +1,52 @@
+//! The `[vision]` section: models, ONNX Runtime threads and thresholds.
+
+use serde::Deserialize;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VisionConfig {
+    /// Load the face models. Default: on when a gate has a camera. The wristband
+    /// features need no model and stay small without them.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// Where the ONNX models and the ONNX Runtime library are (fetched by
+    /// deploy/fetch-models.sh and verified against models/MANIFEST.tsv).
+    #[serde(default = "VisionConfig::default_models_dir")]
+    pub models_dir: PathBuf,
+    /// Defaults to ORT_DYLIB_PATH, else <models_dir>/onnxruntime/libonnxruntime.so.1.31.1.
+    #[serde(default)]
+    pub ort_library: Option<PathBuf>,
+    /// ONNX Runtime intra-op threads per model.
+    #[serde(default = "VisionConfig::default_intra_threads")]
+    pub intra_threads: usize,
+    /// Cosine similarity for a face match (see README: TAR/FAR).
+    #[serde(default = "VisionConfig::default_match_threshold")]
+    pub match_threshold: f32,
+    #[serde(default = "VisionConfig::default_liveness_threshold")]
+    pub liveness_threshold: f32,
+    #[serde(default = "VisionConfig::default_min_face_px")]
+    pub min_face_px: f32,
+}
+impl VisionConfig {
+    fn default_models_dir() -> PathBuf {
+        PathBuf::from("models")
+    }
+    fn default_intra_threads() -> usize {
+        2
+    }
+    fn default_match_threshold() -> f32 {
+        domain::gate::policy::DEFAULT_MATCH_THRESHOLD
+    }
+    fn default_liveness_threshold() -> f32 {
+        0.5
+    }
+    fn default_min_face_px() -> f32 {
+        60.0
+    }
+}
+impl Default for VisionConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("vision defaults")
+    }
+}

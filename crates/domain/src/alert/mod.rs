@@ -1,0 +1,194 @@
+//! Alerts: absence and the other elder/gateway alerts, their escalation, the
+//! outbox's records and the requests that reach staff phones (all pure; the
+//! daemon's `alert` module does the sending).
+//!
+//! - `engine`: the pure state machine (open, remind, escalate, acknowledge, resolve).
+//! - `message`: what a staff member reads (Chinese by default).
+//! - `channel`: request building, signing and success judging per service.
+//! - `outbox`: notification records, backoff and rate limits.
+//! - `token`: HMAC-signed acknowledgement links.
+
+pub mod channel;
+pub mod engine;
+pub mod message;
+pub mod notify;
+pub mod outbox;
+pub mod token;
+
+use crate::clock::Timestamp;
+use serde::{Deserialize, Serialize};
+
+pub type AlertId = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    Absence,
+    Sos,
+    BatteryLow,
+    BandNotWorn,
+    GatewayOffline,
+    CameraOffline,
+    /// Repeated liveness failures at a gate (a photo or screen held up).
+    SpoofAttempts,
+    DenyListed,
+    ActuatorFailure,
+    PinLockout,
+}
+
+impl AlertKind {
+    pub const ALL: [AlertKind; 10] = [
+        AlertKind::Absence,
+        AlertKind::Sos,
+        AlertKind::BatteryLow,
+        AlertKind::BandNotWorn,
+        AlertKind::GatewayOffline,
+        AlertKind::CameraOffline,
+        AlertKind::SpoofAttempts,
+        AlertKind::DenyListed,
+        AlertKind::ActuatorFailure,
+        AlertKind::PinLockout,
+    ];
+    /// Alerts about an event rather than a state: they end when someone acknowledges them.
+    pub fn ends_on_ack(self) -> bool {
+        matches!(self, AlertKind::Sos | AlertKind::SpoofAttempts | AlertKind::DenyListed | AlertKind::PinLockout)
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::Absence => "absence",
+            AlertKind::Sos => "sos",
+            AlertKind::BatteryLow => "battery_low",
+            AlertKind::BandNotWorn => "band_not_worn",
+            AlertKind::GatewayOffline => "gateway_offline",
+            AlertKind::CameraOffline => "camera_offline",
+            AlertKind::SpoofAttempts => "spoof_attempts",
+            AlertKind::DenyListed => "deny_listed",
+            AlertKind::ActuatorFailure => "actuator_failure",
+            AlertKind::PinLockout => "pin_lockout",
+        }
+    }
+    /// Lower sorts first; SOS is the most urgent.
+    pub fn severity(self) -> &'static str {
+        match self {
+            AlertKind::Sos => "critical",
+            AlertKind::Absence | AlertKind::DenyListed | AlertKind::SpoofAttempts | AlertKind::ActuatorFailure => "high",
+            AlertKind::BandNotWorn | AlertKind::GatewayOffline | AlertKind::CameraOffline | AlertKind::PinLockout => "warning",
+            AlertKind::BatteryLow => "info",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "type", content = "id", rename_all = "snake_case")]
+pub enum Subject {
+    Elder(String),
+    Gateway(String),
+    Gate(String),
+}
+
+impl Subject {
+    pub fn id(&self) -> &str {
+        match self {
+            Subject::Elder(s) | Subject::Gateway(s) | Subject::Gate(s) => s,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertState {
+    Firing,
+    Acknowledged,
+    Resolved,
+}
+
+impl AlertState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertState::Firing => "firing",
+            AlertState::Acknowledged => "acknowledged",
+            AlertState::Resolved => "resolved",
+        }
+    }
+}
+
+/// One alert episode. Absence: opened once when the threshold passes, closed
+/// when the elder is seen again (never re-opened by reminders).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    pub id: AlertId,
+    pub kind: AlertKind,
+    pub subject: Subject,
+    pub state: AlertState,
+    pub opened_at: Timestamp,
+    /// Index into the escalation ladder currently responsible.
+    pub level: usize,
+    pub level_since: Timestamp,
+    pub last_notified_at: Timestamp,
+    /// Every level that has been told, so all of them hear "returned".
+    pub notified_levels: Vec<usize>,
+    /// For absence: the last sighting (or leave end / enrolment) the count started from.
+    #[serde(default)]
+    pub reference_at: Option<Timestamp>,
+    /// Free text: where the SOS was pressed, the battery level, why a gateway is offline.
+    #[serde(default)]
+    pub detail: String,
+    #[serde(default)]
+    pub acked_by: Option<String>,
+    #[serde(default)]
+    pub acked_at: Option<Timestamp>,
+    #[serde(default)]
+    pub resolved_at: Option<Timestamp>,
+    #[serde(default)]
+    pub resolution: Option<String>,
+    #[serde(default)]
+    pub reminders: u32,
+}
+
+/// Why a notification is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoticeKind {
+    Firing,
+    Reminder,
+    Escalated,
+    Acknowledged,
+    Resolved,
+    Test,
+}
+
+impl NoticeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoticeKind::Firing => "firing",
+            NoticeKind::Reminder => "reminder",
+            NoticeKind::Escalated => "escalated",
+            NoticeKind::Acknowledged => "acknowledged",
+            NoticeKind::Resolved => "resolved",
+            NoticeKind::Test => "test",
+        }
+    }
+}
+
+/// A staff member who can be named as responsible and @-mentioned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Staff {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub phone: Option<String>,
+    /// e.g. "网格员".
+    #[serde(default)]
+    pub role: String,
+    #[serde(default)]
+    pub grid: String,
+}
+
+/// One rung of an escalation ladder (grid worker → community office → street office).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Level {
+    pub name: String,
+    pub channels: Vec<String>,
+    #[serde(default)]
+    pub staff: Vec<String>,
+}

@@ -1,0 +1,175 @@
+//! `gatewarden-bench`: sighting ingestion throughput through a real mosquitto,
+//! side by side with a plain `mosquitto_sub` on the same broker and load, plus
+//! the daemon's RSS. Prints a Markdown table for BENCHMARKS.md.
+//!
+//! Run with `bash deploy/gw.sh bench` (builds in release and installs mosquitto).
+
+use rumqttc::{AsyncClient, MqttOptions, QoS};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn mac(i: usize) -> String {
+    format!("C3:A1:{:02X}:{:02X}:{:02X}:01", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff)
+}
+
+async fn publisher(port: u16) -> AsyncClient {
+    let mut o = MqttOptions::new(format!("bench-pub-{}", free_port()), "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_inflight(1000);
+    let (c, mut ev) = AsyncClient::new(o, 10_000);
+    tokio::spawn(async move { while ev.poll().await.is_ok() {} });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c
+}
+
+/// `moving`: each pass over the elders reports them from another gateway, so
+/// every sighting changes the stored place (the worst case for the store).
+async fn publish_all(c: &AsyncClient, n: usize, elders: usize, qos: QoS, prefix: &str, moving: bool) {
+    for i in 0..n {
+        let m = mac(i % elders);
+        let gw = if moving { (i / elders) % 4 } else { 0 };
+        let topic = format!("{prefix}/gw{gw}/BTtoMQTT/{}", m.replace(':', ""));
+        let payload = format!(r#"{{"id":"{m}","rssi":-{}}}"#, 50 + i % 40);
+        c.publish(topic, qos, false, payload).await.unwrap();
+    }
+}
+
+fn proc_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn sightings(http: &reqwest::Client, port: u16) -> f64 {
+    let text = http.get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines().find_map(|l| l.strip_prefix("gatewarden_sightings_total{kind=\"wristband\"} ").and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let n = arg("--messages", 200_000);
+    let flush_s = arg("--flush-every-s", 1);
+    let elders = arg("--elders", 5_000);
+    let exe_dir = std::env::current_exe()?.parent().unwrap().to_owned();
+    let gw = exe_dir.join("gatewarden");
+    anyhow::ensure!(gw.exists(), "build the daemon first: cargo build --release --bins");
+    let dir = tempfile::tempdir()?;
+    let mport = free_port();
+    let mconf = dir.path().join("m.conf");
+    std::fs::write(&mconf, format!("listener {mport} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nmax_inflight_messages 0\n"))?;
+    let _broker = Kill(Command::new("mosquitto").arg("-c").arg(&mconf).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let hport = free_port();
+    let cfg = dir.path().join("gw.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "site = \"bench\"\n[store]\npath = \"{}\"\nflush_every = \"{flush_s}s\"\n[http]\nlisten = \"127.0.0.1:{hport}\"\nadmin_token = \"bench\"\n\
+             [log]\nlevel = \"warn\"\n[mqtt]\nbroker = \"mqtt://127.0.0.1:{mport}\"\n[presence]\nunknown_bands_max = 1000\n",
+            dir.path().join("db").display()
+        ),
+    )?;
+    let daemon = Kill(Command::new(&gw).args(["run", "--config"]).arg(&cfg).stdout(Stdio::null()).stderr(Stdio::inherit()).spawn()?);
+    let pid = daemon.0.id();
+    let http = reqwest::Client::new();
+    for _ in 0..100 {
+        if http.get(format!("http://127.0.0.1:{hport}/healthz")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("enrolling {elders} elders…");
+    let t = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..elders {
+        let http = http.clone();
+        set.spawn(async move {
+            http.post(format!("http://127.0.0.1:{hport}/api/v1/elders"))
+                .bearer_auth("bench")
+                .json(&serde_json::json!({"id": format!("E{i}"), "name": format!("E{i}"), "bands": [mac(i)]}))
+                .send()
+                .await
+                .map(|r| r.status().is_success())
+        });
+        if set.len() >= 32 {
+            anyhow::ensure!(set.join_next().await.unwrap()??, "enrolment failed");
+        }
+    }
+    while let Some(r) = set.join_next().await {
+        anyhow::ensure!(r??, "enrolment failed");
+    }
+    eprintln!("enrolled in {:.1}s", t.elapsed().as_secs_f64());
+    let rss_idle = proc_kb(pid, "VmRSS:");
+
+    let mut rows = Vec::new();
+    for (qos, qn, moving) in [(QoS::AtMostOnce, 0, false), (QoS::AtLeastOnce, 1, false), (QoS::AtLeastOnce, 1, true)] {
+        // gatewarden
+        let p = publisher(mport).await;
+        let base = sightings(&http, hport).await;
+        let t0 = Instant::now();
+        publish_all(&p, n, elders, qos, "home", moving).await;
+        let mut got = 0.0;
+        while t0.elapsed() < Duration::from_secs(120) {
+            got = sightings(&http, hport).await - base;
+            if got >= n as f64 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let gw_rate = got / t0.elapsed().as_secs_f64();
+        // a plain mosquitto_sub on the same broker and load
+        let mut sub = Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &mport.to_string(), "-t", "peer/#", "-q", &qn.to_string(), "-C", &n.to_string()])
+            .stdout(Stdio::null())
+            .spawn()?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let p2 = publisher(mport).await;
+        let t1 = Instant::now();
+        publish_all(&p2, n, elders, qos, "peer", moving).await;
+        while sub.try_wait()?.is_none() && t1.elapsed() < Duration::from_secs(120) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let peer_rate = n as f64 / t1.elapsed().as_secs_f64();
+        let _ = sub.kill();
+        rows.push((qn, moving, got as usize, gw_rate, peer_rate));
+    }
+    let rss = proc_kb(pid, "VmRSS:");
+    let hwm = proc_kb(pid, "VmHWM:");
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")?
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        .unwrap_or_default();
+    println!("Machine: {} cores, {cpu}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!("Load: {n} sightings (OpenMQTTGateway format) over {elders} enrolled elders, last-seen written behind every {flush_s} s\n");
+    println!("| QoS | elders | gatewarden ingested | gatewarden msg/s | mosquitto_sub msg/s | ratio |");
+    println!("|---|---|---|---|---|---|");
+    for (q, moving, got, g, p) in &rows {
+        let how = if *moving { "moving between 4 gateways" } else { "stationary" };
+        println!("| {q} | {how} | {got} | {g:.0} | {p:.0} | {:.2} |", g / p);
+    }
+    println!("\nDaemon RSS: {} MB idle with {elders} elders, {} MB after the runs, peak {} MB", rss_idle / 1024, rss / 1024, hwm / 1024);
+    Ok(())
+}

@@ -1,0 +1,300 @@
+//! `gatewarden run`: wires the tasks together and owns shutdown.
+//!
+//! Tasks and channels (see ARCHITECTURE.md):
+//! - `mqtt::run` → bounded `Parsed` channel (4096, blocks when full) → monitor
+//! - admin API → bounded `Command` channel (256, blocks) → monitor
+//! - monitor: owns `Presence` and `Engine`; writes the store; wakes the outbox
+//! - one outbox `Worker` per channel: reads the store, sends, records outcomes
+
+pub use crate::admin::Shared;
+use crate::alert::channel::Sender;
+use crate::alert::outbox::{Backoff, Worker};
+use crate::alert::AckLinks;
+use crate::cluster::sync::EnrolmentRole;
+use crate::enrolment::Fanout;
+use crate::monitor::{ClusterView, MonitorHandle};
+use crate::monitor::{Handles, Monitor};
+use crate::telemetry::Metrics;
+use anyhow::Context as _;
+use config::Config;
+use domain::clock::Clock;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use store::Store;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use vision_protocol::models;
+
+/// Build everything and run until SIGTERM / SIGINT (or `cancel`).
+pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: CancellationToken) -> anyhow::Result<()> {
+    let cfg = Arc::new(cfg);
+    let clock = if cfg.debug.manual_clock {
+        tracing::warn!("debug.manual_clock is on: the clock can be moved through the API. Never use this on a real gate");
+        Clock::adjustable()
+    } else {
+        Clock::system()
+    };
+    if let Some(parent) = cfg.store.path.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let store = Store::open(&cfg.store.path)?;
+    let admin_token = match cfg.admin_token().map_err(anyhow::Error::msg)? {
+        Some(t) => t,
+        None => {
+            let t = store.secret("admin_token")?;
+            let path = cfg.admin_token_path();
+            write_private(&path, &t).with_context(|| format!("cannot write the admin token to {}", path.display()))?;
+            tracing::info!(path = %path.display(), "admin API token written (the CLI reads it from there)");
+            t
+        }
+    };
+    let ack_secret = match cfg.ack_secret().map_err(anyhow::Error::msg)? {
+        Some(s) => s.into_bytes(),
+        None => store.secret("ack_link_key")?.into_bytes(),
+    };
+    if cfg.alert.ladder.is_empty() && store.list_ladders()?.is_empty() {
+        tracing::warn!("no escalation ladder is configured: alerts will reach nobody. Add [[alert.ladder]] to the config");
+    }
+    let metrics = Arc::new(Metrics::new());
+    let timeout = cfg.alert.outbox.request_timeout.get();
+    let senders: HashMap<String, Sender> = cfg.alert.channels.iter().map(|c| (c.name.clone(), Sender::new(c.clone(), timeout))).collect();
+    let (cmd_tx, cmd_rx) = mpsc::channel(256);
+    let (mqtt_tx, mqtt_rx) = mpsc::channel(4096);
+    let (mqtt_client, mqtt_loop) = crate::mqtt::connect(&cfg);
+    let sync = match cfg.cluster.as_ref().and_then(|c| c.enrolment.zip(c.sync_key_file.clone())) {
+        Some((role, file)) => {
+            let keys = crate::cluster::sync::SyncKeys::load(&file).with_context(|| format!("cluster.sync_key_file {}", file.display()))?;
+            Some((role, keys))
+        }
+        None => None,
+    };
+    // With enrolment sync, credential hashes are keyed from the site's sync key
+    // so a PIN enrolled on the source opens every box's gates.
+    let credential_key = match &sync {
+        Some((_, k)) => k.credentials.clone(),
+        None => store.secret("credential_key")?.into_bytes(),
+    };
+    let key_file = cfg.template_key_path();
+    let keys = store::TemplateKeys::load_or_create(&key_file).with_context(|| format!("template key file {}", key_file.display()))?;
+    let finish_rotation = keys.previous.is_some();
+    store.set_template_keys(keys.clone());
+    let resealed = store.reseal_templates()?;
+    if resealed > 0 {
+        tracing::info!(resealed, "face templates re-sealed under the current key");
+    }
+    if finish_rotation {
+        // A rotation was interrupted: everything is under the new key now.
+        let k = store::TemplateKeys { current: keys.current, previous: None };
+        k.save(&key_file)?;
+        store.set_template_keys(k);
+    }
+    let vision_enabled = cfg.vision.enabled.unwrap_or_else(|| cfg.gates.iter().any(|g| g.camera.is_some()));
+    let (gate_tx, gate_rx) = mpsc::channel(64);
+    let camera_stats: crate::gate::task::CameraStats = Default::default();
+    let (vision_tx, vision_rx) = mpsc::channel(16);
+    if vision_enabled {
+        // Fail fast, naming the file and the fix, rather than in the child.
+        for f in models::FACE_MODELS {
+            models::verify(&cfg.vision.models_dir.join(f))?;
+        }
+        if cfg.gates.iter().any(|g| g.read_plates && g.camera.is_some()) {
+            for f in models::PLATE_MODELS {
+                models::verify(&cfg.vision.models_dir.join(f))?;
+            }
+        }
+        let lib = models::library_path(&cfg.vision.models_dir, cfg.vision.ort_library.as_deref());
+        anyhow::ensure!(
+            lib.exists(),
+            "the ONNX Runtime library {} is missing. Fix: run `bash deploy/fetch-models.sh`, or set vision.ort_library",
+            lib.display()
+        );
+    }
+    let monitor_handle = MonitorHandle::new(cmd_tx);
+    let gates = (!cfg.gates.is_empty()).then(|| gate_tx.clone());
+    let vision = vision_enabled.then(|| vision_tx.clone());
+    let role = sync.as_ref().map(|(r, _)| *r);
+    let enrolment = Fanout {
+        cfg: cfg.clone(),
+        store: store.clone(),
+        clock: clock.clone(),
+        monitor: monitor_handle.clone(),
+        gates: gates.clone(),
+        vision: vision.clone(),
+        mqtt: Some(mqtt_client.clone()),
+        sync: sync.clone(),
+    };
+    let sh = Arc::new(Shared {
+        cfg: cfg.clone(),
+        store: store.clone(),
+        clock: clock.clone(),
+        metrics: metrics.clone(),
+        commands: monitor_handle,
+        outbox_wake: Arc::new(Notify::new()),
+        senders,
+        ack_secret,
+        admin_token,
+        started: Instant::now(),
+        gates,
+        vision,
+        credential_key: credential_key.clone(),
+        mqtt: Some(mqtt_client.clone()),
+        cluster: Arc::new(std::sync::RwLock::new(ClusterView {
+            box_id: cfg.cluster.as_ref().map(|c| c.box_id.clone()).unwrap_or_default(),
+            alerting: cfg.cluster.is_none(),
+            ..Default::default()
+        })),
+        enrolment: enrolment.clone(),
+        ack_limit: Default::default(),
+        sessions: Default::default(),
+        imports: Default::default(),
+    });
+
+    if cfg.mqtt.external_addr().map_err(anyhow::Error::msg)?.is_none() {
+        crate::mqtt::start_embedded_broker(cfg.mqtt.embedded_listen)?;
+    }
+    let monitor = Monitor::load(Handles {
+        cfg: cfg.clone(),
+        store: store.clone(),
+        clock: clock.clone(),
+        metrics: metrics.clone(),
+        mqtt: sh.mqtt.clone(),
+        outbox_wake: sh.outbox_wake.clone(),
+        gates: sh.gates.clone(),
+        cluster: sh.cluster.clone(),
+        channels: sh.senders.keys().cloned().collect(),
+        ack_links: AckLinks { secret: sh.ack_secret.clone(), ttl: cfg.http.ack_link_ttl.get(), base: cfg.public_url(), clock: clock.clone() },
+        started: sh.started,
+    })?;
+    let listener = tokio::net::TcpListener::bind(cfg.http.listen).await.with_context(|| format!("cannot listen on http.listen = {}", cfg.http.listen))?;
+    tracing::info!(listen = %cfg.http.listen, site = %cfg.site, "gatewarden running: /healthz, /metrics, /api/v1");
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(monitor.run(mqtt_rx, cmd_rx, cancel.clone()));
+    let snapshot_dir = cfg.access.snapshot_dir.clone().unwrap_or_else(|| cfg.admin_token_path().with_file_name("snapshots"));
+    let retention = crate::retention::Retention {
+        cfg: cfg.clone(),
+        store: store.clone(),
+        clock: clock.clone(),
+        metrics: metrics.clone(),
+        snapshot_dir: snapshot_dir.clone(),
+        gates: sh.gates.clone(),
+    };
+    tasks.spawn(retention.run(cancel.clone()));
+    let enrolment_tx = match role {
+        Some(EnrolmentRole::Replica) => {
+            let (tx, rx) = mpsc::channel(1024);
+            tasks.spawn(crate::cluster::sync::run_replica(enrolment.clone(), metrics.clone(), rx, cancel.clone()));
+            Some(tx)
+        }
+        Some(EnrolmentRole::Source) => {
+            let fanout = enrolment.clone();
+            tasks.spawn(async move {
+                match fanout.republish().await {
+                    Ok(n) => tracing::info!(records = n, "enrolment published for the replicas"),
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot publish enrolment"),
+                }
+            });
+            None
+        }
+        None => None,
+    };
+    tasks.spawn(crate::mqtt::run(cfg.clone(), mqtt_client.clone(), mqtt_loop, mqtt_tx, enrolment_tx, metrics.clone(), cancel.clone()));
+    if !cfg.gates.is_empty() {
+        let mut policy = domain::gate::policy::Policy::new(cfg.gate_settings(), cfg.gate_rules());
+        for r in store.list_people()? {
+            policy.upsert(r.person);
+        }
+        for v in store.list_vehicles()? {
+            policy.upsert_vehicle(v);
+        }
+        let task = crate::gate::task::GateTask {
+            cfg: cfg.clone(),
+            store: store.clone(),
+            clock: clock.clone(),
+            metrics: metrics.clone(),
+            monitor: sh.commands.clone(),
+            policy,
+            actuators: cfg
+                .gates
+                .iter()
+                .map(|g| (g.name.clone(), crate::gate::actuator::Actuator::new(g.actuator.clone(), Some(mqtt_client.clone()))))
+                .collect(),
+            mqtt: Some(mqtt_client.clone()),
+            cameras: cfg.gates.iter().filter(|g| g.camera.is_some()).map(|g| g.name.clone()).collect(),
+            camera_stats: camera_stats.clone(),
+            snapshot_dir,
+            credential_key,
+        };
+        tasks.spawn(task.run(gate_rx, cancel.clone()));
+    }
+    if vision_enabled {
+        let binary = match std::env::var_os("GATEWARDEN_VISION_BIN") {
+            Some(p) => std::path::PathBuf::from(p),
+            None => std::env::current_exe()?.with_file_name("gatewarden-vision"),
+        };
+        anyhow::ensure!(binary.exists(), "{} is missing: it is built and installed with gatewarden", binary.display());
+        let sup = crate::gate::task::VisionSupervisor {
+            binary,
+            config: std::fs::canonicalize(config_path).with_context(|| format!("cannot find {}", config_path.display()))?,
+            store: store.clone(),
+            gates: gate_tx.clone(),
+            stats: camera_stats.clone(),
+        };
+        tasks.spawn(sup.run(vision_rx, cancel.clone()));
+    }
+    let backoff = Backoff { initial: cfg.alert.outbox.retry_initial.get(), max: cfg.alert.outbox.retry_max.get() };
+    for s in sh.senders.values() {
+        let w = Worker { sender: s.clone(), store: store.clone(), clock: clock.clone(), wake: sh.outbox_wake.clone(), metrics: metrics.clone(), backoff };
+        tasks.spawn(w.run(cancel.clone()));
+    }
+    let app = crate::admin::api::router(sh.clone());
+    let c = cancel.clone();
+    tasks.spawn(async move {
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let r = axum::serve(listener, app).with_graceful_shutdown(async move { c.cancelled().await }).await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+
+    crate::telemetry::sd_notify("READY=1");
+    let c = cancel.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown requested");
+        c.cancel();
+    });
+    cancel.cancelled().await;
+    crate::telemetry::sd_notify("STOPPING=1");
+    let deadline = tokio::time::sleep(Duration::from_secs(10));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            r = tasks.join_next() => if r.is_none() { break },
+            _ = &mut deadline => {
+                tracing::warn!("tasks did not stop within 10 s; flushing and exiting");
+                break;
+            }
+        }
+    }
+    store.flush()?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+fn write_private(path: &std::path::Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(path)?;
+    f.write_all(content.as_bytes())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,347 @@
+//! The running gates. The `gatewarden-vision` process takes the latest frame
+//! of each camera, recognises faces and reads QR codes; `VisionSupervisor`
+//! keeps it running and relays its results. The gate task owns the `Policy`
+//! and carries its actions out: actuators, the entry log, MQTT events,
+//! presence for elders, alerts, snapshots.
+
+use super::actuator::Actuator;
+use crate::monitor::{Command, MonitorHandle};
+use crate::telemetry::Metrics;
+use base64::Engine as _;
+use config::Config;
+use domain::alert::{AlertKind, Subject};
+use domain::clock::Clock;
+use domain::gate::log::{Credential, Entry};
+use domain::gate::policy::{Action, FaceSeen, GateAlert, Input, Policy};
+use domain::presence::Observation;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use store::Store;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use vision_protocol::{EnrolResult, FromVision, ToVision};
+
+/// PINs, card numbers and QR tokens are matched and stored as keyed hashes.
+pub fn secret_hash(key: &[u8], kind: Credential, value: &str) -> String {
+    let mut m = Hmac::<Sha256>::new_from_slice(key).expect("any key length");
+    m.update(kind.as_str().as_bytes());
+    m.update(b":");
+    m.update(value.trim().as_bytes());
+    hex::encode(m.finalize().into_bytes())
+}
+
+pub use vision_protocol::QR_PREFIX;
+
+pub enum GateMsg {
+    Frame { gate: String, faces: Vec<FaceSeen>, qr: Vec<String>, snapshot: Option<Vec<u8>>, plates: Vec<(String, f32)> },
+    Credential { gate: String, kind: Credential, value: String, reply: Option<oneshot::Sender<Option<Entry>>> },
+    Reload(String),
+    ReloadVehicle(String),
+}
+
+/// Requests to the vision process.
+pub enum VisionCmd {
+    /// A base64 photo to turn into a template.
+    Enrol {
+        image: String,
+        reply: oneshot::Sender<EnrolResult>,
+    },
+    GalleryAdd {
+        person: String,
+        embedding: Vec<f32>,
+    },
+    GalleryRemove {
+        person: String,
+    },
+}
+
+/// What the daemon knows of each camera (reported by the vision process).
+#[derive(Debug, Clone, Default)]
+pub struct CameraStat {
+    pub frames: u64,
+    pub connected: bool,
+    pub reconnects: u64,
+    pub finished: bool,
+    pub silent_ms: Option<u64>,
+}
+
+pub type CameraStats = Arc<Mutex<HashMap<String, CameraStat>>>;
+
+/// Starts `gatewarden-vision`, feeds it the gallery, relays its frames to the
+/// gate task and its answers to enrolment requests, and restarts it with
+/// backoff if it dies: a crash in native code costs seconds of gate vision,
+/// never the alerting daemon.
+pub struct VisionSupervisor {
+    pub binary: PathBuf,
+    pub config: PathBuf,
+    pub store: store::Store,
+    pub gates: mpsc::Sender<GateMsg>,
+    pub stats: CameraStats,
+}
+
+impl VisionSupervisor {
+    pub async fn run(self, mut cmds: mpsc::Receiver<VisionCmd>, cancel: CancellationToken) {
+        let mut backoff = Duration::from_secs(1);
+        let mut next_id = 1u64;
+        loop {
+            let child = tokio::process::Command::new(&self.binary)
+                .arg("--config")
+                .arg(&self.config)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn();
+            let mut child = match child {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(binary = %self.binary.display(), error = %e, "cannot start the vision process");
+                    tokio::select! { _ = cancel.cancelled() => return, _ = tokio::time::sleep(backoff) => {} }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    continue;
+                }
+            };
+            let mut stdin = child.stdin.take().expect("piped");
+            let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+            let mut pending: HashMap<u64, oneshot::Sender<EnrolResult>> = HashMap::new();
+            let mut ok = true;
+            for (person, embedding) in self.store.templates().unwrap_or_default() {
+                ok &= write(&mut stdin, &ToVision::GalleryAdd { person, embedding }).await;
+            }
+            ok &= write(&mut stdin, &ToVision::Start).await;
+            while ok {
+                tokio::select! {
+                    _ = cancel.cancelled() => {
+                        let _ = child.kill().await;
+                        return;
+                    }
+                    line = lines.next_line() => match line {
+                        Ok(Some(l)) => match serde_json::from_str::<FromVision>(&l) {
+                            Ok(m) => self.on_message(m, &mut pending, &mut backoff),
+                            Err(e) => tracing::error!(error = %e, "bad line from the vision process"),
+                        },
+                        _ => break,
+                    },
+                    cmd = cmds.recv() => match cmd {
+                        None => return,
+                        Some(VisionCmd::Enrol { image, reply }) => {
+                            let id = next_id;
+                            next_id += 1;
+                            pending.insert(id, reply);
+                            ok = write(&mut stdin, &ToVision::Enrol { id, image }).await;
+                        }
+                        Some(VisionCmd::GalleryAdd { person, embedding }) => ok = write(&mut stdin, &ToVision::GalleryAdd { person, embedding }).await,
+                        Some(VisionCmd::GalleryRemove { person }) => ok = write(&mut stdin, &ToVision::GalleryRemove { person }).await,
+                    },
+                }
+            }
+            let status = child.wait().await.map(|s| s.to_string()).unwrap_or_default();
+            for (_, reply) in pending.drain() {
+                let _ = reply.send(EnrolResult::Error("the vision process stopped; try again".into()));
+            }
+            tracing::error!(%status, retry_in_s = backoff.as_secs(), "the vision process exited; restarting it");
+            tokio::select! { _ = cancel.cancelled() => return, _ = tokio::time::sleep(backoff) => {} }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    fn on_message(&self, m: FromVision, pending: &mut HashMap<u64, oneshot::Sender<EnrolResult>>, backoff: &mut Duration) {
+        match m {
+            FromVision::Ready { templates } => {
+                *backoff = Duration::from_secs(1);
+                tracing::info!(templates, "vision process ready");
+            }
+            FromVision::Frame { gate, faces, qr, snapshot, plates } => {
+                let plates = plates.into_iter().map(|p| (p.text, p.confidence)).collect();
+                let faces = faces.into_iter().map(|f| FaceSeen { person: f.person, score: f.score, liveness: f.liveness }).collect();
+                let snapshot = snapshot.and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok());
+                // Frames are replaceable: if the gate task is behind, drop this one.
+                let _ = self.gates.try_send(GateMsg::Frame { gate, faces, qr, snapshot, plates });
+            }
+            FromVision::Camera { gate, frames, connected, reconnects, finished, silent_ms } => {
+                self.stats.lock().expect("camera stats").insert(gate, CameraStat { frames, connected, reconnects, finished, silent_ms });
+            }
+            FromVision::Enrolled { id, result } => {
+                if let Some(r) = pending.remove(&id) {
+                    let _ = r.send(result);
+                }
+            }
+        }
+    }
+}
+
+async fn write(stdin: &mut tokio::process::ChildStdin, m: &ToVision) -> bool {
+    let mut line = serde_json::to_vec(m).expect("protocol serializes");
+    line.push(b'\n');
+    stdin.write_all(&line).await.is_ok()
+}
+
+pub struct GateTask {
+    pub cfg: Arc<Config>,
+    pub store: Store,
+    pub clock: Clock,
+    pub metrics: Arc<Metrics>,
+    /// Alerts and face sightings go to the monitor.
+    pub monitor: MonitorHandle,
+    pub policy: Policy,
+    pub actuators: HashMap<String, Actuator>,
+    pub mqtt: Option<rumqttc::AsyncClient>,
+    /// Gates with a camera, and what the vision process says of them.
+    pub cameras: Vec<String>,
+    pub camera_stats: CameraStats,
+    pub snapshot_dir: std::path::PathBuf,
+    pub credential_key: Vec<u8>,
+}
+
+impl GateTask {
+    pub async fn run(mut self, mut rx: mpsc::Receiver<GateMsg>, cancel: CancellationToken) {
+        let mut check = tokio::time::interval(Duration::from_secs(1));
+        let mut offline: HashMap<String, bool> = HashMap::new();
+        let mut failing: HashMap<String, bool> = HashMap::new();
+        let started = Instant::now();
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = check.tick() => {
+                    self.check_cameras(&mut offline, started).await;
+                }
+                m = rx.recv() => match m {
+                    None => break,
+                    Some(GateMsg::Reload(id)) => match self.store.get_person(&id) {
+                        Ok(Some(r)) => self.policy.upsert(r.person),
+                        Ok(None) => self.policy.remove(&id),
+                        Err(e) => tracing::error!(error = %e, "cannot reload a person"),
+                    },
+                    Some(GateMsg::ReloadVehicle(plate)) => match self.store.get_vehicle(&plate) {
+                        Ok(Some(v)) => self.policy.upsert_vehicle(v),
+                        Ok(None) => self.policy.remove_vehicle(&plate),
+                        Err(e) => tracing::error!(error = %e, "cannot reload a vehicle"),
+                    },
+                    Some(GateMsg::Frame { gate, faces, qr, snapshot, plates }) => {
+                        let now = self.clock.now();
+                        let mut acts = if faces.is_empty() { vec![] } else { self.policy.handle(Input::Frame { gate: gate.clone(), faces }, now) };
+                        for (text, confidence) in plates {
+                            acts.extend(self.policy.handle(Input::Plate { gate: gate.clone(), text, confidence }, now));
+                        }
+                        for code in qr {
+                            let h = secret_hash(&self.credential_key, Credential::Qr, &code);
+                            acts.extend(self.policy.handle(Input::Credential { gate: gate.clone(), kind: Credential::Qr, secret_hash: h }, now));
+                        }
+                        self.apply(acts, snapshot.as_deref(), &mut failing).await;
+                    }
+                    Some(GateMsg::Credential { gate, kind, value, reply }) => {
+                        let now = self.clock.now();
+                        let acts = if kind == Credential::Plate {
+                            // A plate typed by staff or sent by an external LPR camera: as sure as it gets.
+                            self.policy.handle(Input::Plate { gate, text: value.trim().to_string(), confidence: 1.0 }, now)
+                        } else {
+                            let h = secret_hash(&self.credential_key, kind, &value);
+                            self.policy.handle(Input::Credential { gate, kind, secret_hash: h }, now)
+                        };
+                        let entry = acts.iter().find_map(|a| if let Action::Log(e) = a { Some(e.clone()) } else { None });
+                        self.apply(acts, None, &mut failing).await;
+                        if let Some(r) = reply { let _ = r.send(entry); }
+                    }
+                },
+            }
+        }
+    }
+
+    async fn alert(&self, kind: AlertKind, gate: &str, detail: String, firing: bool) {
+        let _ = self.monitor.send(Command::Alert { kind, subject: Subject::Gate(gate.to_string()), detail, firing }).await;
+    }
+
+    async fn apply(&mut self, acts: Vec<Action>, snapshot: Option<&[u8]>, failing: &mut HashMap<String, bool>) {
+        for a in acts {
+            match a {
+                Action::Open { gate, person } => {
+                    let r = match self.actuators.get(&gate) {
+                        Some(act) => act.open(&gate).await,
+                        None => Err("no actuator configured".into()),
+                    };
+                    match r {
+                        Ok(()) => {
+                            tracing::info!(gate = %gate, person = %person, "gate opened");
+                            if failing.insert(gate.clone(), false) == Some(true) {
+                                self.alert(AlertKind::ActuatorFailure, &gate, "actuator works again".into(), false).await;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(gate = %gate, error = %e, "ACTUATOR FAILED: the gate did not open");
+                            failing.insert(gate.clone(), true);
+                            self.alert(AlertKind::ActuatorFailure, &gate, e, true).await;
+                        }
+                    }
+                }
+                Action::Log(e) => {
+                    let result = if e.opened { "opened" } else { "denied" };
+                    self.metrics.gate_decision(&e.gate, e.credential.as_str(), result);
+                    match self.store.append_entry(&e) {
+                        Ok(c) => {
+                            if let Some(m) = &self.mqtt {
+                                let topic = format!("gatewarden/{}/gate/{}/event", self.cfg.site, e.gate);
+                                let body = serde_json::json!({ "seq": c.seq, "hash": c.hash, "entry": e }).to_string();
+                                if let Err(err) = m.try_publish(topic, rumqttc::QoS::AtLeastOnce, false, body) {
+                                    tracing::warn!(error = %err, "cannot publish the gate event");
+                                }
+                            }
+                        }
+                        Err(err) => tracing::error!(error = %err, "CANNOT WRITE THE ENTRY LOG"),
+                    }
+                }
+                Action::ElderSeen { elder, gate } => {
+                    let (tx, _rx) = oneshot::channel();
+                    let at = self.clock.now();
+                    let _ = self.monitor.send(Command::Observe(Observation::Face { elder, gate, at }, tx)).await;
+                }
+                Action::Snapshot { gate } => {
+                    if let Some(jpeg) = snapshot {
+                        let name = format!("{gate}-{}.jpg", self.clock.now().format("%Y%m%dT%H%M%S%.3f"));
+                        let _ = std::fs::create_dir_all(&self.snapshot_dir);
+                        if let Err(e) = std::fs::write(self.snapshot_dir.join(name), jpeg) {
+                            tracing::warn!(error = %e, "cannot keep the unknown-face snapshot");
+                        }
+                    }
+                }
+                Action::Alert(a) => {
+                    let (kind, gate, detail) = match a {
+                        GateAlert::SpoofAttempts { gate, count } => (AlertKind::SpoofAttempts, gate, format!("{count} liveness failures")),
+                        GateAlert::DenyListed { gate, person } => (AlertKind::DenyListed, gate, format!("deny-listed person {person}")),
+                        GateAlert::PinLockout { gate } => (AlertKind::PinLockout, gate, "too many wrong PINs".into()),
+                    };
+                    self.alert(kind, &gate, detail, true).await;
+                }
+            }
+        }
+    }
+
+    async fn check_cameras(&self, offline: &mut HashMap<String, bool>, started: Instant) {
+        let after = self.cfg.access.camera_offline_after.get();
+        let stats = self.camera_stats.lock().expect("camera stats").clone();
+        for gate in &self.cameras {
+            let cam = stats.get(gate).cloned().unwrap_or_default();
+            let l = crate::telemetry::CameraLabel { camera: gate.clone() };
+            let m = &self.metrics;
+            m.camera_frames.get_or_create(&l).set(cam.frames as i64);
+            m.camera_connected.get_or_create(&l).set(cam.connected as i64);
+            m.camera_reconnects.get_or_create(&l).set(cam.reconnects as i64);
+            if cam.finished {
+                continue; // a video file that ended is not an outage
+            }
+            let silent = cam.silent_ms.map(Duration::from_millis).unwrap_or(started.elapsed());
+            let was = offline.get(gate).copied().unwrap_or(false);
+            if silent >= after && !was {
+                offline.insert(gate.clone(), true);
+                tracing::error!(gate = %gate, silent_s = silent.as_secs(), "camera offline");
+                self.alert(AlertKind::CameraOffline, gate, format!("no frame for {}s", silent.as_secs()), true).await;
+            } else if silent < after && was {
+                offline.insert(gate.clone(), false);
+                self.alert(AlertKind::CameraOffline, gate, "frames again".into(), false).await;
+            }
+        }
+    }
+}

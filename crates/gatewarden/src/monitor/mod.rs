@@ -1,0 +1,497 @@
+//! The monitor task: the heart of alerting. It owns `Presence`, the alert
+//! `Engine` and the cluster `Lease`, takes sightings from the MQTT task and
+//! commands from the admin API (both bounded channels that block when full),
+//! commits every alert change with its notifications before anything is sent,
+//! and wakes the outbox.
+//!
+//! - `cluster`: the lease, shared sightings and mirrored episodes;
+//! - `upstream`: alert episodes and box health for the district.
+//!
+//! Retention runs in its own task (`crate::retention`).
+
+mod cluster;
+mod upstream;
+
+use crate::alert::outbox::{Delivery, Notification};
+use crate::alert::AckLinks;
+use crate::gate::task::GateMsg;
+use crate::mqtt::Parsed;
+use crate::telemetry::{AlertLabels, Metrics};
+use config::Config;
+use domain::alert::engine::{AckError, Action, Engine, Input, Watch};
+use domain::alert::{notify, Alert, AlertKind, AlertState, NoticeKind, Subject};
+use domain::clock::{chrono_dur, Clock, Timestamp};
+use domain::presence::{Elder, Observation, Presence, PresenceEvent};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use store::Store;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_util::sync::CancellationToken;
+
+/// Requests from the admin API to the monitor, which owns the state machines.
+pub enum Command {
+    ReloadElder(String),
+    RemoveElder(String),
+    ReloadLeaves(String),
+    ReloadLadders,
+    Observe(Observation, oneshot::Sender<Vec<PresenceEvent>>),
+    Ack {
+        id: u64,
+        by: String,
+        reply: oneshot::Sender<Result<Alert, AckError>>,
+    },
+    Tick(oneshot::Sender<()>),
+    /// Write buffered presence to the store now (before reading it back).
+    Flush(oneshot::Sender<()>),
+    /// Raise or clear an alert from elsewhere in the box (gates, cameras).
+    Alert {
+        kind: AlertKind,
+        subject: Subject,
+        detail: String,
+        firing: bool,
+    },
+}
+
+/// How other tasks reach the monitor: a bounded channel (256) that waits when
+/// full, so a command is never dropped.
+#[derive(Clone)]
+pub struct MonitorHandle(mpsc::Sender<Command>);
+
+impl MonitorHandle {
+    pub fn new(tx: mpsc::Sender<Command>) -> Self {
+        MonitorHandle(tx)
+    }
+
+    pub async fn send(&self, c: Command) -> anyhow::Result<()> {
+        self.0.send(c).await.map_err(|_| anyhow::anyhow!("the daemon is shutting down"))
+    }
+}
+
+/// What the monitor needs from the rest of the box, and nothing else.
+pub struct Handles {
+    pub cfg: Arc<Config>,
+    pub store: Store,
+    pub clock: Clock,
+    pub metrics: Arc<Metrics>,
+    /// For the cluster topics and upstream episodes and health.
+    pub mqtt: Option<rumqttc::AsyncClient>,
+    /// Wakes the outbox workers after a commit.
+    pub outbox_wake: Arc<Notify>,
+    /// Credentials that arrive over MQTT go to the gate task.
+    pub gates: Option<mpsc::Sender<GateMsg>>,
+    /// Which box alerts, for /healthz (written here, read by the API).
+    pub cluster: Arc<std::sync::RwLock<ClusterView>>,
+    /// The configured channel names (a ladder may name others by mistake).
+    pub channels: BTreeSet<String>,
+    pub ack_links: AckLinks,
+    pub started: Instant,
+}
+
+/// Which box alerts, as /healthz shows it.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ClusterView {
+    #[serde(rename = "box")]
+    pub box_id: String,
+    /// Whether this box runs the alert engine and sends notifications.
+    pub alerting: bool,
+    pub lease_holder: Option<String>,
+    pub lease_epoch: Option<u64>,
+}
+
+/// The monitor task: owns `Presence`, the alert `Engine` and the cluster
+/// `Lease`; turns sightings, ticks and commands into committed alerts.
+pub struct Monitor {
+    io: Handles,
+    presence: Presence,
+    engine: Engine,
+    /// None: a single box, which always alerts.
+    lease: Option<domain::cluster::Lease>,
+}
+
+/// Wall-clock milliseconds for the cluster lease. Not the injectable clock:
+/// the lease is shared between boxes and must follow real time (NTP).
+fn wall_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl Monitor {
+    pub fn load(io: Handles) -> anyhow::Result<Monitor> {
+        let cfg = io.cfg.clone();
+        let judging_from = io.clock.now() + chrono_dur(cfg.presence.startup_grace.get());
+        let mut presence = Presence::new(cfg.presence.unknown_bands_max, cfg.presence.max_clock_skew.get());
+        for u in io.store.list_unknown()? {
+            presence.load_unknown(u);
+        }
+        let lease = cfg.cluster.as_ref().map(|c| domain::cluster::Lease::new(c.box_id.clone(), c.role, c.lease_ttl.get(), c.claim_settle.get()));
+        let engine = Engine::new(cfg.engine_settings(), judging_from, 1);
+        let mut m = Monitor { io, presence, engine, lease };
+        m.rebuild_engine(judging_from)?;
+        m.io.metrics.elders.set(m.presence.elder_count() as i64);
+        tracing::info!(
+            elders = m.presence.elder_count(),
+            open_alerts = m.engine.open_alerts().count(),
+            judging_from = %judging_from.to_rfc3339(),
+            "state loaded; absence is judged after the start-up grace"
+        );
+        Ok(m)
+    }
+
+    /// The alert engine from the store: open episodes, gateways, elders (with
+    /// last-seen and leaves) and ladders. At start-up, and when a standby box
+    /// takes over alerting (the episodes it mirrored are in its store).
+    fn rebuild_engine(&mut self, judging_from: Timestamp) -> anyhow::Result<()> {
+        let now = self.io.clock.now();
+        let store = &self.io.store;
+        let mut engine = Engine::new(self.io.cfg.engine_settings(), judging_from, 1);
+        for a in store.list_alerts()? {
+            engine.load_alert(a);
+        }
+        for (g, at) in store.list_gateways()? {
+            engine.load_gateway(g, at, now);
+        }
+        self.engine = engine;
+        for e in self.io.store.list_elders()? {
+            self.load_elder(&e)?;
+        }
+        self.reload_ladders()?;
+        self.update_alert_gauges();
+        Ok(())
+    }
+
+    fn load_elder(&mut self, e: &Elder) -> anyhow::Result<()> {
+        // A restart is not a sighting: last-seen comes from the store, untouched.
+        let last = match self.presence.last_seen(&e.id).cloned() {
+            Some(l) => Some(l),
+            None => self.io.store.get_last_seen(&e.id)?,
+        };
+        let leaves = self.io.store.list_leaves(Some(&e.id))?.into_iter().map(|l| (l.from, l.until)).collect();
+        self.engine.upsert_elder(
+            e.id.clone(),
+            Watch {
+                grid: e.grid.clone(),
+                enrolled_at: Some(e.enrolled_at),
+                last_seen: last.as_ref().map(|l| l.at),
+                last_band: last.as_ref().and_then(|l| l.band_at),
+                has_band: !e.bands.is_empty(),
+                leaves,
+            },
+        );
+        self.presence.upsert_elder(e, last);
+        Ok(())
+    }
+
+    fn reload_ladders(&mut self) -> anyhow::Result<()> {
+        self.engine.set_default_ladder_len(self.io.cfg.alert.ladder.len());
+        for (grid, levels) in self.io.store.list_ladders()? {
+            self.engine.set_ladder_len(&grid, Some(levels.len()));
+        }
+        Ok(())
+    }
+
+    fn observe(&mut self, obs: Observation) -> Vec<PresenceEvent> {
+        self.observe_from(obs, true)
+    }
+
+    fn observe_from(&mut self, obs: Observation, local: bool) -> Vec<PresenceEvent> {
+        if local {
+            self.share_sighting(&obs);
+        }
+        let now = self.io.clock.now();
+        let alerting = self.alerting();
+        let is_band = matches!(obs, Observation::Band(_));
+        let events = self.presence.handle(obs, now);
+        let mut actions = Vec::new();
+        for ev in &events {
+            match ev {
+                PresenceEvent::Seen { source, .. } => {
+                    self.io.metrics.sightings.get_or_create(&crate::telemetry::KindLabel { kind: source.as_str().into() }).inc();
+                }
+                PresenceEvent::UnknownBand { band } => {
+                    tracing::info!(%band, "unknown wristband seen; see `gatewarden wristbands unknown`");
+                    continue;
+                }
+                PresenceEvent::UnknownElder { elder } => {
+                    tracing::warn!(%elder, "observation names an elder who is not enrolled");
+                    continue;
+                }
+                _ => {}
+            }
+            if alerting {
+                actions.extend(self.engine.handle(Input::Presence(ev.clone()), now));
+            }
+        }
+        if is_band && !events.iter().any(|e| matches!(e, PresenceEvent::Seen { .. })) {
+            self.io.metrics.unknown_band_sightings.inc();
+        }
+        self.apply(actions);
+        events
+    }
+
+    fn on_parsed(&mut self, p: Parsed) {
+        match p {
+            Parsed::Sighting(s) => {
+                self.observe(Observation::Band(s));
+            }
+            Parsed::GatewayStatus { gateway, online } => {
+                tracing::info!(%gateway, online, "gateway status");
+                let acts = self.engine.handle(Input::GatewayStatus { gateway, online }, self.io.clock.now());
+                self.apply(acts);
+            }
+            Parsed::Credential { gate, kind, value } => match &self.io.gates {
+                // Never block the monitor on the gate task: a full queue drops the reading (the person retries).
+                Some(g) => {
+                    if g.try_send(GateMsg::Credential { gate, kind, value, reply: None }).is_err() {
+                        tracing::warn!("gate task busy; credential dropped");
+                    }
+                }
+                None => tracing::warn!(%gate, "credential for a gate that is not configured"),
+            },
+            Parsed::Cluster(m) => self.on_cluster(m),
+            // Routed to the sync task by the MQTT task.
+            Parsed::Enrolment(_) => {}
+            Parsed::Connected => {
+                if let Some(l) = &mut self.lease {
+                    l.connected(wall_ms());
+                }
+            }
+            Parsed::Ignored => {}
+        }
+    }
+
+    fn tick(&mut self) {
+        let now = self.io.clock.now();
+        if self.alerting() {
+            let acts = self.engine.handle(Input::Tick, now);
+            self.apply(acts);
+        }
+    }
+
+    /// Write-behind of presence state. Alerts are never buffered here.
+    fn flush(&mut self) {
+        let dirty = self.presence.take_dirty();
+        let (unknown, removed) = self.presence.take_unknown_dirty();
+        let gateways: Vec<(String, Timestamp)> = self.engine.gateway_names().map(|(n, t)| (n.clone(), t)).collect();
+        let r = self
+            .io
+            .store
+            .put_last_seen_batch(&dirty, !self.io.cfg.presence.history_window.get().is_zero())
+            .and_then(|_| self.io.store.put_unknown_batch(&unknown, &removed))
+            .and_then(|_| self.io.store.put_gateways(&gateways));
+        match r {
+            Ok(()) => {
+                self.io.metrics.store_flushes.inc();
+            }
+            Err(e) => tracing::error!(error = %e, "cannot persist presence"),
+        };
+    }
+
+    /// Persist alert changes and their notifications in one transaction, fsync,
+    /// then wake the outbox. Nothing is sent that is not stored first.
+    fn apply(&mut self, actions: Vec<Action>) {
+        if actions.is_empty() {
+            return;
+        }
+        if !self.alerting() {
+            // A standby's engine is rebuilt from the store when it takes over.
+            return;
+        }
+        let now = self.io.clock.now();
+        let mut alerts = Vec::new();
+        let mut notes = Vec::new();
+        for a in actions {
+            match a {
+                Action::Save(alert) => {
+                    let state = alert.state.as_str();
+                    self.publish_episode(&alert);
+                    if let Some(me) = self.box_id() {
+                        let e = domain::cluster::Episode { from: me.to_string(), alert: alert.clone() };
+                        self.publish_cluster(&format!("episode/{}", alert.id), true, serde_json::to_string(&e).expect("serializes"));
+                    }
+                    self.io.metrics.alert_event(alert.kind.as_str(), state);
+                    tracing::info!(alert = alert.id, kind = alert.kind.as_str(), subject = %alert.subject.id(), state, level = alert.level, "alert changed");
+                    alerts.push(alert);
+                }
+                Action::Notify { alert, levels, kind } => notes.extend(self.notifications(&alert, &levels, kind, now)),
+            }
+        }
+        if let Err(e) = self.io.store.commit_alerts(&alerts, &mut notes) {
+            tracing::error!(error = %e, "CANNOT STORE ALERTS: notifications may be lost; check the disk");
+        }
+        if !notes.is_empty() {
+            self.io.outbox_wake.notify_waiters();
+        }
+        self.update_alert_gauges();
+    }
+
+    /// Fetch who an alert reaches, plan the messages (`domain::alert::notify`)
+    /// and make them outbox records.
+    fn notifications(&self, a: &Alert, levels: &[usize], kind: NoticeKind, now: Timestamp) -> Vec<Notification> {
+        let io = &self.io;
+        let elder = match &a.subject {
+            Subject::Elder(id) => io.store.get_elder(id).ok().flatten(),
+            Subject::Gateway(_) | Subject::Gate(_) => None,
+        };
+        let grid = elder.as_ref().map(|e| e.grid.clone()).unwrap_or_default();
+        let ladder = crate::alert::ladder(&io.store, &io.cfg, &grid);
+        let staff: Vec<Vec<_>> = ladder.iter().map(|l| l.staff.iter().filter_map(|s| io.store.get_staff(s).ok().flatten()).collect()).collect();
+        let last = elder.as_ref().and_then(|e| self.presence.last_seen(&e.id).cloned());
+        let known = |ch: &str| io.channels.contains(ch);
+        let to = notify::Recipients { elder: elder.as_ref(), last: last.as_ref(), ladder: &ladder, staff: &staff, channel_known: &known };
+        let site = notify::Site { site: &io.cfg.site, site_name: io.cfg.site_name.as_deref().unwrap_or(&io.cfg.site), language: io.cfg.language };
+        let (planned, unrouted) = notify::plan(a, levels, kind, &to, &site, &|lvl| io.ack_links.url(a, lvl), now);
+        for u in unrouted {
+            match u {
+                notify::Unrouted::NoLadder => {
+                    tracing::error!(alert = a.id, grid = %grid, "no escalation ladder: this alert reaches nobody. Configure [[alert.ladder]] or `gatewarden escalation set`");
+                    io.metrics.delivery("(none)", "no_route");
+                }
+                notify::Unrouted::UnknownChannel(ch) => tracing::error!(channel = %ch, "ladder names an unknown channel"),
+            }
+        }
+        planned
+            .into_iter()
+            .map(|p| Notification {
+                id: 0,
+                alert_id: Some(a.id),
+                channel: p.channel,
+                kind,
+                level: p.level,
+                message: p.message,
+                created_at: now,
+                attempts: 0,
+                next_attempt_at: now,
+                last_error: None,
+                delivery: Delivery::Pending,
+                delivered_at: None,
+            })
+            .collect()
+    }
+
+    fn update_alert_gauges(&self) {
+        let mut counts: HashMap<(AlertKind, AlertState), i64> = HashMap::new();
+        for a in self.engine.open_alerts() {
+            *counts.entry((a.kind, a.state)).or_default() += 1;
+        }
+        for k in AlertKind::ALL {
+            for s in [AlertState::Firing, AlertState::Acknowledged] {
+                let l = AlertLabels { kind: k.as_str().into(), state: s.as_str().into() };
+                self.io.metrics.alerts.get_or_create(&l).set(*counts.get(&(k, s)).unwrap_or(&0));
+            }
+        }
+    }
+
+    fn command(&mut self, c: Command) {
+        let now = self.io.clock.now();
+        let res: anyhow::Result<()> = (|| {
+            match c {
+                Command::ReloadElder(id) => {
+                    if let Some(e) = self.io.store.get_elder(&id)? {
+                        self.load_elder(&e)?;
+                    }
+                }
+                Command::RemoveElder(id) => {
+                    self.presence.remove_elder(&id);
+                    let acts = self.engine.remove_elder(&id, now);
+                    self.apply(acts);
+                }
+                Command::ReloadLeaves(id) => {
+                    let leaves = self.io.store.list_leaves(Some(&id))?.into_iter().map(|l| (l.from, l.until)).collect();
+                    if let Some(w) = self.engine.elder_mut(&id) {
+                        w.leaves = leaves;
+                    }
+                    self.tick();
+                }
+                Command::ReloadLadders => self.reload_ladders()?,
+                Command::Observe(obs, reply) => {
+                    let _ = reply.send(self.observe(obs));
+                }
+                Command::Ack { id, by, reply } => {
+                    if !self.alerting() {
+                        let holder = self.lease.as_ref().and_then(|l| l.holder()).map(|r| r.holder.clone()).unwrap_or_else(|| "(none yet)".into());
+                        let _ = reply.send(Err(AckError::Elsewhere { holder }));
+                        return Ok(());
+                    }
+                    let r = self.engine.ack(id, &by, now);
+                    let out = match r {
+                        Ok(acts) => {
+                            let alert = acts.iter().rev().find_map(|a| match a {
+                                Action::Save(a) => Some(a.clone()),
+                                _ => None,
+                            });
+                            self.apply(acts);
+                            Ok(alert.expect("ack saves the alert"))
+                        }
+                        Err(e) => Err(e),
+                    };
+                    let _ = reply.send(out);
+                }
+                Command::Tick(reply) => {
+                    self.tick();
+                    let _ = reply.send(());
+                }
+                Command::Flush(reply) => {
+                    self.flush();
+                    let _ = reply.send(());
+                }
+                Command::Alert { kind, subject, detail, firing } if !self.alerting() => {
+                    let me = self.box_id().unwrap_or_default().to_string();
+                    let a = domain::cluster::PeerAlert { from: me.clone(), kind, subject, detail, firing };
+                    self.publish_cluster(&format!("alert/{me}"), false, serde_json::to_string(&a).expect("serializes"));
+                }
+                Command::Alert { kind, subject, detail, firing } => {
+                    let acts = self.engine.handle(Input::External { kind, subject, detail, firing }, now);
+                    self.apply(acts);
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = res {
+            tracing::error!(error = %format!("{e:#}"), "admin command failed");
+        }
+        self.io.metrics.elders.set(self.presence.elder_count() as i64);
+    }
+
+    pub async fn run(mut self, mut mqtt: mpsc::Receiver<Parsed>, mut cmds: mpsc::Receiver<Command>, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(self.io.cfg.presence.tick_interval.get());
+        // Pinged from this loop, so a stuck monitor (the heart of alerting) gets us restarted.
+        let wd = crate::telemetry::watchdog_interval();
+        let mut watchdog = tokio::time::interval(wd.unwrap_or(Duration::from_secs(3600)));
+        let mut health = tokio::time::interval(Duration::from_secs(60));
+        let mut flush = tokio::time::interval(self.io.cfg.store.flush_every.get());
+        let lease_every = self
+            .io
+            .cfg
+            .cluster
+            .as_ref()
+            .map_or(Duration::from_secs(3600), |c| (c.lease_ttl.get() / 10).clamp(Duration::from_millis(100), Duration::from_secs(5)));
+        let mut lease = tokio::time::interval(lease_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                Some(c) = cmds.recv() => self.command(c),
+                _ = tick.tick() => self.tick(),
+                _ = flush.tick() => self.flush(),
+                _ = lease.tick(), if self.lease.is_some() => self.lease_tick(),
+                _ = watchdog.tick(), if wd.is_some() => crate::telemetry::sd_notify("WATCHDOG=1"),
+                _ = health.tick() => self.publish_health(),
+                p = mqtt.recv() => match p {
+                    Some(p) => self.on_parsed(p),
+                    None => break,
+                },
+            }
+        }
+        // Drain what the MQTT task already handed us, then persist everything.
+        while let Ok(p) = mqtt.try_recv() {
+            self.on_parsed(p);
+        }
+        self.flush();
+        if let Err(e) = self.io.store.flush() {
+            tracing::error!(error = %e, "final store flush failed");
+        }
+        tracing::info!("monitor stopped; store flushed");
+    }
+}

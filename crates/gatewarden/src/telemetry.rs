@@ -1,0 +1,201 @@
+//! Logs (tracing, text or JSON), Prometheus metrics with low-cardinality labels
+//! (never a person's id), and masking of phone and ID numbers for logs.
+
+use config::{LogConfig, LogFormat};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+use tracing_subscriber::EnvFilter;
+
+pub fn init_logging(cfg: &LogConfig) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.level));
+    use std::io::IsTerminal;
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    let _ = match cfg.format {
+        LogFormat::Json => b.json().flatten_event(true).try_init(),
+        LogFormat::Text => b.try_init(),
+    };
+}
+
+pub use domain::mask::{mask_id_number, mask_phone};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertLabels {
+    pub kind: String,
+    pub state: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    pub channel: String,
+    pub result: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GateLabels {
+    pub gate: String,
+    pub credential: String,
+    pub result: String,
+}
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelLabel {
+    pub channel: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub messages: Family<KindLabel, Counter>,
+    pub rejected: Family<ReasonLabel, Counter>,
+    pub sightings: Family<KindLabel, Counter>,
+    pub unknown_band_sightings: Counter,
+    pub alerts: Family<AlertLabels, Gauge>,
+    pub alert_events: Family<AlertLabels, Counter>,
+    pub deliveries: Family<DeliveryLabels, Counter>,
+    pub outbox_pending: Family<ChannelLabel, Gauge>,
+    pub outbox_failed: Family<ChannelLabel, Gauge>,
+    pub mqtt_connected: Gauge,
+    pub elders: Gauge,
+    pub store_flushes: Counter<u64, AtomicU64>,
+    pub gate_decisions: Family<GateLabels, Counter>,
+    pub purged: Family<KindLabel, Counter>,
+    pub camera_frames: Family<CameraLabel, Gauge>,
+    pub camera_connected: Family<CameraLabel, Gauge>,
+    pub camera_reconnects: Family<CameraLabel, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CameraLabel {
+    pub camera: String,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut m = Metrics {
+            registry: Registry::with_prefix("gatewarden"),
+            messages: Family::default(),
+            rejected: Family::default(),
+            sightings: Family::default(),
+            unknown_band_sightings: Counter::default(),
+            alerts: Family::default(),
+            alert_events: Family::default(),
+            deliveries: Family::default(),
+            outbox_pending: Family::default(),
+            outbox_failed: Family::default(),
+            mqtt_connected: Gauge::default(),
+            elders: Gauge::default(),
+            store_flushes: Counter::default(),
+            gate_decisions: Family::default(),
+            purged: Family::default(),
+            camera_frames: Family::default(),
+            camera_connected: Family::default(),
+            camera_reconnects: Family::default(),
+        };
+        let r = &mut m.registry;
+        r.register("mqtt_messages", "MQTT messages received, by what they were", m.messages.clone());
+        r.register("mqtt_rejected", "MQTT messages rejected, by reason", m.rejected.clone());
+        r.register("sightings", "Sightings of enrolled elders, by source", m.sightings.clone());
+        r.register("unknown_band_sightings", "Sightings of wristbands nobody is enrolled with", m.unknown_band_sightings.clone());
+        r.register("alerts", "Alerts currently open, by kind and state", m.alerts.clone());
+        r.register("alert_events", "Alert state changes, by kind and new state", m.alert_events.clone());
+        r.register("deliveries", "Notification delivery attempts, by channel and result", m.deliveries.clone());
+        r.register("outbox_pending", "Notifications waiting to be delivered, by channel", m.outbox_pending.clone());
+        r.register("outbox_failed", "Notifications parked after a permanent failure, by channel", m.outbox_failed.clone());
+        r.register("mqtt_connected", "1 while connected to the MQTT broker", m.mqtt_connected.clone());
+        r.register("elders", "Elders enrolled", m.elders.clone());
+        r.register("store_flushes", "Write-behind flushes of presence to the store", m.store_flushes.clone());
+        r.register("gate_decisions", "Gate decisions, by gate, credential and result", m.gate_decisions.clone());
+        r.register("purged", "Records removed by retention purges, by kind", m.purged.clone());
+        r.register("camera_frames", "Frames read from each camera", m.camera_frames.clone());
+        r.register("camera_connected", "1 while the camera delivers frames", m.camera_connected.clone());
+        r.register("camera_reconnects", "Times each camera was reopened after a loss", m.camera_reconnects.clone());
+        m
+    }
+
+    pub fn gate_decision(&self, gate: &str, credential: &str, result: &str) {
+        self.gate_decisions.get_or_create(&GateLabels { gate: gate.into(), credential: credential.into(), result: result.into() }).inc();
+    }
+
+    pub fn message(&self, kind: &str) {
+        self.messages.get_or_create(&KindLabel { kind: kind.into() }).inc();
+    }
+    pub fn reject(&self, reason: &str) {
+        self.rejected.get_or_create(&ReasonLabel { reason: reason.into() }).inc();
+    }
+    pub fn delivery(&self, channel: &str, result: &str) {
+        self.deliveries.get_or_create(&DeliveryLabels { channel: channel.into(), result: result.into() }).inc();
+    }
+    pub fn set_outbox(&self, channel: &str, pending: i64, failed: i64) {
+        self.outbox_pending.get_or_create(&ChannelLabel { channel: channel.into() }).set(pending);
+        self.outbox_failed.get_or_create(&ChannelLabel { channel: channel.into() }).set(failed);
+    }
+    pub fn alert_event(&self, kind: &str, state: &str) {
+        self.alert_events.get_or_create(&AlertLabels { kind: kind.into(), state: state.into() }).inc();
+    }
+
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        prometheus_client::encoding::text::encode(&mut s, &self.registry).expect("encode metrics");
+        s
+    }
+}
+
+/// systemd's notify protocol (sd_notify), without libsystemd: one datagram to
+/// $NOTIFY_SOCKET. "READY=1" once serving, "WATCHDOG=1" from the monitor loop
+/// (a hung loop stops the pings and systemd restarts us), "STOPPING=1".
+pub fn sd_notify(state: &str) {
+    if let Some(path) = std::env::var_os("NOTIFY_SOCKET") {
+        if let Err(e) = sd_notify_to(std::path::Path::new(&path), state) {
+            tracing::warn!(error = %e, "sd_notify failed");
+        }
+    }
+}
+
+pub fn sd_notify_to(path: &std::path::Path, state: &str) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let sock = std::os::unix::net::UnixDatagram::unbound()?;
+    let bytes = path.as_os_str().as_bytes();
+    if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+        sock.send_to_addr(state.as_bytes(), &addr)?;
+    } else {
+        sock.send_to(state.as_bytes(), path)?;
+    }
+    Ok(())
+}
+
+/// Half of $WATCHDOG_USEC, the interval systemd asks us to ping within.
+pub fn watchdog_interval() -> Option<std::time::Duration> {
+    let us: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    (us > 0).then(|| std::time::Duration::from_micros(us / 2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_render_in_prometheus_text_format() {
+        let m = Metrics::new();
+        m.reject("malformed");
+        m.delivery("grid-wecom", "delivered");
+        let text = m.encode();
+        assert!(text.contains("gatewarden_mqtt_rejected_total{reason=\"malformed\"} 1"), "{text}");
+        assert!(text.contains("gatewarden_deliveries_total{channel=\"grid-wecom\",result=\"delivered\"} 1"), "{text}");
+    }
+}

@@ -1,0 +1,110 @@
+//! Bounded fuzzing in the suite (proptest): the parsers that take input from
+//! outside the box never panic, and forged tokens never verify. Each target
+//! runs a few thousand generated inputs, seeded from the shapes the daemon
+//! really sees, then mutated. A longer run is `PROPTEST_CASES=… cargo test
+//! --release -p gatewarden --test fuzz` (see BENCHMARKS.md).
+
+use chrono::Utc;
+use domain::alert::token;
+use proptest::prelude::*;
+
+/// Topics in every shape the MQTT task routes, with random segments.
+fn topic() -> impl Strategy<Value = String> {
+    let seg = "[A-Za-z0-9_:+#-]{0,20}";
+    prop_oneof![
+        seg.prop_map(|s| format!("home/{s}/BTtoMQTT/C3A1F0001101")),
+        seg.prop_map(|s| format!("home/{s}/LWT")),
+        seg.prop_map(|s| format!("espresense/devices/{s}/room")),
+        seg.prop_map(|s| format!("espresense/rooms/{s}/status")),
+        seg.prop_map(|s| format!("gatewarden/t/{s}")),
+        (seg, seg).prop_map(|(a, b)| format!("gatewarden/t/cluster/{a}/{b}")),
+        (seg, seg).prop_map(|(a, b)| format!("gatewarden/t/gate/{a}/{b}")),
+        "[ -~]{0,64}",
+    ]
+}
+
+/// JSON-ish payloads built from the fields the parsers look for.
+fn payload() -> impl Strategy<Value = Vec<u8>> {
+    let key = prop_oneof![
+        Just("id"),
+        Just("band"),
+        Just("mac"),
+        Just("rssi"),
+        Just("battery"),
+        Just("sos"),
+        Just("gateway"),
+        Just("holder"),
+        Just("until_ms"),
+        Just("epoch"),
+        Just("distance"),
+    ];
+    let val = prop_oneof![
+        any::<i64>().prop_map(|n| n.to_string()),
+        any::<f64>().prop_map(|f| format!("{f}")),
+        "[ -~]{0,24}".prop_map(|s| format!("{s:?}")),
+        Just("true".to_string()),
+        Just("null".to_string()),
+        Just("[]".to_string()),
+        Just("{}".to_string()),
+    ];
+    prop_oneof![
+        proptest::collection::vec((key, val), 0..6).prop_map(|kv| format!(
+            "{{{}}}",
+            kv.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect::<Vec<_>>().join(",")
+        )
+        .into_bytes()),
+        proptest::collection::vec(any::<u8>(), 0..256),
+        Just(b"online".to_vec()),
+        Just(b"offline".to_vec()),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn mqtt_payload_parser_never_panics(t in topic(), p in payload()) {
+        let _ = gatewarden::mqtt::payload::parse(&t, &p, 16 * 1024);
+    }
+
+    #[test]
+    fn random_ack_tokens_never_verify(tok in "[A-Za-z0-9_.-]{0,120}") {
+        prop_assert!(token::verify(b"a-secret-of-enough-length", &tok, Utc::now()).is_err());
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1500, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_mutated_ack_token_never_verifies(flip in 0usize..200, to in any::<u8>()) {
+        let now = Utc::now();
+        let claim = token::AckClaim { alert: 7, level: 0, episode: 1_800_000_000_000 };
+        let good = token::sign(b"a-secret-of-enough-length", &claim, now + chrono::Duration::hours(1));
+        let mut bytes = good.clone().into_bytes();
+        let i = flip % bytes.len();
+        if bytes[i] != to && to.is_ascii_graphic() {
+            bytes[i] = to;
+            let forged = String::from_utf8_lossy(&bytes).to_string();
+            prop_assert!(token::verify(b"a-secret-of-enough-length", &forged, now).is_err(), "{forged}");
+        }
+    }
+
+    #[test]
+    fn config_parsing_never_panics_on_mutated_configs(cut in 0usize..4000, insert in "[ -~\n]{0,12}") {
+        let base = include_str!("../../../config/gatewarden.example.toml");
+        let at = base.char_indices().map(|(i, _)| i).nth(cut % base.chars().count()).unwrap_or(0);
+        let text = format!("{}{insert}{}", &base[..at], &base[at..]);
+        if let Ok(c) = config::Config::parse(&text) {
+            let _ = c.validate();
+        }
+    }
+
+    #[test]
+    fn roster_reader_never_panics_on_random_files(bytes in proptest::collection::vec(any::<u8>(), 0..2048), xlsx in any::<bool>()) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(if xlsx { "r.xlsx" } else { "r.csv" });
+        std::fs::write(&path, &bytes).unwrap();
+        let _ = gatewarden::admin::roster::read_file(&path);
+    }
+}

@@ -1,0 +1,599 @@
+//! End to end through the real binary, a real mosquitto and a real HTTP
+//! receiver, with the daemon's test clock moved through its API.
+
+mod common;
+use common::*;
+use reqwest::Method;
+use serde_json::json;
+
+const LADDER: &str = r#"
+[alert.absence]
+after = "48h"
+repeat_every = "6h"
+escalate_after = "12h"
+[alert.outbox]
+retry_initial = "200ms"
+retry_max = "1s"
+[[alert.channels]]
+name = "grid-wecom"
+kind = "wecom"
+url = "{R}/wecom"
+[[alert.channels]]
+name = "office-hook"
+kind = "webhook"
+url = "{R}/hook"
+secret = "hook-key"
+[[alert.ladder]]
+name = "网格员"
+channels = ["grid-wecom"]
+[[alert.ladder]]
+name = "社区办"
+channels = ["office-hook"]
+"#;
+
+struct World {
+    _dir: tempfile::TempDir,
+    broker: Mosquitto,
+    rx: Receiver,
+    d: Daemon,
+}
+
+async fn world(extra: &str) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start();
+    let rx = Receiver::start().await;
+    let http = free_port();
+    let text = config(dir.path(), broker.port, http, &extra.replace("{R}", &rx.url("")));
+    let d = Daemon::start(dir.path(), &text, http).await;
+    World { _dir: dir, broker, rx, d }
+}
+
+async fn enroll(d: &Daemon, id: &str, band: &str) {
+    d.post(
+        "/elders",
+        json!({"id": id, "name": format!("老人{id}"), "building": "3栋", "room": "401", "bands": [band],
+        "contacts": ["王丽:13800001111:女儿"]}),
+    )
+    .await;
+}
+
+async fn wait_seen(d: &Daemon, id: &str, place: &str) -> serde_json::Value {
+    eventually(&format!("{id} seen at {place}"), 10, async || {
+        let l = d.last_seen(id).await;
+        (l["place"] == place).then_some(l)
+    })
+    .await
+}
+
+fn texts(rx: &Receiver, path: &str) -> Vec<String> {
+    rx.accepted(path).iter().map(|r| r.text()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_shared_sample_format_updates_the_right_elder() {
+    let Some(samples) = shared_testdata("mqtt/sightings.txt") else { return };
+    let w = world(LADDER).await;
+    // Enrolled half by MAC, half by iBeacon identity: both must match.
+    enroll(&w.d, "E101", "C3:A1:F0:00:11:01").await;
+    enroll(&w.d, "E102", "ibeacon:e5b9e3a6-27e2-4c36-a257-7698da5fc140:1:102").await;
+    enroll(&w.d, "E103", "ibeacon:E5B9E3A627E24C36A2577698DA5FC140:1:103").await;
+    enroll(&w.d, "E104", "c3-a1-f0-00-11-04").await;
+    enroll(&w.d, "E105", "ibeacon:e5b9e3a6-27e2-4c36-a257-7698da5fc140:1:105").await;
+    let p = w.broker.publisher().await;
+    for line in std::fs::read_to_string(samples).unwrap().lines().filter(|l| !l.is_empty()) {
+        let (topic, payload) = line.split_once('\t').unwrap();
+        p.publish(topic, payload).await;
+    }
+    for (id, place, battery) in [
+        ("E101", "gate_north", None),
+        ("E102", "building_3", Some(78)),
+        ("E103", "OpenMQTTGateway", None),
+        ("E104", "OpenMQTTGateway", None),
+        ("E105", "TheengsGateway", Some(64)),
+    ] {
+        let l = wait_seen(&w.d, id, place).await;
+        assert_eq!(l["source"], "wristband", "{id}");
+        assert_eq!(l["battery"].as_u64(), battery, "{id}");
+    }
+    assert!(w.d.get("/wristbands/unknown").await.as_array().unwrap().is_empty(), "every sample band was enrolled");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn absence_fires_once_then_reminds_escalates_and_sends_returned_to_everyone_told() {
+    let w = world(LADDER).await;
+    enroll(&w.d, "E1", "c3a1f0001101").await;
+    let p = w.broker.publisher().await;
+    p.publish("home/gw1/BTtoMQTT/C3A1F0001101", r#"{"id":"C3:A1:F0:00:11:01","rssi":-70}"#).await;
+    wait_seen(&w.d, "E1", "gw1").await;
+
+    w.d.advance("47h").await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(w.rx.all().is_empty(), "nothing before 48h");
+    w.d.advance("61m").await;
+    let first = eventually("the absence alert", 10, async || w.rx.accepted("/wecom").first().cloned()).await;
+    let t = first.text();
+    for want in ["老人超时未出现", "老人E1", "3栋-401", "gw1", "王丽（女儿）13800001111", "/ack/"] {
+        assert!(t.contains(want), "missing {want:?} in:\n{t}");
+    }
+    // More ticks at the same time send nothing more: exactly once.
+    w.d.post("/debug/tick", json!({})).await;
+    w.d.advance("1h").await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(w.rx.accepted("/wecom").len(), 1);
+
+    w.d.advance("5h").await; // 6h after firing: reminder to level 1
+    eventually("the reminder", 10, async || (w.rx.accepted("/wecom").len() == 2).then_some(())).await;
+    assert!(texts(&w.rx, "/wecom")[1].contains("提醒"));
+    assert!(w.rx.accepted("/hook").is_empty(), "no escalation before 12h");
+    w.d.advance("6h").await; // 12h without acknowledgement: level 2
+    let esc = eventually("the escalation", 10, async || w.rx.accepted("/hook").first().cloned()).await;
+    let v = esc.json();
+    assert_eq!(v["status"], "firing");
+    assert_eq!(v["alerts"][0]["labels"]["notice"], "escalated");
+    assert!(v["alerts"][0]["generatorURL"].as_str().unwrap().contains("/ack/"));
+    // Signed with HMAC-SHA256 over the exact body.
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"hook-key").unwrap();
+    mac.update(&esc.body);
+    assert_eq!(esc.header("X-Gatewarden-Signature").unwrap(), format!("sha256={}", hex::encode(mac.finalize().into_bytes())));
+
+    p.publish("home/gw2/BTtoMQTT/C3A1F0001101", r#"{"id":"C3:A1:F0:00:11:01","rssi":-70}"#).await;
+    eventually("returned notice on both levels", 10, async || {
+        let w1 = texts(&w.rx, "/wecom").iter().any(|t| t.contains("已解除"));
+        let w2 = w.rx.accepted("/hook").iter().any(|r| r.json()["status"] == "resolved");
+        (w1 && w2).then_some(())
+    })
+    .await;
+    let alerts = w.d.get("/alerts?all=true").await;
+    let a = &alerts.as_array().unwrap()[0];
+    assert_eq!(a["state"], "resolved");
+    assert_eq!(alerts.as_array().unwrap().iter().filter(|a| a["kind"] == "absence").count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leave_suppresses_the_alert_and_an_acknowledgement_stops_reminders() {
+    let w = world(LADDER).await;
+    enroll(&w.d, "E1", "c3a1f0001101").await;
+    enroll(&w.d, "E2", "c3a1f0001102").await;
+    // E1 stays with her daughter for ten days.
+    let now = w.d.advance("1s").await;
+    let until = (chrono::DateTime::parse_from_rfc3339(&now).unwrap() + chrono::Duration::days(10)).to_rfc3339();
+    w.d.post("/leaves", json!({"elder": "E1", "until": until, "note": "住女儿家", "by": "李网格"})).await;
+    w.d.advance("49h").await;
+    let a = eventually("E2's alert", 10, async || w.rx.accepted("/wecom").first().cloned()).await;
+    assert!(a.text().contains("老人E2"));
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(!texts(&w.rx, "/wecom").iter().any(|t| t.contains("老人E1")), "no alert during a leave");
+
+    // Acknowledge E2's alert through the CLI, as staff would.
+    let id = w.d.get("/alerts").await[0]["id"].as_u64().unwrap().to_string();
+    let out = w.d.cli(&["alerts", "ack", &id, "--by", "李网格"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let n = eventually("the acknowledgement notice", 10, async || {
+        let t = texts(&w.rx, "/wecom");
+        t.iter().any(|x| x.contains("已确认")).then_some(t.len())
+    })
+    .await;
+    w.d.advance("7h").await;
+    w.d.advance("7h").await;
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    assert_eq!(texts(&w.rx, "/wecom").len(), n, "no reminders after acknowledgement");
+    assert!(w.rx.accepted("/hook").is_empty(), "no escalation after acknowledgement");
+    let again = w.d.cli(&["alerts", "ack", &id, "--by", "someone"]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already acknowledged by 李网格"));
+
+    // After the leave ends, counting starts again from its end: 48h later, E1 is alerted.
+    w.d.advance("9d").await; // leave over (day ~10.8)
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!texts(&w.rx, "/wecom").iter().any(|t| t.contains("老人E1")), "not right at the end of the leave");
+    w.d.advance("49h").await;
+    eventually("E1's alert after the leave", 10, async || texts(&w.rx, "/wecom").iter().any(|t| t.contains("老人E1")).then_some(())).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_receiver_failing_with_500_then_errcode_still_gets_the_alert_once_acknowledged_by_body() {
+    let w = world(LADDER).await;
+    w.rx.script(&[
+        (500, "oops"),
+        (502, "bad gateway"),
+        (200, r#"{"errcode":45009,"errmsg":"api freq out of limit"}"#),
+        (200, r#"{"errcode":-1,"errmsg":"system busy"}"#),
+    ]);
+    enroll(&w.d, "E1", "c3a1f0001101").await;
+    w.d.advance("49h").await;
+    let ok = eventually("delivery after failures", 20, async || {
+        w.rx.accepted("/wecom").into_iter().find(|r| r.answered == 200 && !r.text().is_empty() && w.rx.all().len() >= 5)
+    })
+    .await;
+    let all: Vec<_> = w.rx.all().into_iter().filter(|r| r.path == "/wecom").collect();
+    assert_eq!(all.len(), 5, "4 failures then success");
+    let key = ok.header("Idempotency-Key").unwrap().to_string();
+    assert!(all.iter().all(|r| r.header("Idempotency-Key") == Some(key.as_str())), "one idempotency key across retries");
+    assert!(all.iter().all(|r| r.body == all[0].body), "the same message every time");
+    eventually("outbox drained", 10, async || w.d.get("/outbox").await.as_array().unwrap().is_empty().then_some(())).await;
+    assert!(w.d.metric(r#"gatewarden_deliveries_total{channel="grid-wecom",result="retry"}"#).await >= 4.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_permanent_error_is_parked_loudly_and_can_be_retried() {
+    let w = world(LADDER).await;
+    w.rx.script(&[(200, r#"{"errcode":93000,"errmsg":"invalid webhook url"}"#)]);
+    enroll(&w.d, "E1", "c3a1f0001101").await;
+    w.d.advance("49h").await;
+    let failed = eventually("a parked notification", 10, async || {
+        let o = w.d.get("/outbox").await;
+        o.as_array().unwrap().iter().find(|n| n["delivery"] == "failed").cloned()
+    })
+    .await;
+    assert!(failed["last_error"].as_str().unwrap().contains("93000"));
+    assert_eq!(w.d.health().await["status"], "degraded");
+    assert!(w.d.log().contains("PERMANENT delivery failure"));
+    let out = w.d.cli(&["alerts", "outbox"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("failed"));
+    // The operator fixes the key and requeues it.
+    let id = failed["id"].as_u64().unwrap().to_string();
+    assert!(w.d.cli(&["alerts", "retry", &id]).status.success());
+    eventually("delivered after retry", 10, async || w.d.get("/outbox").await.as_array().unwrap().is_empty().then_some(())).await;
+    assert_eq!(w.rx.accepted("/wecom").iter().filter(|r| r.text().contains("老人E1")).count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_with_pending_alerts_loses_none_and_restart_neither_resets_nor_fakes_absence() {
+    let mut w = world(LADDER).await;
+    enroll(&w.d, "E1", "c3a1f0001101").await;
+    enroll(&w.d, "E2", "c3a1f0001102").await;
+    let p = w.broker.publisher().await;
+    // The receiver is down (503) while the alert fires.
+    w.rx.set_default(503, "down");
+    let now = w.d.advance("30h").await;
+    p.publish("home/gw/BTtoMQTT/C3A1F0001102", r#"{"id":"C3:A1:F0:00:11:02"}"#).await;
+    wait_seen(&w.d, "E2", "gw").await;
+    let now = {
+        let _ = now;
+        w.d.advance("19h").await // E1: 49h unseen → alert; E2: 19h
+    };
+    eventually("a failed attempt", 10, async || (!w.rx.all().is_empty()).then_some(())).await;
+    let pending = w.d.get("/outbox").await;
+    assert_eq!(pending.as_array().unwrap().len(), 1);
+
+    w.d.kill9();
+    w.rx.set_default(200, r#"{"errcode":0,"errmsg":"ok"}"#);
+    w.d.restart().await;
+    w.d.set_clock(&now).await; // the restarted process starts with a fresh test clock
+    let got =
+        eventually("the pending alert delivered after restart", 15, async || w.rx.accepted("/wecom").into_iter().find(|r| r.text().contains("老人E1"))).await;
+    assert!(got.text().contains("老人超时未出现"));
+    let alerts = w.d.get("/alerts?all=true").await;
+    assert_eq!(alerts.as_array().unwrap().len(), 1, "the restart opened no second episode: {alerts}");
+    // E2's clock was not reset by the restart: 29h more makes 48h.
+    w.d.advance("28h").await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(!texts(&w.rx, "/wecom").iter().any(|t| t.contains("老人E2")), "restart faked an absence");
+    w.d.advance("2h").await;
+    eventually("E2's alert at 49h despite the restart", 10, async || texts(&w.rx, "/wecom").iter().any(|t| t.contains("老人E2")).then_some(())).await;
+    // And a clean SIGTERM exits 0.
+    assert!(w.d.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_oversized_and_binary_payloads_are_counted_and_nothing_crashes() {
+    let w = world(LADDER).await;
+    enroll(&w.d, "E1", "c3a1f0001101").await;
+    let p = w.broker.publisher().await;
+    p.publish("home/gw/BTtoMQTT/C3A1F0001101", "{not json").await;
+    p.publish("espresense/devices/x/room", vec![0xff, 0xfe, 0x00, 0x9f]).await;
+    p.publish("gatewarden/t/sighting", vec![b'x'; 20_000]).await;
+    p.publish("gatewarden/t/sighting", r#"{"band":"not-a-band","gateway":"g"}"#).await;
+    p.publish("home/gw/BTtoMQTT/C3A1F0001199", r#"{"id":"C3:A1:F0:00:11:99","rssi":-60}"#).await;
+    p.publish("home/gw/BTtoMQTT/C3A1F0001101", r#"{"id":"C3:A1:F0:00:11:01","rssi":-60}"#).await;
+    wait_seen(&w.d, "E1", "gw").await;
+    eventually("rejections counted", 10, async || {
+        let m = w.d.metric(r#"gatewarden_mqtt_rejected_total{reason="malformed"}"#).await;
+        let u = w.d.metric(r#"gatewarden_mqtt_rejected_total{reason="not_utf8"}"#).await;
+        let o = w.d.metric(r#"gatewarden_mqtt_rejected_total{reason="oversized"}"#).await;
+        (m == 2.0 && u == 1.0 && o == 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(w.d.health().await["status"], "ok");
+    let unknown = w.d.get("/wristbands/unknown").await;
+    assert_eq!(unknown[0]["band"], "C3:A1:F0:00:11:99", "unknown wristband listed for enrolment");
+    let out = w.d.cli(&["wristbands", "unknown"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("C3:A1:F0:00:11:99"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_errors_are_clear_for_unknown_elders_taken_wristbands_and_bad_input() {
+    let w = world(LADDER).await;
+    enroll(&w.d, "E1", "c3a1f0001101").await;
+    let err = |o: std::process::Output| {
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    let e = err(w.d.cli(&["elder", "add", "--name", "李四", "--band", "C3:A1:F0:00:11:01"]));
+    assert!(e.contains("already bound to elder E1"), "{e}");
+    let e = err(w.d.cli(&["elder", "add", "--name", "李四", "--band", "zz:zz"]));
+    assert!(e.contains("invalid wristband id"), "{e}");
+    let e = err(w.d.cli(&["elder", "update", "NOPE", "--room", "1"]));
+    assert!(e.contains("no elder \"NOPE\""), "{e}");
+    let e = err(w.d.cli(&["leave", "add", "E1", "--until", "next week"]));
+    assert!(e.contains("invalid time"), "{e}");
+    let e = err(w.d.cli(&["elder", "add", "--name", "李四", "--contact", "王丽:not-a-phone"]));
+    assert!(e.contains("invalid phone"), "{e}");
+    let e = err(w.d.cli(&["alerts", "test-channel", "nope"]));
+    assert!(e.contains("no channel \"nope\""), "{e}");
+    let (code, _) = w.d.api(Method::POST, "/debug/clock", Some(json!({"advance": "two days"}))).await;
+    assert_eq!(code, 400);
+    // Good input still works through the CLI.
+    let ok = w.d.cli(&["elder", "add", "--name", "李四", "--id", "E2", "--band", "ibeacon:e5b9e3a627e24c36a2577698da5fc140:1:9"]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let list = String::from_utf8_lossy(&w.d.cli(&["elder", "list"]).stdout).to_string();
+    assert!(list.contains("E2") && list.contains("李四"), "{list}");
+    // A wrong token is refused.
+    let o = std::process::Command::new(bin()).args(["elder", "list", "--token", "wrong", "--config"]).arg(&w.d.config).output().unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("wrong admin token"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn test_channel_sends_a_real_message_and_staff_check_in_counts_as_sighting() {
+    let w = world(LADDER).await;
+    let out = w.d.cli(&["alerts", "test-channel", "grid-wecom"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(w.rx.accepted("/wecom")[0].text().contains("测试"));
+    enroll(&w.d, "E1", "c3a1f0001101").await;
+    w.d.advance("40h").await;
+    let o = w.d.cli(&["checkin", "E1", "--by", "李网格", "--note", "visited, all well"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(w.d.last_seen("E1").await["source"], "check_in");
+    w.d.advance("40h").await; // 80h since enrolment, 40h since the visit
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(w.d.get("/alerts").await.as_array().unwrap().is_empty());
+    let p = String::from_utf8_lossy(&w.d.cli(&["presence"]).stdout).to_string();
+    assert!(p.contains("check-in by 李网格"), "{p}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ack_link_in_a_message_acknowledges_the_alert() {
+    let w = world(LADDER).await;
+    enroll(&w.d, "E1", "c3a1f0001101").await;
+    w.d.advance("49h").await;
+    let m = eventually("the alert", 10, async || w.rx.accepted("/wecom").first().cloned()).await;
+    let text = m.text();
+    let link = text.lines().find(|l| l.contains("/ack/")).unwrap().trim().to_string();
+    let http = reqwest::Client::new();
+    let page = http.get(&link).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("<form"), "GET only shows a form");
+    assert_eq!(w.d.get("/alerts").await[0]["state"], "firing");
+    let r = http.post(&link).form(&[("by", "王主任")]).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let a = &w.d.get("/alerts").await[0];
+    assert_eq!(a["state"], "acknowledged");
+    assert_eq!(a["acked_by"], "王主任 (link)");
+    let forged = link.replace("/ack/", "/ack/x");
+    assert_eq!(http.post(&forged).form(&[("by", "x")]).send().await.unwrap().status(), 403);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sos_from_own_format_alerts_immediately() {
+    let w = world(LADDER).await;
+    let upstream = Subscriber::start(w.broker.port, "gatewarden/t/alert").await;
+    enroll(&w.d, "E1", "c3a1f0001101").await;
+    let p = w.broker.publisher().await;
+    p.publish("gatewarden/t/sighting", r#"{"band":"c3a1f0001101","gateway":"b3","sos":true,"battery":12}"#).await;
+    eventually("SOS and low battery alerts", 10, async || {
+        let t = texts(&w.rx, "/wecom");
+        (t.iter().any(|x| x.contains("SOS")) && t.iter().any(|x| x.contains("电量低"))).then_some(())
+    })
+    .await;
+    // The episode also goes upstream for the district, without personal data.
+    let ep = eventually("the SOS episode on MQTT", 10, async || upstream.messages().into_iter().find(|(_, p)| p.contains("\"sos\"")).map(|(_, p)| p)).await;
+    let v: serde_json::Value = serde_json::from_str(&ep).unwrap();
+    assert_eq!((v["kind"].as_str(), v["state"].as_str(), v["subject"]["id"].as_str()), (Some("sos"), Some("firing"), Some("E1")));
+    assert!(!ep.contains("老人E1") && !ep.contains("13800001111"), "no names or phones upstream: {ep}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sightings_published_while_the_daemon_is_down_are_delivered_after_restart() {
+    let mut w = world(LADDER).await;
+    enroll(&w.d, "E1", "c3a1f0001101").await;
+    assert!(w.d.terminate().success(), "clean shutdown on SIGTERM");
+    // The broker holds QoS 1 messages for our persistent session meanwhile.
+    let p = w.broker.publisher().await;
+    p.publish("espresense/devices/c3a1f0001101/kitchen", r#"{"mac":"c3a1f0001101","id":"c3a1f0001101","rssi":-60}"#).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    w.d.restart().await;
+    wait_seen(&w.d, "E1", "kitchen").await;
+}
+
+#[test]
+fn config_check_names_every_bad_key_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bad.toml");
+    std::fs::write(&f, "site = \"t\"\n[store]\npath = \"/tmp/x\"\n[alert.absence]\nafter = \"two days\"\nrepeat_every = \"6h\"\nescalate_after = \"12h\"\n")
+        .unwrap();
+    let o = std::process::Command::new(bin()).args(["config", "check"]).arg(&f).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("alert.absence.after") && e.contains("invalid duration"), "{e}");
+    std::fs::write(&f, "site = \"t\"\n[store]\npath = \"/tmp/x\"\n[[alert.channels]]\nname = \"d\"\nkind = \"dingtalk\"\nurl = \"nope\"\n").unwrap();
+    let o = std::process::Command::new(bin()).args(["config", "check"]).arg(&f).output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("alert.channels[0].url") && e.contains("alert.channels[0].secret"), "{e}");
+    let good = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("config/gatewarden.example.toml");
+    let o = std::process::Command::new(bin()).args(["config", "check"]).arg(&good).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_reconnects_by_itself_after_the_broker_restarts() {
+    let mut w = world(LADDER).await;
+    enroll(&w.d, "E1", "c3a1f0001101").await;
+    w.broker.restart();
+    eventually("MQTT disconnect noticed and reconnected", 20, async || {
+        let h = w.d.health().await;
+        (h["mqtt_connected"] == true && w.d.log().contains("MQTT connection lost")).then_some(())
+    })
+    .await;
+    // A non-persistent broker lost our subscriptions: they must have been renewed.
+    let p = w.broker.publisher().await;
+    eventually("a sighting after the broker restart", 20, async || {
+        p.publish("home/gw9/BTtoMQTT/C3A1F0001101", r#"{"id":"C3:A1:F0:00:11:01"}"#).await;
+        (w.d.last_seen("E1").await["place"] == "gw9").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signed_robots_and_ntfy_receive_what_their_services_expect_on_a_per_grid_ladder() {
+    let extra = r#"
+[[alert.channels]]
+name = "default-hook"
+kind = "webhook"
+url = "{R}/default"
+[[alert.channels]]
+name = "ding"
+kind = "dingtalk"
+url = "{R}/ding?access_token=abc"
+secret = "SECding"
+[[alert.channels]]
+name = "lark"
+kind = "feishu"
+url = "{R}/lark"
+secret = "larksecret"
+[[alert.channels]]
+name = "push"
+kind = "ntfy"
+url = "{R}/ntfy"
+topic = "duty"
+token = "tk_123"
+[[alert.ladder]]
+name = "default"
+channels = ["default-hook"]
+"#;
+    let w = world(extra).await;
+    w.d.post("/staff", json!({"id": "s1", "name": "李网格", "phone": "13900002222"})).await;
+    let o = w.d.cli(&["escalation", "set", "--grid", "g7", "--level", "网格员:ding+lark+push:s1"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let bad = w.d.cli(&["escalation", "set", "--grid", "g7", "--level", "网格员:nosuch"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown channel \"nosuch\""));
+    w.d.post("/elders", json!({"id": "E7", "name": "赵大爷", "grid": "g7", "bands": ["c3a1f0001107"]})).await;
+    w.d.advance("49h").await;
+    let (ding, lark, push) = eventually("all three channels", 10, async || {
+        let d = w.rx.accepted("/ding").first().cloned()?;
+        let l = w.rx.accepted("/lark").first().cloned()?;
+        let p = w.rx.accepted("/ntfy").first().cloned()?;
+        Some((d, l, p))
+    })
+    .await;
+    assert!(w.rx.accepted("/default").is_empty(), "grid g7 has its own ladder");
+    use base64::Engine as _;
+    use hmac::Mac;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    // DingTalk: timestamp and sign in the query; sign = b64(HMAC(secret, ts + "\n" + secret)), URL-encoded.
+    let q: std::collections::HashMap<String, String> = url_pairs(&ding.query);
+    assert_eq!(q["access_token"], "abc");
+    let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"SECding").unwrap();
+    m.update(format!("{}\nSECding", q["timestamp"]).as_bytes());
+    assert_eq!(q["sign"], b64.encode(m.finalize().into_bytes()));
+    assert_eq!(ding.json()["at"]["atMobiles"][0], "13900002222");
+    // Feishu: timestamp and sign in the body; sign = b64(HMAC(key = ts + "\n" + secret, msg = "")).
+    let v = lark.json();
+    let ts = v["timestamp"].as_str().unwrap();
+    let m = hmac::Hmac::<sha2::Sha256>::new_from_slice(format!("{ts}\nlarksecret").as_bytes()).unwrap();
+    assert_eq!(v["sign"].as_str().unwrap(), b64.encode(m.finalize().into_bytes()));
+    assert!(v["content"]["text"].as_str().unwrap().contains("赵大爷"));
+    // ntfy: JSON publish with topic, priority, click-through to the ack link, and the token.
+    let v = push.json();
+    assert_eq!(v["topic"], "duty");
+    assert_eq!(v["priority"], 4);
+    assert!(v["click"].as_str().unwrap().contains("/ack/"));
+    assert_eq!(push.header("authorization"), Some("Bearer tk_123"));
+}
+
+/// Decode `a=b&c=d` (percent-decoding values).
+fn url_pairs(q: &str) -> std::collections::HashMap<String, String> {
+    q.split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), percent_encoding::percent_decode_str(v).decode_utf8_lossy().to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn systemd_hears_ready_and_watchdog_pings_and_the_unit_file_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    let broker = Mosquitto::start();
+    let http = free_port();
+    let cfg = dir.path().join("g.toml");
+    std::fs::write(&cfg, config(dir.path(), broker.port, http, "")).unwrap();
+    let mut child = std::process::Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "400000")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while !(got.iter().any(|m: &String| m == "READY=1") && got.iter().filter(|m| *m == "WATCHDOG=1").count() >= 2) {
+        let n = sock.recv(&mut buf).expect("a notification within 20 s");
+        got.push(String::from_utf8_lossy(&buf[..n]).to_string());
+    }
+    std::process::Command::new("sh").args(["-c", &format!("kill -TERM {}", child.id())]).status().unwrap();
+    assert!(child.wait().unwrap().success());
+    let n = sock.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"STOPPING=1");
+
+    // The shipped unit passes `systemd-analyze verify` (pointed at this build's binary).
+    if let Ok(o) = std::process::Command::new("systemd-analyze").arg("--version").output() {
+        if o.status.success() {
+            let unit = std::fs::read_to_string(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("deploy/gatewarden.service")).unwrap();
+            let unit = unit.replace("/usr/bin/gatewarden", bin());
+            let p = dir.path().join("gatewarden.service");
+            std::fs::write(&p, unit).unwrap();
+            let v = std::process::Command::new("systemd-analyze").arg("verify").arg(&p).output().unwrap();
+            let text = String::from_utf8_lossy(&v.stderr).to_string();
+            let problems: Vec<&str> = text.lines().filter(|l| l.contains("gatewarden.service")).collect();
+            assert!(v.status.success() && problems.is_empty(), "systemd-analyze verify: {text}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighting_history_is_a_bounded_window_never_an_unbounded_track() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start();
+    let http = free_port();
+    let text = config(dir.path(), broker.port, http, "").replace("[presence]\n", "[presence]\nhistory_window = \"7d\"\nhistory_max = 3\n");
+    let d = Daemon::start(dir.path(), &text, http).await;
+    enroll(&d, "E1", "c3a1f0001101").await;
+    let p = broker.publisher().await;
+    // Five sightings, ten minutes apart, in different places.
+    for i in 0..5 {
+        d.advance("10m").await;
+        p.publish(&format!("home/gw{i}/BTtoMQTT/C3A1F0001101"), r#"{"id":"C3:A1:F0:00:11:01"}"#).await;
+        wait_seen(&d, "E1", &format!("gw{i}")).await;
+    }
+    let h = d.get("/elders/E1/history").await;
+    let places: Vec<&str> = h["sightings"].as_array().unwrap().iter().map(|s| s["place"].as_str().unwrap()).collect();
+    assert_eq!(places, ["gw0", "gw1", "gw2", "gw3", "gw4"]);
+    // The hourly purge keeps at most 3 per elder…
+    // (The retention task checks the clock every second.)
+    d.advance("61m").await;
+    eventually("history capped per elder", 10, async || {
+        let h = d.get("/elders/E1/history").await;
+        let places: Vec<String> = h["sightings"].as_array().unwrap().iter().map(|s| s["place"].as_str().unwrap().to_string()).collect();
+        (places == ["gw2", "gw3", "gw4"]).then_some(())
+    })
+    .await;
+    // …and nothing older than the window; last-seen itself stays.
+    d.advance("8d").await;
+    eventually("history older than 7 days purged", 10, async || d.get("/elders/E1/history").await["sightings"].as_array().unwrap().is_empty().then_some(()))
+        .await;
+    assert_eq!(d.last_seen("E1").await["place"], "gw4");
+    assert!(d.metric("gatewarden_purged_total{kind=\"sighting_history\"}").await >= 5.0);
+}

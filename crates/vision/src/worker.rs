@@ -1,0 +1,251 @@
+//! The body of `gatewarden-vision`: camera threads, the face pipeline and the
+//! gallery, speaking `protocol` on stdin/stdout. Logs go to stderr.
+
+use super::matcher::Gallery;
+use super::pipeline::{FacePipeline, Timings};
+use super::protocol::{EnrolResult, FaceOut, FromVision, PlateOut, ToVision};
+use crate::capture::Camera;
+use base64::Engine as _;
+use config::Config;
+use opencv::prelude::*;
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+/// QR payloads gatewarden issues start with this.
+pub use vision_protocol::QR_PREFIX;
+
+pub fn decode_qr(bgr: &opencv::core::Mat) -> Vec<String> {
+    let mut grey = opencv::core::Mat::default();
+    if opencv::imgproc::cvt_color(bgr, &mut grey, opencv::imgproc::COLOR_BGR2GRAY, 0).is_err() {
+        return vec![];
+    }
+    let (w, h) = (grey.cols() as usize, grey.rows() as usize);
+    let Ok(px) = grey.data_bytes() else { return vec![] };
+    let mut img = rqrr::PreparedImage::prepare_from_greyscale(w, h, |x, y| px[y * w + x]);
+    img.detect_grids().into_iter().filter_map(|g| g.decode().ok().map(|(_, s)| s)).filter(|s| s.starts_with(QR_PREFIX)).collect()
+}
+
+fn send(out: &mut impl Write, m: &FromVision) -> bool {
+    let line = serde_json::to_string(m).expect("protocol serializes");
+    writeln!(out, "{line}").and_then(|_| out.flush()).is_ok()
+}
+
+/// Run until stdin closes (the daemon went away) or a write fails.
+/// `gatewarden-vision --check`: load every model through ONNX Runtime (hashes
+/// verified) and, given a photo, run it through OpenCV and the face pipeline.
+/// The install script and operators use it to prove a box can see.
+pub fn check(cfg: &Config, photo: Option<&std::path::Path>) -> anyhow::Result<String> {
+    let v = &cfg.vision;
+    let mut pipeline = FacePipeline::load(&v.models_dir, v.ort_library.as_deref(), v.intra_threads)?;
+    super::plate::PlateReader::load(&v.models_dir, v.ort_library.as_deref(), v.intra_threads)?;
+    let mut report = format!("vision OK: face and plate models loaded from {}", v.models_dir.display());
+    if let Some(p) = photo {
+        let img = super::image::load(p)?;
+        let faces = pipeline.analyse(&img, true, &mut Default::default())?;
+        let usable = faces.iter().filter(|f| f.embedding.is_some()).count();
+        report.push_str(&format!("; {}: {} face(s), {usable} usable", p.display(), faces.len()));
+    }
+    Ok(report)
+}
+
+pub fn run(cfg: &Config) -> anyhow::Result<()> {
+    let v = &cfg.vision;
+    let mut pipeline = FacePipeline::load(&v.models_dir, v.ort_library.as_deref(), v.intra_threads)?;
+    pipeline.gates.min_face_px = v.min_face_px;
+    pipeline.liveness.threshold = v.liveness_threshold;
+    let mut gallery = Gallery::default();
+    let mut plates = match cfg.gates.iter().any(|g| g.read_plates && g.camera.is_some()) {
+        true => Some(super::plate::PlateReader::load(&v.models_dir, v.ort_library.as_deref(), v.intra_threads)?),
+        false => None,
+    };
+    let reads: HashMap<String, (bool, bool)> = cfg.gates.iter().map(|g| (g.name.clone(), (g.read_faces, g.read_plates))).collect();
+    let (tx, rx) = mpsc::channel::<ToVision>();
+    let stdin_open = Arc::new(AtomicBool::new(true));
+    let open = stdin_open.clone();
+    std::thread::Builder::new().name("vision-stdin".into()).spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            match serde_json::from_str::<ToVision>(&line) {
+                Ok(m) => {
+                    if tx.send(m).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "bad message from the daemon"),
+            }
+        }
+        open.store(false, Ordering::Relaxed);
+    })?;
+    let mut out = std::io::stdout().lock();
+    // The initial gallery arrives before Start.
+    loop {
+        match rx.recv() {
+            Ok(ToVision::Start) => break,
+            Ok(ToVision::GalleryAdd { person, embedding }) => gallery.add(&person, &embedding),
+            Ok(other) => tracing::warn!(?other, "message before start ignored"),
+            Err(_) => return Ok(()),
+        }
+    }
+    if !send(&mut out, &FromVision::Ready { templates: gallery.len() }) {
+        return Ok(());
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut cameras: Vec<(String, Arc<Camera>, Duration)> = Vec::new();
+    for g in &cfg.gates {
+        if let Some(src) = &g.camera {
+            let cam = Camera::new(&g.name);
+            let (c, s, st) = (cam.clone(), src.clone(), stop.clone());
+            let (ot, rt) = (g.open_timeout.get(), g.read_timeout.get());
+            std::thread::Builder::new().name(format!("camera-{}", g.name)).spawn(move || crate::capture::run(c, s, ot, rt, st))?;
+            cameras.push((g.name.clone(), cam, Duration::from_secs_f32(1.0 / g.max_fps)));
+        }
+    }
+    let mut last_seq: HashMap<String, u64> = HashMap::new();
+    let mut last_run: HashMap<String, Instant> = HashMap::new();
+    let mut last_stats = Instant::now() - Duration::from_secs(1);
+    let result = loop {
+        if !stdin_open.load(Ordering::Relaxed) {
+            break Ok(());
+        }
+        let mut busy = false;
+        while let Ok(m) = rx.try_recv() {
+            busy = true;
+            match m {
+                ToVision::GalleryAdd { person, embedding } => gallery.add(&person, &embedding),
+                ToVision::GalleryRemove { person } => gallery.remove_person(&person),
+                ToVision::Enrol { id, image } => {
+                    let result = match base64::engine::general_purpose::STANDARD.decode(image.trim()) {
+                        Err(e) => EnrolResult::Error(format!("not base64: {e}")),
+                        Ok(bytes) => match super::image::decode(&bytes, "photo").and_then(|m| pipeline.enrol(&m)) {
+                            Ok(Ok(e)) => EnrolResult::Ok(e),
+                            Ok(Err(r)) => EnrolResult::Rejected(r.to_string()),
+                            Err(e) => EnrolResult::Error(e.to_string()),
+                        },
+                    };
+                    if !send(&mut out, &FromVision::Enrolled { id, result }) {
+                        break;
+                    }
+                }
+                ToVision::Start => {}
+            }
+        }
+        if last_stats.elapsed() >= Duration::from_millis(500) {
+            last_stats = Instant::now();
+            for (gate, cam, _) in &cameras {
+                let m = FromVision::Camera {
+                    gate: gate.clone(),
+                    frames: cam.frames.load(Ordering::Relaxed),
+                    connected: cam.connected.load(Ordering::Relaxed),
+                    reconnects: cam.reconnects.load(Ordering::Relaxed),
+                    finished: cam.finished.load(Ordering::Relaxed),
+                    silent_ms: cam.silent_for().map(|d| d.as_millis() as u64),
+                };
+                if !send(&mut out, &m) {
+                    break;
+                }
+            }
+        }
+        for (gate, cam, interval) in &cameras {
+            if last_run.get(gate).is_some_and(|t| t.elapsed() < *interval) {
+                continue;
+            }
+            let after = last_seq.get(gate).copied().unwrap_or(0);
+            let Some(frame) = cam.latest_after(after) else { continue };
+            busy = true;
+            last_seq.insert(gate.clone(), frame.seq);
+            last_run.insert(gate.clone(), Instant::now());
+            let (read_faces, read_plates) = reads.get(gate).copied().unwrap_or((true, false));
+            let mut t = Timings::default();
+            let faces = if read_faces {
+                match pipeline.analyse(&frame.mat, true, &mut t) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        tracing::error!(gate = %gate, error = %e, "face analysis failed");
+                        continue;
+                    }
+                }
+            } else {
+                vec![]
+            };
+            let plate_reads: Vec<PlateOut> = match (&mut plates, read_plates) {
+                (Some(r), true) => match r.read(&frame.mat) {
+                    Ok(rs) => rs
+                        .into_iter()
+                        .filter(|x| domain::gate::plate::validate(&x.text).is_ok())
+                        .map(|x| PlateOut { text: x.text, confidence: x.confidence, colour: x.colour, double_layer: x.double_layer })
+                        .collect(),
+                    Err(e) => {
+                        tracing::error!(gate = %gate, error = %e, "plate reading failed");
+                        vec![]
+                    }
+                },
+                _ => vec![],
+            };
+            let mut seen: Vec<(f32, FaceOut)> = faces
+                .iter()
+                .filter_map(|f| {
+                    let e = f.embedding.as_deref()?;
+                    let (person, score) = match gallery.best(e) {
+                        Some(m) if m.score >= v.match_threshold => (Some(m.person), m.score),
+                        Some(m) => (None, m.score),
+                        None => (None, 0.0),
+                    };
+                    Some((f.detection.bbox[2] * f.detection.bbox[3], FaceOut { person, score, liveness: f.liveness.unwrap_or(0.0) }))
+                })
+                .collect();
+            seen.sort_by(|a, b| b.0.total_cmp(&a.0));
+            let faces: Vec<FaceOut> = seen.into_iter().map(|(_, f)| f).collect();
+            let snapshot = if faces.first().is_some_and(|f| f.person.is_none()) {
+                let mut buf = opencv::core::Vector::<u8>::new();
+                opencv::imgcodecs::imencode(".jpg", &frame.mat, &mut buf, &opencv::core::Vector::new())
+                    .ok()
+                    .map(|_| base64::engine::general_purpose::STANDARD.encode(buf.as_slice()))
+            } else {
+                None
+            };
+            let qr = decode_qr(&frame.mat);
+            if faces.is_empty() && qr.is_empty() && plate_reads.is_empty() {
+                continue;
+            }
+            if !send(&mut out, &FromVision::Frame { gate: gate.clone(), faces, qr, snapshot, plates: plate_reads }) {
+                break;
+            }
+        }
+        if !busy {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    stop.store(true, Ordering::Relaxed);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opencv::core::{Mat, Scalar, CV_8UC3};
+
+    #[test]
+    fn a_visitor_qr_code_in_a_camera_frame_is_read() {
+        let payload = format!("{QR_PREFIX}0123456789abcdef01234567");
+        let code = qrcode::QrCode::new(payload.as_bytes()).unwrap();
+        let (w, colors) = (code.width(), code.to_colors());
+        let scale = 8;
+        let size = ((w + 8) * scale) as i32;
+        let mut img = Mat::new_rows_cols_with_default(720, 1280, CV_8UC3, Scalar::all(200.0)).unwrap();
+        let mut roi = Mat::roi_mut(&mut img, opencv::core::Rect::new(400, 100, size, size)).unwrap();
+        roi.set_to(&Scalar::all(255.0), &opencv::core::no_array()).unwrap();
+        for (i, c) in colors.iter().enumerate() {
+            if *c == qrcode::Color::Dark {
+                let (x, y) = ((i % w + 4) * scale, (i / w + 4) * scale);
+                let r = opencv::core::Rect::new(x as i32, y as i32, scale as i32, scale as i32);
+                Mat::roi_mut(&mut roi, r).unwrap().set_to(&Scalar::all(0.0), &opencv::core::no_array()).unwrap();
+            }
+        }
+        assert_eq!(decode_qr(&img), vec![payload]);
+        let blank = Mat::new_rows_cols_with_default(720, 1280, CV_8UC3, Scalar::all(128.0)).unwrap();
+        assert!(decode_qr(&blank).is_empty());
+    }
+}
