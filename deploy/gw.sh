@@ -71,7 +71,7 @@ case "$cmd" in
     cargo clippy --locked --workspace --all-targets -- -D warnings
     log=$(mktemp)
     set +e
-    cargo test --locked --workspace "$@" 2>&1 | tee "$log"
+    cargo test --locked --workspace --no-fail-fast "$@" 2>&1 | tee "$log"
     status=${PIPESTATUS[0]}
     set -e
     echo "==> crate-graph rules"

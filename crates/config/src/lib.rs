@@ -18,6 +18,23 @@ mod mqtt;
 mod presence;
 mod settings;
 
+/// A duration that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid duration {input:?} ({reason}); write it like \"48h\", \"30m\" or \"3s\"")]
+pub struct DurationError {
+    pub input: String,
+    pub reason: String,
+}
+
+/// A secret (admin token, ack key) that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    #[error("cannot read {path}: {reason}")]
+    Unreadable { path: PathBuf, reason: String },
+    #[error("the secret is {chars} characters; it must be at least {MIN_SECRET_CHARS} (e.g. `openssl rand -hex 32`), or unset it and the box makes one")]
+    TooShort { chars: usize },
+}
+
 /// The shortest secret accepted for signing links or guarding the API.
 pub const MIN_SECRET_CHARS: usize = 16;
 mod store;
@@ -73,8 +90,8 @@ impl Dur {
     pub fn get(self) -> Duration {
         self.0
     }
-    pub fn parse(s: &str) -> Result<Self, String> {
-        humantime::parse_duration(s.trim()).map(Dur).map_err(|e| format!("invalid duration {s:?} ({e}); write it like \"48h\", \"30m\" or \"3s\""))
+    pub fn parse(s: &str) -> Result<Self, DurationError> {
+        humantime::parse_duration(s.trim()).map(Dur).map_err(|e| DurationError { input: s.to_string(), reason: e.to_string() })
     }
 }
 
@@ -164,7 +181,7 @@ impl Config {
             bad("site".into(), "must be a non-empty name without spaces, '/', '+' or '#'".into());
         }
         if let Err(e) = self.mqtt.external_addr() {
-            bad("mqtt.broker".into(), e);
+            bad("mqtt.broker".into(), e.to_string());
         }
         if let Some(c) = &self.cluster {
             if c.box_id.is_empty() || !c.box_id.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
@@ -271,7 +288,7 @@ impl Config {
             for (f, h) in [("visitor_hours", &g.visitor_hours), ("resident_hours", &g.resident_hours)] {
                 if let Some(h) = h {
                     if let Err(e) = h.parse::<domain::gate::policy::Hours>() {
-                        bad(key(f), e);
+                        bad(key(f), e.to_string());
                     }
                 }
             }
@@ -304,10 +321,10 @@ impl Config {
         // A secret that is empty or short signs links anyone can compute offline.
         let key = |file: &Option<PathBuf>, name: &str| if file.is_some() { format!("http.{name}_file") } else { format!("http.{name}") };
         if let Err(e) = self.ack_secret() {
-            bad(key(&self.http.ack_secret_file, "ack_secret"), e);
+            bad(key(&self.http.ack_secret_file, "ack_secret"), e.to_string());
         }
         if let Err(e) = self.admin_token() {
-            bad(key(&self.http.admin_token_file, "admin_token"), e);
+            bad(key(&self.http.admin_token_file, "admin_token"), e.to_string());
         }
         // Zero periods would panic a task's interval (or spin it).
         for (k, d) in [("store.flush_every", self.store.flush_every), ("presence.tick_interval", self.presence.tick_interval)] {
@@ -337,34 +354,31 @@ impl Config {
         }
     }
 
-    fn secret_from(inline: &Option<String>, file: &Option<PathBuf>, env: &str) -> Result<Option<String>, String> {
+    fn secret_from(inline: &Option<String>, file: &Option<PathBuf>, env: &str) -> Result<Option<String>, SecretError> {
         if let Ok(v) = std::env::var(env) {
             if !v.is_empty() {
                 return Ok(Some(v));
             }
         }
         let value = match file {
-            Some(f) => std::fs::read_to_string(f).map_err(|e| format!("cannot read {}: {e}", f.display()))?.trim().to_string(),
+            Some(f) => std::fs::read_to_string(f).map_err(|e| SecretError::Unreadable { path: f.clone(), reason: e.to_string() })?.trim().to_string(),
             None => match inline {
                 Some(v) => v.clone(),
                 None => return Ok(None),
             },
         };
         if value.chars().count() < MIN_SECRET_CHARS {
-            return Err(format!(
-                "the secret is {} characters; it must be at least {MIN_SECRET_CHARS} (e.g. `openssl rand -hex 32`), or unset it and the box makes one",
-                value.chars().count()
-            ));
+            return Err(SecretError::TooShort { chars: value.chars().count() });
         }
         Ok(Some(value))
     }
 
     /// The admin API token: GATEWARDEN_ADMIN_TOKEN, then the file, then inline.
-    pub fn admin_token(&self) -> Result<Option<String>, String> {
+    pub fn admin_token(&self) -> Result<Option<String>, SecretError> {
         Self::secret_from(&self.http.admin_token, &self.http.admin_token_file, "GATEWARDEN_ADMIN_TOKEN")
     }
 
-    pub fn ack_secret(&self) -> Result<Option<String>, String> {
+    pub fn ack_secret(&self) -> Result<Option<String>, SecretError> {
         Self::secret_from(&self.http.ack_secret, &self.http.ack_secret_file, "GATEWARDEN_ACK_SECRET")
     }
 

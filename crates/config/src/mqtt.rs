@@ -1,6 +1,17 @@
 //! The `[mqtt]` section: the broker, topics and the embedded broker.
 
 use crate::Dur;
+
+/// `mqtt.broker` that is not a broker address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerUrlError {
+    #[error("{0:?} must be \"embedded\" or \"mqtt://host:port\"")]
+    Scheme(String),
+    #[error("bad port in {0:?}")]
+    Port(String),
+    #[error("no host in {0:?}")]
+    NoHost(String),
+}
 use serde::Deserialize;
 use std::net::SocketAddr;
 
@@ -61,22 +72,19 @@ impl MqttConfig {
         Dur::secs(60)
     }
     /// (host, port) of an external broker, or None for the embedded one.
-    pub fn external_addr(&self) -> Result<Option<(String, u16)>, String> {
+    pub fn external_addr(&self) -> Result<Option<(String, u16)>, BrokerUrlError> {
         if self.broker == "embedded" {
             return Ok(None);
         }
-        let rest = self
-            .broker
-            .strip_prefix("mqtt://")
-            .or_else(|| self.broker.strip_prefix("tcp://"))
-            .ok_or_else(|| format!("{:?} must be \"embedded\" or \"mqtt://host:port\"", self.broker))?;
+        let rest =
+            self.broker.strip_prefix("mqtt://").or_else(|| self.broker.strip_prefix("tcp://")).ok_or_else(|| BrokerUrlError::Scheme(self.broker.clone()))?;
         let rest = rest.trim_end_matches('/');
         let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) => (h, p.parse::<u16>().map_err(|_| format!("bad port in {:?}", self.broker))?),
+            Some((h, p)) => (h, p.parse::<u16>().map_err(|_| BrokerUrlError::Port(self.broker.clone()))?),
             None => (rest, 1883),
         };
         if host.is_empty() {
-            return Err(format!("no host in {:?}", self.broker));
+            return Err(BrokerUrlError::NoHost(self.broker.clone()));
         }
         Ok(Some((host.to_string(), port)))
     }

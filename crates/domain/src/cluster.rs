@@ -214,17 +214,26 @@ pub fn topic(site: &str, rest: &str) -> String {
     format!("gatewarden/{site}/cluster/{rest}")
 }
 
+/// A cluster message that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClusterParseError {
+    #[error("{what}: not the expected JSON: {reason}")]
+    Json { what: &'static str, reason: String },
+    #[error("unknown cluster topic")]
+    UnknownTopic,
+}
+
 /// Parse a message under `gatewarden/<site>/cluster/…` (`parts` after "cluster").
-pub fn parse(parts: &[&str], text: &str) -> Result<ClusterMsg, String> {
-    let json = |what: &str| format!("{what}: not the expected JSON");
+pub fn parse(parts: &[&str], text: &str) -> Result<ClusterMsg, ClusterParseError> {
+    let json = |what: &'static str| move |e: serde_json::Error| ClusterParseError::Json { what, reason: e.to_string() };
     match parts {
         ["lease"] if text.trim().is_empty() => Ok(ClusterMsg::Lease(None)),
-        ["lease"] => serde_json::from_str(text).map(|r| ClusterMsg::Lease(Some(r))).map_err(|e| format!("{}: {e}", json("lease"))),
-        ["sighting", _box] => serde_json::from_str(text).map(ClusterMsg::Sighting).map_err(|e| format!("{}: {e}", json("sighting"))),
-        ["alert", _box] => serde_json::from_str(text).map(ClusterMsg::Alert).map_err(|e| format!("{}: {e}", json("alert"))),
+        ["lease"] => serde_json::from_str(text).map(|r| ClusterMsg::Lease(Some(r))).map_err(json("lease")),
+        ["sighting", _box] => serde_json::from_str(text).map(ClusterMsg::Sighting).map_err(json("sighting")),
+        ["alert", _box] => serde_json::from_str(text).map(ClusterMsg::Alert).map_err(json("alert")),
         ["episode", _id] if text.trim().is_empty() => Ok(ClusterMsg::EpisodeCleared),
-        ["episode", _id] => serde_json::from_str(text).map(ClusterMsg::Episode).map_err(|e| format!("{}: {e}", json("episode"))),
-        _ => Err("unknown cluster topic".into()),
+        ["episode", _id] => serde_json::from_str(text).map(ClusterMsg::Episode).map_err(json("episode")),
+        _ => Err(ClusterParseError::UnknownTopic),
     }
 }
 
@@ -319,7 +328,7 @@ mod tests {
         let m = parse(&["sighting", "a"], r#"{"box":"a","elder":"E1","at":"2026-11-01T08:00:00+08:00","source":"face","gate":"north"}"#).unwrap();
         assert!(matches!(m, ClusterMsg::Sighting(PeerSighting { what: PeerWhat::Face { .. }, .. })));
         assert_eq!(parse(&["lease"], "").unwrap(), ClusterMsg::Lease(None));
-        assert!(parse(&["lease"], "{not json").unwrap_err().contains("lease"));
-        assert!(parse(&["sighting", "a"], r#"{"box":"a"}"#).unwrap_err().contains("sighting"));
+        assert!(parse(&["lease"], "{not json").unwrap_err().to_string().contains("lease"));
+        assert!(parse(&["sighting", "a"], r#"{"box":"a"}"#).unwrap_err().to_string().contains("sighting"));
     }
 }

@@ -121,17 +121,26 @@ pub struct Contact {
     pub relation: String,
 }
 
+/// An emergency contact that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ContactError {
+    #[error("invalid phone number {phone:?} in contact {contact:?}")]
+    Phone { phone: String, contact: String },
+    #[error("contact {0:?} must be NAME:PHONE[:RELATION]")]
+    Shape(String),
+}
+
 impl FromStr for Contact {
-    type Err = String;
+    type Err = ContactError;
     /// "name:phone[:relation]", e.g. "王丽:13800001111:女儿".
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, ContactError> {
         let parts: Vec<&str> = s.splitn(3, ':').map(str::trim).collect();
         match parts.as_slice() {
             [name, phone, rest @ ..] if !name.is_empty() && is_phone(phone) => {
                 Ok(Contact { name: name.to_string(), phone: phone.to_string(), relation: rest.first().map(|r| r.to_string()).unwrap_or_default() })
             }
-            [_, phone, ..] => Err(format!("invalid phone number {phone:?} in contact {s:?}")),
-            _ => Err(format!("contact {s:?} must be NAME:PHONE[:RELATION]")),
+            [_, phone, ..] => Err(ContactError::Phone { phone: phone.to_string(), contact: s.to_string() }),
+            _ => Err(ContactError::Shape(s.to_string())),
         }
     }
 }

@@ -39,7 +39,7 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
         std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
     }
     let store = Store::open(&cfg.store.path)?;
-    let admin_token = match cfg.admin_token().map_err(anyhow::Error::msg)? {
+    let admin_token = match cfg.admin_token()? {
         Some(t) => t,
         None => {
             let t = store.secret("admin_token")?;
@@ -49,7 +49,7 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
             t
         }
     };
-    let ack_secret = match cfg.ack_secret().map_err(anyhow::Error::msg)? {
+    let ack_secret = match cfg.ack_secret()? {
         Some(s) => s.into_bytes(),
         None => store.secret("ack_link_key")?.into_bytes(),
     };
@@ -150,7 +150,7 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
         imports: Default::default(),
     });
 
-    if cfg.mqtt.external_addr().map_err(anyhow::Error::msg)?.is_none() {
+    if cfg.mqtt.external_addr()?.is_none() {
         crate::mqtt::start_embedded_broker(cfg.mqtt.embedded_listen)?;
     }
     let monitor = Monitor::load(Handles {

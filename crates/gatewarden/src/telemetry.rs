@@ -6,6 +6,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 use tracing_subscriber::EnvFilter;
@@ -70,6 +71,8 @@ pub struct Metrics {
     pub camera_frames: Family<CameraLabel, Gauge>,
     pub camera_connected: Family<CameraLabel, Gauge>,
     pub camera_reconnects: Family<CameraLabel, Gauge>,
+    /// How long making a gate decision durable took (the fsync before the barrier moves).
+    pub entry_sync_seconds: Histogram,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -104,8 +107,10 @@ impl Metrics {
             camera_frames: Family::default(),
             camera_connected: Family::default(),
             camera_reconnects: Family::default(),
+            entry_sync_seconds: Histogram::new([0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0].into_iter()),
         };
         let r = &mut m.registry;
+        r.register("entry_sync_seconds", "Time to make a gate decision durable before the barrier moves", m.entry_sync_seconds.clone());
         r.register("mqtt_messages", "MQTT messages received, by what they were", m.messages.clone());
         r.register("mqtt_rejected", "MQTT messages rejected, by reason", m.rejected.clone());
         r.register("sightings", "Sightings of enrolled elders, by source", m.sightings.clone());

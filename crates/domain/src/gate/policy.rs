@@ -51,11 +51,20 @@ pub struct Hours {
     pub to: NaiveTime,
 }
 
+/// Opening hours that do not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HoursError {
+    #[error("hours {0:?} must look like 06:00-23:00")]
+    Shape(String),
+    #[error("bad time {time:?} in {hours:?}")]
+    Time { time: String, hours: String },
+}
+
 impl std::str::FromStr for Hours {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (a, b) = s.split_once('-').ok_or_else(|| format!("hours {s:?} must look like 06:00-23:00"))?;
-        let t = |x: &str| NaiveTime::parse_from_str(x.trim(), "%H:%M").map_err(|_| format!("bad time {x:?} in {s:?}"));
+    type Err = HoursError;
+    fn from_str(s: &str) -> Result<Self, HoursError> {
+        let (a, b) = s.split_once('-').ok_or_else(|| HoursError::Shape(s.to_string()))?;
+        let t = |x: &str| NaiveTime::parse_from_str(x.trim(), "%H:%M").map_err(|_| HoursError::Time { time: x.to_string(), hours: s.to_string() });
         Ok(Hours { from: t(a)?, to: t(b)? })
     }
 }

@@ -38,8 +38,8 @@ pub fn writable(sh: &Shared) -> Result<(), ApiError> {
     sh.enrolment.writable().map_err(|e| ApiError(StatusCode::CONFLICT, e.to_string()))
 }
 
-pub fn bad(msg: impl Into<String>) -> ApiError {
-    ApiError(StatusCode::BAD_REQUEST, msg.into())
+pub fn bad(msg: impl std::fmt::Display) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, msg.to_string())
 }
 
 impl From<StoreError> for ApiError {
@@ -445,11 +445,16 @@ async fn remove_ladder(State(sh): S, Path(grid): Path<String>) -> R<serde_json::
 // ---- leaves, check-ins, face sightings ----
 
 /// RFC 3339, or a date (taken as midnight China time).
-pub fn parse_time(s: &str) -> Result<Timestamp, String> {
+/// A time in a request that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid time {0:?}: use YYYY-MM-DD or RFC 3339")]
+pub struct TimeError(String);
+
+pub fn parse_time(s: &str) -> Result<Timestamp, TimeError> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&chrono::Utc));
     }
-    let d = NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| format!("invalid time {s:?}: use YYYY-MM-DD or RFC 3339"))?;
+    let d = NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| TimeError(s.to_string()))?;
     let cst = domain::clock::cst();
     Ok(cst.from_local_datetime(&d.and_hms_opt(0, 0, 0).expect("midnight")).single().expect("fixed offset").with_timezone(&chrono::Utc))
 }

@@ -191,7 +191,7 @@ impl Client {
         };
         let token = match (&c.token, &cfg) {
             (Some(t), _) => t.clone(),
-            (None, Some(cfg)) => match cfg.admin_token().map_err(anyhow::Error::msg)? {
+            (None, Some(cfg)) => match cfg.admin_token()? {
                 Some(t) => t,
                 None => {
                     let p = cfg.admin_token_path();

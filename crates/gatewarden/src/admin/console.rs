@@ -143,10 +143,10 @@ impl Sessions {
     }
 }
 
-pub fn hash_password(password: &str) -> Result<String, String> {
+pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
     use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
     let salt = SaltString::generate(&mut OsRng);
-    argon2::Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| e.to_string())
+    argon2::Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string())
 }
 
 pub fn verify_password(password: &str, phc: &str) -> bool {

@@ -258,8 +258,13 @@ fn check(sh: &Shared, st: &mut Staged, r: &Row, emb: Option<Result<Vec<f32>, Str
             if let Some(b) = r.opt("band") {
                 bands.push(claim_band(sh, st, &b)?);
             }
-            let contacts =
-                r.get("contacts").split(';').map(str::trim).filter(|c| !c.is_empty()).map(|c| c.parse::<Contact>()).collect::<Result<Vec<_>, _>>()?;
+            let contacts = r
+                .get("contacts")
+                .split(';')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(|c| c.parse::<Contact>().map_err(|e| e.to_string()))
+                .collect::<Result<Vec<_>, _>>()?;
             Ok(Planned::Elder(Elder {
                 id,
                 name,

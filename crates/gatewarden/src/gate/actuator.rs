@@ -19,15 +19,15 @@ impl Actuator {
     }
 
     /// Pulse the gate open.
-    pub async fn open(&self, gate: &str) -> Result<(), String> {
+    pub async fn open(&self, gate: &str) -> Result<(), ActuatorError> {
         match &self.cfg {
             ActuatorConfig::Log => {
                 tracing::info!(gate, "DRY RUN: gate would open (actuator kind = \"log\")");
                 Ok(())
             }
             ActuatorConfig::Mqtt { topic, on, off, pulse } => {
-                let c = self.mqtt.as_ref().ok_or("no MQTT connection")?;
-                c.publish(topic.clone(), rumqttc::QoS::AtLeastOnce, false, on.clone()).await.map_err(|e| e.to_string())?;
+                let c = self.mqtt.as_ref().ok_or(ActuatorError::NoMqtt)?;
+                c.publish(topic.clone(), rumqttc::QoS::AtLeastOnce, false, on.clone()).await.map_err(|e| ActuatorError::Mqtt(e.to_string()))?;
                 let (c, topic, off, pulse) = (c.clone(), topic.clone(), off.clone(), pulse.get());
                 tokio::spawn(async move {
                     tokio::time::sleep(pulse).await;
@@ -38,23 +38,49 @@ impl Actuator {
                 Ok(())
             }
             ActuatorConfig::Http { url, method, body } => {
-                let m = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
-                let r = self.http.request(m, url).body(body.clone().unwrap_or_default()).send().await.map_err(|e| e.to_string())?;
+                let m = reqwest::Method::from_bytes(method.as_bytes()).map_err(|_| ActuatorError::Method(method.clone()))?;
+                // The URL may carry a device key: never quote it in the error.
+                let r = self
+                    .http
+                    .request(m, url)
+                    .body(body.clone().unwrap_or_default())
+                    .send()
+                    .await
+                    .map_err(|e| ActuatorError::Http(e.without_url().to_string()))?;
                 if r.status().is_success() {
                     Ok(())
                 } else {
-                    Err(format!("HTTP {}", r.status()))
+                    Err(ActuatorError::Status(r.status().as_u16()))
                 }
             }
             ActuatorConfig::Gpio { chip, line, active_low, pulse } => {
                 let (path, line, active_low, pulse) = (chip.clone(), *line, *active_low, pulse.get());
                 tokio::task::spawn_blocking(move || gpio::pulse(&path, line, active_low, pulse))
                     .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| format!("GPIO {}: {e}", chip.display()))
+                    .map_err(|e| ActuatorError::Gpio { chip: chip.clone(), reason: e.to_string() })?
+                    .map_err(|e| ActuatorError::Gpio { chip: chip.clone(), reason: e.to_string() })
             }
         }
     }
+}
+
+/// Why a gate did not open.
+#[derive(Debug, thiserror::Error)]
+pub enum ActuatorError {
+    #[error("no actuator configured for this gate")]
+    NotConfigured,
+    #[error("no MQTT connection for the relay")]
+    NoMqtt,
+    #[error("relay publish failed: {0}")]
+    Mqtt(String),
+    #[error("invalid HTTP method {0:?}")]
+    Method(String),
+    #[error("HTTP actuator: {0}")]
+    Http(String),
+    #[error("HTTP actuator answered {0}")]
+    Status(u16),
+    #[error("GPIO {}: {reason}", chip.display())]
+    Gpio { chip: std::path::PathBuf, reason: String },
 }
 
 /// The GPIO character device (uAPI v1 line handles). Access comes from the

@@ -255,13 +255,23 @@ impl GateTask {
         let _ = self.monitor.send(Command::Alert { kind, subject: Subject::Gate(gate.to_string()), detail, firing }).await;
     }
 
-    async fn apply(&mut self, acts: Vec<Action>, snapshot: Option<&[u8]>, failing: &mut HashMap<String, bool>) {
+    /// Carry out a decision. The entry-log records come first and are made
+    /// durable (fsync) before the barrier moves or anyone is answered:
+    /// whatever the gate did is in the log, even after a kill -9.
+    async fn apply(&mut self, mut acts: Vec<Action>, snapshot: Option<&[u8]>, failing: &mut HashMap<String, bool>) {
+        // A stable sort: the log first, everything else in the policy's order.
+        acts.sort_by_key(|a| !matches!(a, Action::Log(_)));
+        let mut logged = false;
         for a in acts {
+            if logged && !matches!(a, Action::Log(_)) {
+                logged = false;
+                self.make_durable().await;
+            }
             match a {
                 Action::Open { gate, person } => {
                     let r = match self.actuators.get(&gate) {
                         Some(act) => act.open(&gate).await,
-                        None => Err("no actuator configured".into()),
+                        None => Err(crate::gate::actuator::ActuatorError::NotConfigured),
                     };
                     match r {
                         Ok(()) => {
@@ -273,7 +283,7 @@ impl GateTask {
                         Err(e) => {
                             tracing::error!(gate = %gate, error = %e, "ACTUATOR FAILED: the gate did not open");
                             failing.insert(gate.clone(), true);
-                            self.alert(AlertKind::ActuatorFailure, &gate, e, true).await;
+                            self.alert(AlertKind::ActuatorFailure, &gate, e.to_string(), true).await;
                         }
                     }
                 }
@@ -282,6 +292,7 @@ impl GateTask {
                     self.metrics.gate_decision(&e.gate, e.credential.as_str(), result);
                     match self.store.append_entry(&e) {
                         Ok(c) => {
+                            logged = true;
                             if let Some(m) = &self.mqtt {
                                 let topic = format!("gatewarden/{}/gate/{}/event", self.cfg.site, e.gate);
                                 let body = serde_json::json!({ "seq": c.seq, "hash": c.hash, "entry": e }).to_string();
@@ -316,6 +327,21 @@ impl GateTask {
                     self.alert(kind, &gate, detail, true).await;
                 }
             }
+        }
+        if logged {
+            self.make_durable().await;
+        }
+    }
+
+    /// fsync the store off the async threads (sled coalesces concurrent
+    /// flushes). A failure is loud: the decision stands, the log may not.
+    async fn make_durable(&self) {
+        let store = self.store.clone();
+        let started = Instant::now();
+        match tokio::task::spawn_blocking(move || store.flush()).await {
+            Ok(Ok(())) => self.metrics.entry_sync_seconds.observe(started.elapsed().as_secs_f64()),
+            Ok(Err(e)) => tracing::error!(error = %e, "CANNOT MAKE THE ENTRY LOG DURABLE"),
+            Err(e) => tracing::error!(error = %e, "entry-log flush task failed"),
         }
     }
 

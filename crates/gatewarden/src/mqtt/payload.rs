@@ -146,7 +146,9 @@ pub fn parse(topic: &str, payload: &[u8], max_bytes: usize) -> Result<Parsed, Re
         ["gatewarden", _site, "gate", gate, "credential"] => parse_credential(gate, text),
         ["gatewarden", _site, "gate", _gate, "event"] => Ok(Parsed::Ignored),
         ["gatewarden", _site, "enrolment", _kind, _id] => Ok(Parsed::Enrolment(payload.to_vec())),
-        ["gatewarden", _site, "cluster", rest @ ..] => domain::cluster::parse(rest, text).map(Parsed::Cluster).map_err(|e| reject(RejectReason::Malformed, e)),
+        ["gatewarden", _site, "cluster", rest @ ..] => {
+            domain::cluster::parse(rest, text).map(Parsed::Cluster).map_err(|e| reject(RejectReason::Malformed, e.to_string()))
+        }
         _ => Err(reject(RejectReason::UnknownTopic, format!("no parser for topic {topic:?}"))),
     }
 }

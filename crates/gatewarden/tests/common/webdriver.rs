@@ -51,15 +51,38 @@ impl Browser {
         Some(Browser { base, session, http, driver, _profile: profile })
     }
 
-    async fn cmd(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+    async fn try_cmd(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value, Value> {
         let url = format!("{}/session/{}{path}", self.base, self.session);
         let mut req = self.http.request(method, url);
         req = req.json(&body.unwrap_or(json!({})));
         let v: Value = req.send().await.unwrap().json().await.unwrap();
         if v["value"].get("error").is_some() {
-            panic!("WebDriver {path}: {}", v["value"]);
+            return Err(v["value"].clone());
         }
-        v["value"].clone()
+        Ok(v["value"].clone())
+    }
+
+    async fn cmd(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        match self.try_cmd(method, path, body).await {
+            Ok(v) => v,
+            Err(e) => panic!("WebDriver {path}: {e}"),
+        }
+    }
+
+    /// Find `css` and act on it; if the page re-rendered between the two
+    /// (a stale element), find it again.
+    async fn on_element(&self, css: &str, action: &str, body: Option<Value>) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let el = self.find(css).await;
+            match self.try_cmd(reqwest::Method::POST, &format!("/element/{el}/{action}"), body.clone()).await {
+                Ok(_) => return,
+                Err(e) if e["error"] == "stale element reference" && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("WebDriver {action} on {css:?}: {e}"),
+            }
+        }
     }
 
     pub async fn goto(&self, url: &str) {
@@ -84,13 +107,11 @@ impl Browser {
     }
 
     pub async fn type_into(&self, css: &str, text: &str) {
-        let el = self.find(css).await;
-        self.cmd(reqwest::Method::POST, &format!("/element/{el}/value"), Some(json!({ "text": text }))).await;
+        self.on_element(css, "value", Some(json!({ "text": text }))).await;
     }
 
     pub async fn click(&self, css: &str) {
-        let el = self.find(css).await;
-        self.cmd(reqwest::Method::POST, &format!("/element/{el}/click"), None).await;
+        self.on_element(css, "click", None).await;
     }
 
     /// The text of the first match, or "" (read in one script call, so a

@@ -81,6 +81,42 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         t.elapsed().as_secs_f64()
     );
 
+    // A gate decision: the entry-log append alone, then append + fsync, which
+    // the gate task now does before the barrier moves (issue #12).
+    let decision = |i: usize| Entry {
+        at: now,
+        gate: "north".into(),
+        direction: Direction::In,
+        credential: Credential::Pin,
+        person: Some(format!("R{:05}", i % n_people.max(1))),
+        person_kind: "resident".into(),
+        score: None,
+        liveness: None,
+        opened: true,
+        reason: String::new(),
+    };
+    let pct = |v: &mut Vec<f64>, p: f64| {
+        v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+        v[((v.len() as f64 - 1.0) * p) as usize]
+    };
+    let (mut plain, mut synced) = (Vec::new(), Vec::new());
+    for i in 0..500 {
+        let t = Instant::now();
+        store.append_entry(&decision(i))?;
+        plain.push(t.elapsed().as_secs_f64() * 1000.0);
+        let t = Instant::now();
+        store.append_entry(&decision(i))?;
+        store.flush()?;
+        synced.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    println!(
+        "gate decision log write over 500: append p50 {:.3} ms p99 {:.3} ms; append + fsync p50 {:.2} ms p99 {:.2} ms",
+        pct(&mut plain, 0.5),
+        pct(&mut plain, 0.99),
+        pct(&mut synced, 0.5),
+        pct(&mut synced, 0.99)
+    );
+
     let mut times = Vec::new();
     let mut bytes = Vec::new();
     for _ in 0..5 {

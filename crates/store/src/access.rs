@@ -1,0 +1,157 @@
+//! Gate access: residents, visitors and the deny list (credentials as keyed hashes), vehicles.
+
+use super::*;
+
+/// A person's record for gate access, with what the law asks us to keep.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PersonRecord {
+    pub person: Person,
+    /// Who consented, when, how and to which purpose (PIPL; 2025 Measures).
+    #[serde(default)]
+    pub consent: Option<Consent>,
+    /// Visitors: "1101**********002X" and HMAC of the number, never the number.
+    #[serde(default)]
+    pub id_masked: Option<String>,
+    #[serde(default)]
+    pub id_hash: Option<String>,
+    #[serde(default)]
+    pub host_unit: Option<String>,
+    #[serde(default)]
+    pub plate: Option<String>,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Consent {
+    pub by: String,
+    pub at: Timestamp,
+    /// "paper form", "app", …
+    pub how: String,
+    pub purpose: String,
+}
+
+impl Store {
+    /// Insert or replace; refuses a PIN, card or QR already used by someone else.
+    pub fn put_person(&self, r: &PersonRecord, must_be_new: bool) -> Result<()> {
+        let _w = self.writing();
+        let p = &r.person;
+        if must_be_new && self.people.contains_key(p.id.as_bytes())? {
+            return Err(StoreError::Exists { what: "person", id: p.id.clone() });
+        }
+        for other in self.list_people()?.iter().filter(|o| o.person.id != p.id) {
+            let o = &other.person;
+            let clash = (p.pin_hash.is_some() && p.pin_hash == o.pin_hash)
+                || p.cards.iter().any(|c| o.cards.contains(c))
+                || (p.qr_hash.is_some() && p.qr_hash == o.qr_hash);
+            if clash {
+                return Err(StoreError::Exists { what: "credential (PIN, card or QR) of person", id: o.id.clone() });
+            }
+        }
+        self.people.insert(p.id.as_bytes(), enc(r))?;
+        Ok(())
+    }
+
+    /// A whole roster file in one transaction: every person (with templates),
+    /// elder (with the band index) and vehicle, or none of them.
+    pub fn import_roster(&self, people: &[(PersonRecord, Vec<Vec<f32>>)], elders: &[Elder], vehicles: &[Vehicle]) -> Result<()> {
+        let key = if people.iter().any(|(_, t)| !t.is_empty()) { Some(self.current_key()?) } else { None };
+        // Ids before the transaction (a retried closure must not take new ones).
+        let mut sealed = Vec::new();
+        for (r, ts) in people {
+            for e in ts {
+                let k = self.template_key(&r.person.id)?;
+                sealed.push((k, seal(key.as_ref().expect("a key when templates exist"), &r.person.id, e)));
+            }
+        }
+        let _w = self.writing();
+        let res = (&self.people, &self.templates, &self.elders, &self.bands, &self.vehicles).transaction(|(pt, tt, et, bt, vt)| {
+            for (r, _) in people {
+                pt.insert(r.person.id.as_bytes(), enc(r))?;
+            }
+            for (k, v) in &sealed {
+                tt.insert(k.as_bytes(), v.as_slice())?;
+            }
+            for e in elders {
+                if let Some(old) = et.get(e.id.as_bytes())? {
+                    let old: Elder = dec("elders", &old).map_err(ConflictableTransactionError::Abort)?;
+                    for b in &old.bands {
+                        bt.remove(band_key(b))?;
+                    }
+                }
+                for b in &e.bands {
+                    if let Some(owner) = bt.get(band_key(b))? {
+                        let owner = String::from_utf8_lossy(&owner).to_string();
+                        if owner != e.id {
+                            return Err(ConflictableTransactionError::Abort(StoreError::BandTaken { band: b.to_string(), elder: owner }));
+                        }
+                    }
+                    bt.insert(band_key(b), e.id.as_bytes())?;
+                }
+                et.insert(e.id.as_bytes(), enc(e))?;
+            }
+            for v in vehicles {
+                vt.insert(v.plate.as_bytes(), enc(v))?;
+            }
+            Ok(())
+        });
+        res.map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Sled(e),
+        })
+    }
+
+    pub fn get_person(&self, id: &str) -> Result<Option<PersonRecord>> {
+        self.people.get(id.as_bytes())?.map(|v| dec("people", &v)).transpose()
+    }
+
+    pub fn list_people(&self) -> Result<Vec<PersonRecord>> {
+        all(&self.people, "people")
+    }
+
+    /// Remove a person and every face template of theirs.
+    pub fn remove_person(&self, id: &str) -> Result<PersonRecord> {
+        let _w = self.writing();
+        let r = self.get_person(id)?.ok_or_else(|| StoreError::NotFound { what: "person", id: id.into() })?;
+        self.remove_templates_locked(id)?;
+        self.people.remove(id.as_bytes())?;
+        Ok(r)
+    }
+
+    pub fn put_vehicle(&self, v: &Vehicle) -> Result<()> {
+        let _w = self.writing();
+        if let Some(old) = self.get_vehicle(&v.plate)? {
+            if old.owner != v.owner {
+                return Err(StoreError::Exists { what: "vehicle (owned by someone else)", id: v.plate.clone() });
+            }
+        }
+        self.vehicles.insert(v.plate.as_bytes(), enc(v))?;
+        Ok(())
+    }
+
+    pub fn get_vehicle(&self, plate: &str) -> Result<Option<Vehicle>> {
+        self.vehicles.get(plate.as_bytes())?.map(|v| dec("vehicles", &v)).transpose()
+    }
+
+    pub fn list_vehicles(&self) -> Result<Vec<Vehicle>> {
+        all(&self.vehicles, "vehicles")
+    }
+
+    pub fn remove_vehicle(&self, plate: &str) -> Result<Vehicle> {
+        let _w = self.writing();
+        let v = self.vehicles.remove(plate.as_bytes())?.ok_or_else(|| StoreError::NotFound { what: "vehicle", id: plate.into() })?;
+        dec("vehicles", &v)
+    }
+
+    /// Replace a person and all their templates (enrolment sync).
+    pub fn replace_person(&self, r: &PersonRecord, templates: &[Vec<f32>]) -> Result<()> {
+        let key = self.current_key()?;
+        let _w = self.writing();
+        self.remove_templates_locked(&r.person.id)?;
+        self.people.insert(r.person.id.as_bytes(), enc(r))?;
+        for e in templates {
+            let k = self.template_key(&r.person.id)?;
+            self.templates.insert(k.as_bytes(), seal(&key, &r.person.id, e))?;
+        }
+        Ok(())
+    }
+}

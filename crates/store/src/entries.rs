@@ -1,0 +1,88 @@
+//! The hash-chained entry log (its head is in `meta`).
+
+use super::*;
+
+impl Store {
+    /// Append a decision to the hash chain (atomically with the head).
+    pub fn append_entry(&self, e: &Entry) -> Result<Chained> {
+        let _w = self.writing();
+        let r = (&self.entries, &self.meta).transaction(|(ent, meta)| {
+            let (seq, prev) = match meta.get("entry_log_head")? {
+                Some(v) => {
+                    let (s, h): (u64, String) = dec("meta", &v).map_err(ConflictableTransactionError::Abort)?;
+                    (s + 1, h)
+                }
+                None => (1, entry_log::GENESIS.to_string()),
+            };
+            let hash = entry_log::hash(seq, &prev, e);
+            let c = Chained { seq, prev, hash: hash.clone(), entry: e.clone() };
+            ent.insert(&seq.to_be_bytes(), enc(&c))?;
+            meta.insert("entry_log_head", enc(&(seq, hash)))?;
+            Ok(c)
+        });
+        r.map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Sled(e),
+        })
+    }
+
+    /// `forget`: replace a person's id in the entry log by `replacement` and
+    /// re-chain from the first changed record, in one transaction, so the log
+    /// keeps verifying and keeps no trace of who it was. Returns how many
+    /// records named the person.
+    pub fn erase_from_entries(&self, person: &str, replacement: &str) -> Result<usize> {
+        let _w = self.writing();
+        let all: Vec<Chained> = all(&self.entries, "entry_log")?;
+        let Some(first) = all.iter().position(|c| c.entry.person.as_deref() == Some(person)) else { return Ok(0) };
+        let mut prev =
+            if first == 0 { self.entry_anchor()?.map(|(_, h)| h).unwrap_or_else(|| entry_log::GENESIS.to_string()) } else { all[first - 1].hash.clone() };
+        let mut n = 0;
+        let mut rewritten = Vec::with_capacity(all.len() - first);
+        for c in &all[first..] {
+            let mut e = c.entry.clone();
+            if e.person.as_deref() == Some(person) {
+                e.person = Some(replacement.to_string());
+                n += 1;
+            }
+            let hash = entry_log::hash(c.seq, &prev, &e);
+            rewritten.push(Chained { seq: c.seq, prev: prev.clone(), hash: hash.clone(), entry: e });
+            prev = hash;
+        }
+        let head = rewritten.last().map(|c| (c.seq, c.hash.clone()));
+        let r = (&self.entries, &self.meta).transaction(|(ent, meta)| {
+            for c in &rewritten {
+                ent.insert(&c.seq.to_be_bytes(), enc(c))?;
+            }
+            if let Some(h) = &head {
+                meta.insert("entry_log_head", enc(h))?;
+            }
+            Ok(())
+        });
+        r.map_err(|e: TransactionError<StoreError>| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Sled(e),
+        })?;
+        Ok(n)
+    }
+
+    pub fn entries(&self) -> Result<Vec<Chained>> {
+        all(&self.entries, "entry_log")
+    }
+
+    /// The (seq, hash) of the last record removed by the retention purge.
+    pub fn entry_anchor(&self) -> Result<Option<(u64, String)>> {
+        self.meta.get("entry_log_anchor")?.map(|v| dec("meta", &v)).transpose()
+    }
+
+    pub fn entry_head(&self) -> Result<Option<(u64, String)>> {
+        self.meta.get("entry_log_head")?.map(|v| dec("meta", &v)).transpose()
+    }
+
+    /// For tests of `log verify` only: overwrite a stored record as an attacker would.
+    #[doc(hidden)]
+    pub fn tamper_entry(&self, c: &Chained) -> Result<()> {
+        let _w = self.writing();
+        self.entries.insert(c.seq.to_be_bytes(), enc(c))?;
+        Ok(())
+    }
+}
