@@ -8,6 +8,9 @@ use rumqttc::{AsyncClient, MqttOptions, QoS};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The admin token the bench gives its daemon (long enough for config validation).
+const TOKEN: &str = "bench-admin-token-0123456789";
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -86,7 +89,7 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(
         &cfg,
         format!(
-            "site = \"bench\"\n[store]\npath = \"{}\"\nflush_every = \"{flush_s}s\"\n[http]\nlisten = \"127.0.0.1:{hport}\"\nadmin_token = \"bench\"\n\
+            "site = \"bench\"\n[store]\npath = \"{}\"\nflush_every = \"{flush_s}s\"\n[http]\nlisten = \"127.0.0.1:{hport}\"\nadmin_token = \"{TOKEN}\"\n\
              [log]\nlevel = \"warn\"\n[mqtt]\nbroker = \"mqtt://127.0.0.1:{mport}\"\n[presence]\nunknown_bands_max = 1000\n",
             dir.path().join("db").display()
         ),
@@ -107,7 +110,7 @@ async fn main() -> anyhow::Result<()> {
         let http = http.clone();
         set.spawn(async move {
             http.post(format!("http://127.0.0.1:{hport}/api/v1/elders"))
-                .bearer_auth("bench")
+                .bearer_auth(TOKEN)
                 .json(&serde_json::json!({"id": format!("E{i}"), "name": format!("E{i}"), "bands": [mac(i)]}))
                 .send()
                 .await
