@@ -8,23 +8,6 @@ use common::*;
 use serde_json::json;
 use std::net::{IpAddr, Ipv4Addr};
 
-struct World {
-    _dir: tempfile::TempDir,
-    broker: Mosquitto,
-    rx: Receiver,
-    d: Daemon,
-}
-
-async fn world(extra: &str) -> World {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start();
-    let rx = Receiver::start().await;
-    let http = free_port();
-    let text = config(dir.path(), broker.port, http, &format!("{HOOK_LADDER}{extra}").replace("{R}", &rx.url("")));
-    let d = Daemon::start(dir.path(), &text, http).await;
-    World { _dir: dir, broker, rx, d }
-}
-
 async fn enroll(d: &Daemon, id: &str, band: &str) {
     d.post("/elders", json!({"id": id, "name": format!("老人{id}"), "building": "3栋", "room": "401", "bands": [band]})).await;
 }
@@ -57,7 +40,7 @@ async fn sos_reaches_staff(w: &World, elder: &str, band: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn forged_ack_tags_never_acknowledge_and_the_real_alert_still_goes_out() {
-    let w = world("").await;
+    let w = world(HOOK_LADDER).await;
     enroll(&w.d, "E1", "c3a1f0001101").await;
     w.d.advance("49h").await;
     let link = absence_link(&w).await;
@@ -93,7 +76,7 @@ async fn forged_ack_tags_never_acknowledge_and_the_real_alert_still_goes_out() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_ack_link_works_only_for_its_own_open_episode() {
-    let w = world("").await;
+    let w = world(HOOK_LADDER).await;
     enroll(&w.d, "E1", "c3a1f0001101").await;
     w.d.advance("49h").await;
     let link = absence_link(&w).await;
@@ -118,7 +101,7 @@ async fn an_ack_link_works_only_for_its_own_open_episode() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_roster_files_are_refused_and_the_daemon_stays_up() {
-    let w = world("").await;
+    let w = world(HOOK_LADDER).await;
     enroll(&w.d, "E1", "c3a1f0001101").await;
     let dir = tempfile::tempdir().unwrap();
     // A tiny XLSX that declares cells at A1 and XFD1048576: read as a range,

@@ -31,23 +31,6 @@ name = "社区办"
 channels = ["office-hook"]
 "#;
 
-struct World {
-    _dir: tempfile::TempDir,
-    broker: Mosquitto,
-    rx: Receiver,
-    d: Daemon,
-}
-
-async fn world(extra: &str) -> World {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start();
-    let rx = Receiver::start().await;
-    let http = free_port();
-    let text = config(dir.path(), broker.port, http, &extra.replace("{R}", &rx.url("")));
-    let d = Daemon::start(dir.path(), &text, http).await;
-    World { _dir: dir, broker, rx, d }
-}
-
 async fn enroll(d: &Daemon, id: &str, band: &str) {
     d.post(
         "/elders",

@@ -37,6 +37,25 @@ pub fn vision_and_north_gate() -> String {
     format!("[vision]\nenabled = true\nmodels_dir = \"{}\"\n[[gates]]\nname = \"north\"\nactuator = {{ kind = \"log\" }}\n", models.display())
 }
 
+/// A broker, a webhook receiver and a daemon configured with `extra`, where
+/// `{R}` stands for the receiver's base URL.
+pub struct World {
+    pub _dir: tempfile::TempDir,
+    pub broker: Mosquitto,
+    pub rx: Receiver,
+    pub d: Daemon,
+}
+
+pub async fn world(extra: &str) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start();
+    let rx = Receiver::start().await;
+    let http = free_port();
+    let text = config(dir.path(), broker.port, http, &extra.replace("{R}", &rx.url("")));
+    let d = Daemon::start(dir.path(), &text, http).await;
+    World { _dir: dir, broker, rx, d }
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
