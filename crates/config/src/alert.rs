@@ -126,8 +126,21 @@ pub struct OutboxConfig {
     /// Delivered notifications are kept this long for audit, then purged.
     #[serde(default = "OutboxConfig::default_retention")]
     pub retention: Dur,
+    /// Gateway and camera notifications wait this long for others to join
+    /// them in one digest (one Wi-Fi outage silences every gateway at once).
+    #[serde(default = "OutboxConfig::default_digest_window")]
+    pub digest_window: Dur,
+    /// At most this many devices in one digest.
+    #[serde(default = "OutboxConfig::default_digest_max")]
+    pub digest_max: usize,
 }
 impl OutboxConfig {
+    fn default_digest_window() -> Dur {
+        Dur::secs(10)
+    }
+    fn default_digest_max() -> usize {
+        100
+    }
     fn default_retry_initial() -> Dur {
         Dur::secs(2)
     }

@@ -327,10 +327,17 @@ impl Config {
             bad(key(&self.http.admin_token_file, "admin_token"), e.to_string());
         }
         // Zero periods would panic a task's interval (or spin it).
-        for (k, d) in [("store.flush_every", self.store.flush_every), ("presence.tick_interval", self.presence.tick_interval)] {
+        for (k, d) in [
+            ("store.flush_every", self.store.flush_every),
+            ("store.integrity_every", self.store.integrity_every),
+            ("presence.tick_interval", self.presence.tick_interval),
+        ] {
             if d.get().is_zero() {
                 bad(k.into(), "must be longer than 0s".into());
             }
+        }
+        if self.store.backup_keep == 0 {
+            bad("store.backup_keep".into(), "must be at least 1 (turn scheduled backups off with store.backup_every = \"0s\")".into());
         }
         if self.console.login_max_failures == 0 {
             bad("console.login_max_failures".into(), "must be at least 1".into());

@@ -22,6 +22,11 @@ pub struct PresenceConfig {
     /// silent this long is probably not wearing it.
     #[serde(default = "PresenceConfig::default_band_silent_after")]
     pub band_silent_after: Dur,
+    /// At most this many BLE gateways are tracked for silence and LWT. Names
+    /// come from MQTT topics: a misbehaving publisher must not grow the set
+    /// (and the alerts) without bound. Gateways beyond it are counted and logged.
+    #[serde(default = "PresenceConfig::default_gateways_max")]
+    pub gateways_max: usize,
     /// How many unknown wristbands are remembered for enrolment (oldest dropped).
     #[serde(default = "PresenceConfig::default_unknown_bands_max")]
     pub unknown_bands_max: usize,
@@ -60,6 +65,9 @@ impl PresenceConfig {
     }
     fn default_band_silent_after() -> Dur {
         Dur::secs(24 * 3600)
+    }
+    fn default_gateways_max() -> usize {
+        256
     }
     fn default_unknown_bands_max() -> usize {
         1000

@@ -20,6 +20,7 @@ impl Config {
             band_silent_after: chrono_dur(c.presence.band_silent_after.get()),
             gateway_silent_after: chrono_dur(c.presence.gateway_silent_after.get()),
             battery_low_percent: c.presence.battery_low_percent,
+            gateways_max: c.presence.gateways_max,
             policies: HashMap::from([
                 (AlertKind::Absence, p(&a.absence)),
                 (AlertKind::Sos, p(&a.sos)),

@@ -27,6 +27,7 @@ fn settings() -> Settings {
         band_silent_after: Duration::hours(24),
         gateway_silent_after: Duration::minutes(10),
         battery_low_percent: 20,
+        gateways_max: 64,
         policies: HashMap::from([
             (AlertKind::Absence, pol(6, 12)),
             (AlertKind::Sos, Policy { repeat_every: Duration::minutes(5), escalate_after: Duration::minutes(10) }),

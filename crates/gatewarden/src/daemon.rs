@@ -39,6 +39,9 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
         std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
     }
     let store = Store::open(&cfg.store.path)?;
+    // Before anything reads a secret (or would make a new one over a damaged
+    // store): is this the store that ran here, whole?
+    verify_store(&store, &cfg)?;
     let admin_token = match cfg.admin_token()? {
         Some(t) => t,
         None => {
@@ -169,8 +172,13 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
     let listener = tokio::net::TcpListener::bind(cfg.http.listen).await.with_context(|| format!("cannot listen on http.listen = {}", cfg.http.listen))?;
     tracing::info!(listen = %cfg.http.listen, site = %cfg.site, "gatewarden running: /healthz, /metrics, /api/v1");
 
+    // Every long-running task, by name: none of them may end before shutdown.
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(monitor.run(mqtt_rx, cmd_rx, cancel.clone()));
+    let mut names: HashMap<tokio::task::Id, String> = HashMap::new();
+    let mut spawn = |tasks: &mut tokio::task::JoinSet<()>, name: &str, f: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>| {
+        names.insert(tasks.spawn(f).id(), name.to_string());
+    };
+    spawn(&mut tasks, "monitor", Box::pin(monitor.run(mqtt_rx, cmd_rx, cancel.clone())));
     let snapshot_dir = cfg.access.snapshot_dir.clone().unwrap_or_else(|| cfg.admin_token_path().with_file_name("snapshots"));
     let retention = crate::retention::Retention {
         cfg: cfg.clone(),
@@ -180,16 +188,19 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
         snapshot_dir: snapshot_dir.clone(),
         gates: sh.gates.clone(),
     };
-    tasks.spawn(retention.run(cancel.clone()));
+    spawn(&mut tasks, "retention", Box::pin(retention.run(cancel.clone())));
+    let upkeep = crate::upkeep::Upkeep { cfg: cfg.clone(), store: store.clone(), clock: clock.clone(), metrics: metrics.clone() };
+    spawn(&mut tasks, "upkeep", Box::pin(upkeep.run(cancel.clone())));
     let enrolment_tx = match role {
         Some(EnrolmentRole::Replica) => {
             let (tx, rx) = mpsc::channel(1024);
-            tasks.spawn(crate::cluster::sync::run_replica(enrolment.clone(), metrics.clone(), rx, cancel.clone()));
+            spawn(&mut tasks, "enrolment-replica", Box::pin(crate::cluster::sync::run_replica(enrolment.clone(), metrics.clone(), rx, cancel.clone())));
             Some(tx)
         }
         Some(EnrolmentRole::Source) => {
             let fanout = enrolment.clone();
-            tasks.spawn(async move {
+            // One-shot: it ends by design, so it is not supervised.
+            tokio::spawn(async move {
                 match fanout.republish().await {
                     Ok(n) => tracing::info!(records = n, "enrolment published for the replicas"),
                     Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot publish enrolment"),
@@ -199,7 +210,7 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
         }
         None => None,
     };
-    tasks.spawn(crate::mqtt::run(cfg.clone(), mqtt_client.clone(), mqtt_loop, mqtt_tx, enrolment_tx, metrics.clone(), cancel.clone()));
+    spawn(&mut tasks, "mqtt", Box::pin(crate::mqtt::run(cfg.clone(), mqtt_client.clone(), mqtt_loop, mqtt_tx, enrolment_tx, metrics.clone(), cancel.clone())));
     if !cfg.gates.is_empty() {
         let mut policy = domain::gate::policy::Policy::new(cfg.gate_settings(), cfg.gate_rules());
         for r in store.list_people()? {
@@ -226,7 +237,7 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
             snapshot_dir,
             credential_key,
         };
-        tasks.spawn(task.run(gate_rx, cancel.clone()));
+        spawn(&mut tasks, "gate", Box::pin(task.run(gate_rx, cancel.clone())));
     }
     if vision_enabled {
         let binary = match std::env::var_os("GATEWARDEN_VISION_BIN") {
@@ -241,22 +252,36 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
             gates: gate_tx.clone(),
             stats: camera_stats.clone(),
         };
-        tasks.spawn(sup.run(vision_rx, cancel.clone()));
+        spawn(&mut tasks, "vision-supervisor", Box::pin(sup.run(vision_rx, cancel.clone())));
     }
     let backoff = Backoff { initial: cfg.alert.outbox.retry_initial.get(), max: cfg.alert.outbox.retry_max.get() };
     for s in sh.senders.values() {
-        let w = Worker { sender: s.clone(), store: store.clone(), clock: clock.clone(), wake: sh.outbox_wake.clone(), metrics: metrics.clone(), backoff };
-        tasks.spawn(w.run(cancel.clone()));
+        let w = Worker {
+            sender: s.clone(),
+            store: store.clone(),
+            clock: clock.clone(),
+            wake: sh.outbox_wake.clone(),
+            metrics: metrics.clone(),
+            backoff,
+            digest_window: cfg.alert.outbox.digest_window.get(),
+            digest_max: cfg.alert.outbox.digest_max,
+            language: cfg.language,
+        };
+        spawn(&mut tasks, &format!("outbox:{}", s.name()), Box::pin(w.run(cancel.clone())));
     }
     let app = crate::admin::api::router(sh.clone());
     let c = cancel.clone();
-    tasks.spawn(async move {
-        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        let r = axum::serve(listener, app).with_graceful_shutdown(async move { c.cancelled().await }).await;
-        if let Err(e) = r {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
-    });
+    spawn(
+        &mut tasks,
+        "http",
+        Box::pin(async move {
+            let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+            let r = axum::serve(listener, app).with_graceful_shutdown(async move { c.cancelled().await }).await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        }),
+    );
 
     crate::telemetry::sd_notify("READY=1");
     let c = cancel.clone();
@@ -265,7 +290,23 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
         tracing::info!("shutdown requested");
         c.cancel();
     });
-    cancel.cancelled().await;
+    // Supervision: a task that ends (a panic, or a return) before shutdown
+    // leaves the box half-alive with /healthz saying ok. Stop everything and
+    // exit non-zero instead, so systemd (Restart=always) starts us afresh;
+    // every promise is in the store, and unacknowledged MQTT messages return.
+    let died = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => None,
+        // A task that ends because shutdown began is not a death.
+        Some(r) = tasks.join_next_with_id(), if !cancel.is_cancelled() => (!cancel.is_cancelled()).then(|| match r {
+            Ok((id, ())) => (names.get(&id).cloned().unwrap_or_default(), "returned".to_string()),
+            Err(e) => (names.get(&e.id()).cloned().unwrap_or_default(), if e.is_panic() { "panicked".into() } else { e.to_string() }),
+        }),
+    };
+    if let Some((task, how)) = &died {
+        tracing::error!(task = %task, how = %how, "a task stopped unexpectedly: stopping the daemon so that it is restarted");
+        cancel.cancel();
+    }
     crate::telemetry::sd_notify("STOPPING=1");
     let deadline = tokio::time::sleep(Duration::from_secs(10));
     tokio::pin!(deadline);
@@ -279,7 +320,38 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
         }
     }
     store.flush()?;
+    // Only a stop that got here records the store as whole.
+    store.write_manifest(clock.now().timestamp(), died.is_none())?;
+    if let Some((task, how)) = died {
+        anyhow::bail!("the {task} task {how}; the daemon stopped so that it can be restarted (see the log above)");
+    }
     tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// Refuse to start on a store that is not the one that ran here, or that
+/// lost records (see `store::integrity`). The fix is a restore, never a
+/// fresh start: that would page nobody for the elders it forgot.
+pub fn verify_store(store: &Store, cfg: &Config) -> anyhow::Result<()> {
+    match store.check_integrity()? {
+        Ok(store::Integrity::Unrecorded) => tracing::info!("no integrity manifest yet (a new or restored store): recording one"),
+        Ok(store::Integrity::Exact) => tracing::info!("store matches its integrity manifest"),
+        Ok(store::Integrity::Newer { writes_since }) => tracing::info!(writes_since, "store is newer than its integrity manifest (not rolled back)"),
+        Err(damage) => {
+            let dir = cfg.store.backup_dir();
+            let newest = Store::list_backups(&dir).ok().and_then(|v| v.last().cloned());
+            let hint = match newest {
+                Some(p) => format!("the newest scheduled backup is {}", p.display()),
+                None => format!("no scheduled backup in {}", dir.display()),
+            };
+            anyhow::bail!(
+                "the store at {} is damaged: {damage}. gatewarden will not start on it (nor make new keys over it). \
+                 Fix: `gatewarden restore --config <config> <backup file>` ({hint}); `gatewarden store check` shows the details",
+                cfg.store.path.display()
+            );
+        }
+    }
+    store.write_manifest(chrono::Utc::now().timestamp(), false)?;
     Ok(())
 }
 

@@ -15,3 +15,4 @@ pub mod monitor;
 pub mod mqtt;
 pub mod retention;
 pub mod telemetry;
+pub mod upkeep;

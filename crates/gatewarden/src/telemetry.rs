@@ -54,6 +54,10 @@ pub struct ChannelLabel {
 
 pub struct Metrics {
     registry: Registry,
+    /// Counters of the per-message hot path, resolved on first use: a family
+    /// lookup allocates its label and takes a lock, for every message.
+    hot_messages: [std::sync::OnceLock<Counter>; HOT_MESSAGES.len()],
+    hot_sightings: [std::sync::OnceLock<Counter>; HOT_SIGHTINGS.len()],
     pub messages: Family<KindLabel, Counter>,
     pub rejected: Family<ReasonLabel, Counter>,
     pub sightings: Family<KindLabel, Counter>,
@@ -64,6 +68,8 @@ pub struct Metrics {
     pub outbox_pending: Family<ChannelLabel, Gauge>,
     pub outbox_failed: Family<ChannelLabel, Gauge>,
     pub mqtt_connected: Gauge,
+    pub gateways_refused: Gauge,
+    pub backups: Family<KindLabel, Counter>,
     pub elders: Gauge,
     pub store_flushes: Counter<u64, AtomicU64>,
     pub gate_decisions: Family<GateLabels, Counter>,
@@ -86,10 +92,29 @@ impl Default for Metrics {
     }
 }
 
+const HOT_MESSAGES: [&str; 6] = ["sighting", "status", "ignored", "credential", "cluster", "enrolment"];
+const HOT_SIGHTINGS: [&str; 3] = ["wristband", "face", "check_in"];
+
+/// The counter for `label` in `family`, through a slot of `cache` when the label is a hot one.
+fn hot_counter<L: Clone + std::hash::Hash + Eq, const N: usize>(
+    family: &Family<L, Counter>,
+    cache: &[std::sync::OnceLock<Counter>; N],
+    labels: &[&str; N],
+    label: &str,
+    make: impl Fn(&str) -> L,
+) {
+    match labels.iter().position(|l| *l == label) {
+        Some(i) => cache[i].get_or_init(|| family.get_or_create(&make(label)).clone()).inc(),
+        None => family.get_or_create(&make(label)).inc(),
+    };
+}
+
 impl Metrics {
     pub fn new() -> Self {
         let mut m = Metrics {
             registry: Registry::with_prefix("gatewarden"),
+            hot_messages: Default::default(),
+            hot_sightings: Default::default(),
             messages: Family::default(),
             rejected: Family::default(),
             sightings: Family::default(),
@@ -100,6 +125,8 @@ impl Metrics {
             outbox_pending: Family::default(),
             outbox_failed: Family::default(),
             mqtt_connected: Gauge::default(),
+            gateways_refused: Gauge::default(),
+            backups: Family::default(),
             elders: Gauge::default(),
             store_flushes: Counter::default(),
             gate_decisions: Family::default(),
@@ -121,6 +148,8 @@ impl Metrics {
         r.register("outbox_pending", "Notifications waiting to be delivered, by channel", m.outbox_pending.clone());
         r.register("outbox_failed", "Notifications parked after a permanent failure, by channel", m.outbox_failed.clone());
         r.register("mqtt_connected", "1 while connected to the MQTT broker", m.mqtt_connected.clone());
+        r.register("scheduled_backups", "Scheduled backups, by result (ok, failed)", m.backups.clone());
+        r.register("gateways_refused", "Messages from gateways beyond presence.gateways_max (ignored)", m.gateways_refused.clone());
         r.register("elders", "Elders enrolled", m.elders.clone());
         r.register("store_flushes", "Write-behind flushes of presence to the store", m.store_flushes.clone());
         r.register("gate_decisions", "Gate decisions, by gate, credential and result", m.gate_decisions.clone());
@@ -136,7 +165,11 @@ impl Metrics {
     }
 
     pub fn message(&self, kind: &str) {
-        self.messages.get_or_create(&KindLabel { kind: kind.into() }).inc();
+        hot_counter(&self.messages, &self.hot_messages, &HOT_MESSAGES, kind, |k| KindLabel { kind: k.into() });
+    }
+    /// A sighting of an enrolled elder, by source ("wristband", "face", "check_in").
+    pub fn sighting(&self, source: &str) {
+        hot_counter(&self.sightings, &self.hot_sightings, &HOT_SIGHTINGS, source, |k| KindLabel { kind: k.into() });
     }
     pub fn reject(&self, reason: &str) {
         self.rejected.get_or_create(&ReasonLabel { reason: reason.into() }).inc();

@@ -70,3 +70,203 @@ async fn every_gate_decision_answered_opened_survives_kill_9() {
     assert_eq!(r["opened"], true);
     assert!(d.metric("gatewarden_entry_sync_seconds_count").await >= 1.0);
 }
+
+/// What the MQTT task has read off the socket (all kinds), and the SOS-carrying
+/// wristband sightings presence has applied.
+async fn read_and_applied(d: &Daemon) -> (f64, f64) {
+    let m = d.metrics().await;
+    let read = m.lines().filter(|l| l.starts_with("gatewarden_mqtt_messages_total{")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum();
+    let applied = m.lines().find_map(|l| l.strip_prefix("gatewarden_sightings_total{kind=\"wristband\"} ").and_then(|v| v.trim().parse().ok())).unwrap_or(0.0);
+    (read, applied)
+}
+
+/// An SOS the broker accepted (QoS 1) behind a storm of gateway status
+/// changes (each one an alert change, committed with an fsync), the daemon
+/// killed the moment it has read the SOS off the socket: after the restart
+/// the SOS alert still reaches staff, exactly once. With acknowledgements on
+/// read, the SOS sat acknowledged in the 4,096-slot channel and died there.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_sos_in_flight_at_kill_9_still_alerts_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start();
+    let rx = Receiver::start().await;
+    let http = free_port();
+    let text = config(dir.path(), broker.port, http, &HOOK_LADDER.replace("{R}", &rx.url("")));
+    let mut d = Daemon::start(dir.path(), &text, http).await;
+    for round in 1..=3 {
+        d.post("/elders", json!({"id": format!("E{round}"), "name": format!("老人E{round}"), "bands": [format!("c3a1f00000{round:02}")]})).await;
+    }
+    let p = broker.publisher().await;
+    let storm = 3_000usize;
+    for round in 1..=3u32 {
+        let (read0, _) = read_and_applied(&d).await;
+        for i in 0..storm {
+            p.publish("home/gwflood/LWT", if i % 2 == 0 { "offline" } else { "online" }).await;
+        }
+        p.publish("gatewarden/t/sighting", format!(r#"{{"band":"c3a1f00000{round:02}","gateway":"b3","sos":true}}"#)).await;
+        // Kill as soon as the SOS has been read off the socket, whether or not it was applied.
+        let want = read0 + storm as f64 + 1.0;
+        let (read, applied) = eventually("the daemon reads the storm and the SOS", 60, async || {
+            let (r, a) = read_and_applied(&d).await;
+            (r >= want).then_some((r, a))
+        })
+        .await;
+        d.kill9();
+        eprintln!("round {round}: killed with {read} messages read; SOS applied: {}", applied > 0.0);
+        d.restart().await;
+        let who = format!("老人E{round}");
+        eventually("the SOS notification after the restart", 30, async || {
+            rx.accepted("/hook").iter().any(|r| r.text().contains(&who) && r.text().contains("SOS")).then_some(())
+        })
+        .await;
+        let alerts = d.get("/alerts").await;
+        let sos = alerts.as_array().unwrap().iter().filter(|a| a["kind"] == "sos" && a["subject"]["id"] == format!("E{round}")).count();
+        assert_eq!(sos, 1, "round {round}: exactly one SOS episode: {alerts}");
+    }
+}
+
+/// A panic in the monitor (the heart of alerting) used to leave the process
+/// up, /healthz ok, and nobody alerting. Now the daemon stops non-zero so
+/// systemd restarts it, and the restarted daemon delivers an SOS.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panicking_task_stops_the_daemon_non_zero_and_a_restart_alerts_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start();
+    let rx = Receiver::start().await;
+    let http = free_port();
+    let text = config(dir.path(), broker.port, http, &HOOK_LADDER.replace("{R}", &rx.url("")));
+    let mut d = Daemon::start(dir.path(), &text, http).await;
+    d.post("/elders", json!({"id": "E1", "name": "老人E1", "bands": ["c3a1f0000001"]})).await;
+    d.post("/debug/panic", json!({})).await;
+    let st = d.wait_exit(15).unwrap_or_else(|| panic!("the daemon stayed up after its monitor panicked; log:\n{}", d.log()));
+    assert!(!st.success(), "exit status {st}: systemd restarts only a failure");
+    assert!(d.log().contains("the monitor task panicked"), "the log names the task:\n{}", d.log());
+    d.restart().await;
+    broker.publisher().await.publish("gatewarden/t/sighting", r#"{"band":"c3a1f0000001","gateway":"b3","sos":true}"#).await;
+    eventually("the SOS after the restart", 15, async || rx.accepted("/hook").iter().any(|r| r.text().contains("SOS")).then_some(())).await;
+}
+
+/// Flip one byte of sled's data file at several offsets, the way a failing
+/// SD card does. The daemon either refuses to start (naming the restore that
+/// fixes it, and making no new keys) or comes up with every record it had:
+/// never "ok" with fewer. `gatewarden store check` agrees with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flipped_byte_in_the_store_never_starts_ok_with_fewer_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start();
+    let http = free_port();
+    let text = config(dir.path(), broker.port, http, "");
+    let mut d = Daemon::start(dir.path(), &text, http).await;
+    for i in 0..40 {
+        d.post("/elders", json!({"id": format!("E{i:02}"), "name": format!("老人{i:02}"), "bands": [format!("c3a1f00100{i:02}")]})).await;
+    }
+    d.post("/staff", json!({"id": "S1", "name": "王网格", "phone": "13800001111"})).await;
+    assert!(d.terminate().success());
+    let db = dir.path().join("db");
+    let pristine = tempfile::tempdir().unwrap();
+    let copy = |from: &std::path::Path, to: &std::path::Path| {
+        let st = std::process::Command::new("cp").arg("-a").arg(format!("{}/.", from.display())).arg(to).status().unwrap();
+        assert!(st.success());
+    };
+    copy(&db, pristine.path());
+    let check = d.cli(&["store", "check"]);
+    assert!(check.status.success(), "store check on the whole store: {}", String::from_utf8_lossy(&check.stdout));
+    let size = std::fs::metadata(pristine.path().join("db")).unwrap().len();
+    let token_before = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    let (mut refused, mut whole) = (0, 0);
+    for pct in [5u64, 20, 35, 50, 65, 80, 95] {
+        std::fs::remove_dir_all(&db).unwrap();
+        std::fs::create_dir(&db).unwrap();
+        copy(pristine.path(), &db);
+        let off = size * pct / 100;
+        let mut bytes = std::fs::read(db.join("db")).unwrap();
+        bytes[off as usize] ^= 0xFF;
+        std::fs::write(db.join("db"), &bytes).unwrap();
+        let check = d.cli(&["store", "check"]);
+        match d.try_restart().await {
+            Err(log) => {
+                refused += 1;
+                eprintln!("flip at {pct}% ({off} of {size}): refused: {}", log.lines().rev().find(|l| l.starts_with("error:")).unwrap_or("?"));
+                assert!(log.contains("gatewarden restore"), "offset {off}: the refusal names the fix:\n{log}");
+                assert!(!check.status.success(), "offset {off}: the daemon refused but `store check` said OK:\n{}", String::from_utf8_lossy(&check.stdout));
+            }
+            Ok(()) => {
+                let elders = d.get("/elders").await.as_array().unwrap().len();
+                let staff = d.get("/staff").await.as_array().unwrap().len();
+                assert_eq!((elders, staff), (40, 1), "offset {off}: came up with fewer records than it had");
+                assert_eq!(std::fs::read_to_string(dir.path().join("admin.token")).unwrap(), token_before, "offset {off}: no new secrets");
+                whole += 1;
+                eprintln!("flip at {pct}% ({off} of {size}): started with every record");
+                assert!(d.terminate().success());
+            }
+        }
+    }
+    eprintln!("{refused} refused, {whole} started whole");
+    assert!(refused > 0, "no flip was detected: the test did not exercise damage");
+    // The pristine store starts, and a restart after a clean stop is "exact".
+    std::fs::remove_dir_all(&db).unwrap();
+    std::fs::create_dir(&db).unwrap();
+    copy(pristine.path(), &db);
+    d.restart().await;
+    assert_eq!(d.get("/elders").await.as_array().unwrap().len(), 40);
+    assert!(d.log().contains("store matches its integrity manifest"));
+}
+
+/// A store emptied under the daemon (sled starting afresh on an unreadable
+/// file) is refused: it is not the store that ran here.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_emptied_store_is_refused_and_no_new_secrets_are_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start();
+    let http = free_port();
+    let text = config(dir.path(), broker.port, http, "");
+    let mut d = Daemon::start(dir.path(), &text, http).await;
+    d.post("/elders", json!({"id": "E1", "name": "老人E1", "bands": ["c3a1f0010001"]})).await;
+    assert!(d.terminate().success());
+    let db = dir.path().join("db");
+    for f in std::fs::read_dir(&db).unwrap().flatten() {
+        if f.file_name() != "gatewarden-integrity.json" {
+            let p = f.path();
+            if p.is_dir() {
+                std::fs::remove_dir_all(p).unwrap()
+            } else {
+                std::fs::remove_file(p).unwrap()
+            }
+        }
+    }
+    let log = d.try_restart().await.expect_err("the daemon started on an emptied store");
+    assert!(log.contains("is damaged") && log.contains("gatewarden restore"), "{log}");
+}
+
+/// A scheduled backup is written, verified and pruned to `backup_keep`.
+#[tokio::test(flavor = "multi_thread")]
+async fn scheduled_backups_are_written_verified_and_pruned() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start();
+    let http = free_port();
+    let text = config(dir.path(), broker.port, http, "").replace("[store]\n", "[store]\nbackup_every = \"1s\"\nbackup_keep = 2\n");
+    let d = Daemon::start(dir.path(), &text, http).await;
+    d.post("/elders", json!({"id": "E1", "name": "老人E1", "bands": ["c3a1f0010001"]})).await;
+    let backups = dir.path().join("backups");
+    let list = || -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(&backups)
+            .map(|r| r.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "gwbackup")).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    // The test clock does not move, so names would collide: move it a second per backup.
+    eventually("three scheduled backups taken", 20, async || {
+        d.advance("1s").await;
+        (d.metric("gatewarden_scheduled_backups_total{kind=\"ok\"}").await >= 3.0).then_some(())
+    })
+    .await;
+    let files = list();
+    assert_eq!(files.len(), 2, "pruned to backup_keep: {files:?}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&files[1]).unwrap().permissions().mode() & 0o777, 0o600);
+    for f in &files {
+        let h = store::Store::verify_backup(&std::fs::read(f).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        assert!(h.records > 0);
+    }
+}

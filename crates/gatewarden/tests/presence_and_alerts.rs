@@ -580,3 +580,55 @@ async fn sighting_history_is_a_bounded_window_never_an_unbounded_track() {
     assert_eq!(d.last_seen("E1").await["place"], "gw4");
     assert!(d.metric("gatewarden_purged_total{kind=\"sighting_history\"}").await >= 5.0);
 }
+
+/// One Wi-Fi outage: 45 BLE gateways heard, then 45 LWT "offline", then an
+/// SOS, all to one WeCom group robot limited to 20 messages a minute. The SOS
+/// goes out first, within seconds, and staff get the 45 gateways as one digest.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_sos_overtakes_a_gateway_storm_and_the_storm_arrives_as_one_digest() {
+    let w = world(
+        r#"
+[alert.outbox]
+retry_initial = "200ms"
+retry_max = "1s"
+digest_window = "2s"
+[[alert.channels]]
+name = "grid-wecom"
+kind = "wecom"
+url = "{R}/wecom"
+[[alert.ladder]]
+name = "网格员"
+channels = ["grid-wecom"]
+"#,
+    )
+    .await;
+    enroll(&w.d, "E1", "c3a1f0001101").await;
+    let p = w.broker.publisher().await;
+    for i in 0..45 {
+        p.publish("gatewarden/t/sighting", format!(r#"{{"band":"c3a1f0001101","gateway":"gw{i:02}"}}"#)).await;
+    }
+    eventually("45 gateways known", 10, async || (w.d.metric("gatewarden_sightings_total{kind=\"wristband\"}").await >= 45.0).then_some(())).await;
+    for i in 0..45 {
+        p.publish(&format!("home/gw{i:02}/LWT"), "offline").await;
+    }
+    eventually("45 gateway alerts open", 10, async || {
+        let open = w.d.get("/alerts").await.as_array().unwrap().iter().filter(|a| a["kind"] == "gateway_offline" && a["state"] == "firing").count();
+        (open == 45).then_some(())
+    })
+    .await;
+    let sent = std::time::Instant::now();
+    p.publish("gatewarden/t/sighting", r#"{"band":"c3a1f0001101","gateway":"gw00","sos":true}"#).await;
+    eventually("the SOS reaches WeCom", 10, async || texts(&w.rx, "/wecom").iter().any(|t| t.contains("SOS")).then_some(())).await;
+    eprintln!("SOS delivered {:.2}s after it was published", sent.elapsed().as_secs_f64());
+    let digest = eventually("the gateway digest", 20, async || texts(&w.rx, "/wecom").into_iter().find(|t| t.contains("设备状态汇总"))).await;
+    assert!(digest.contains("45"), "{digest}");
+    for i in 0..45 {
+        assert!(digest.contains(&format!("gw{i:02}")), "gw{i:02} missing from the digest: {digest}");
+    }
+    // Nothing else was queued: the first message was the SOS and the only other one the digest.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let all = texts(&w.rx, "/wecom");
+    assert!(all[0].contains("SOS"), "the SOS went first: {all:?}");
+    assert_eq!(all.iter().filter(|t| t.contains("网关")).count(), 1, "one digest, not 45 messages: {all:?}");
+    assert_eq!(all.len(), 2, "{all:?}");
+}

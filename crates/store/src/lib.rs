@@ -21,7 +21,10 @@ pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open the store at {path}: {source}. Is another gatewarden running with this store? (sled is single-process)")]
+    #[error(
+        "cannot open the store at {path}: {source}. If another gatewarden runs with this store, stop it (sled is single-process); \
+         otherwise the store is damaged: restore the last backup with `gatewarden restore <file>`"
+    )]
     Open { path: String, source: sled::Error },
     #[error("store error: {0}")]
     Sled(#[from] sled::Error),
@@ -39,6 +42,8 @@ pub enum StoreError {
     NoTemplateKey,
     #[error("a face template of {person} cannot be opened with the loaded keys: wrong or lost template key file")]
     TemplateKey { person: String },
+    #[error("integrity manifest {path}: {source}")]
+    ManifestIo { path: String, source: std::io::Error },
     #[error("template key file {path}: {source}")]
     KeyFile { path: String, source: std::io::Error },
 }
@@ -49,8 +54,10 @@ mod backup;
 mod console;
 mod elders;
 mod entries;
+mod integrity;
 mod presence;
 mod retention;
+mod scheduled;
 mod staff;
 mod sync;
 mod templates;
@@ -58,6 +65,7 @@ mod templates;
 pub use access::{Consent, PersonRecord};
 pub use backup::{key_fingerprint, BackupError, BackupHeader};
 pub use console::{AuditEntry, User};
+pub use integrity::{Damage, Integrity, Manifest, TreeSum, MANIFEST};
 pub use templates::{open_transfer, rotate_template_key, seal_for_transfer, TemplateKeys};
 
 // Helpers the table files share.
@@ -78,6 +86,8 @@ pub struct Store {
     /// Ids below this were handed out before a restore (sled's id counter
     /// restarts in a restored database).
     id_floor: u64,
+    /// sled's directory; the integrity manifest lives there too.
+    path: std::path::PathBuf,
     db: sled::Db,
     meta: sled::Tree,
     elders: sled::Tree,
@@ -143,6 +153,7 @@ impl Store {
             keys: Arc::new(RwLock::new(None)),
             gate: Arc::new(RwLock::new(())),
             id_floor: 0,
+            path: path.to_owned(),
             meta: t("meta")?,
             elders: t("elders")?,
             bands: t("bands")?,
@@ -192,8 +203,12 @@ impl Store {
         Ok(self.meta.get("schema_version")?.map(|v| dec("meta", &v)).transpose()?.unwrap_or(0))
     }
 
+    /// Every write method holds this while it writes. Taking it also counts
+    /// the write in the generation (`integrity`), before the write happens.
     fn writing(&self) -> std::sync::RwLockReadGuard<'_, ()> {
-        self.gate.read().unwrap_or_else(|e| e.into_inner())
+        let g = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        self.bump_generation();
+        g
     }
 
     /// Make everything written so far durable (fsync).

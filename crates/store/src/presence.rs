@@ -109,6 +109,9 @@ impl Store {
     }
 
     pub fn put_gateways(&self, items: &[(String, Timestamp)]) -> Result<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
         let _w = self.writing();
         let mut b = sled::Batch::default();
         for (name, at) in items {

@@ -21,6 +21,8 @@ pub struct Settings {
     pub band_silent_after: Duration,
     pub gateway_silent_after: Duration,
     pub battery_low_percent: u8,
+    /// Gateways tracked at most (names come from MQTT topics).
+    pub gateways_max: usize,
     pub policies: HashMap<AlertKind, Policy>,
 }
 
@@ -87,6 +89,8 @@ pub struct Engine {
     ladder_len: HashMap<String, usize>,
     default_ladder_len: usize,
     next_id: AlertId,
+    /// Messages about gateways not tracked because `gateways_max` was reached.
+    pub gateways_refused: u64,
 }
 
 impl Engine {
@@ -101,6 +105,7 @@ impl Engine {
             ladder_len: HashMap::new(),
             default_ladder_len: 1,
             next_id: next_id.max(1),
+            gateways_refused: 0,
         }
     }
 
@@ -117,7 +122,23 @@ impl Engine {
     /// A gateway known from before a restart. It gets a fresh silence window from
     /// `now`: the daemon was not listening while it was down.
     pub fn load_gateway(&mut self, name: String, last_heard: Timestamp, now: Timestamp) {
-        self.gateways.insert(name, GatewayWatch { last_heard: last_heard.max(now) });
+        if self.track_gateway(&name, now) {
+            self.gateways.insert(name, GatewayWatch { last_heard: last_heard.max(now) });
+        }
+    }
+
+    /// Whether `name` is (or may now become) a tracked gateway: the set is
+    /// bounded, because names come from MQTT topics.
+    fn track_gateway(&mut self, name: &str, at: Timestamp) -> bool {
+        if self.gateways.contains_key(name) {
+            return true;
+        }
+        if self.gateways.len() >= self.settings.gateways_max {
+            self.gateways_refused += 1;
+            return false;
+        }
+        self.gateways.insert(name.to_string(), GatewayWatch { last_heard: at });
+        true
     }
 
     pub fn upsert_elder(&mut self, id: ElderId, w: Watch) {
@@ -166,7 +187,9 @@ impl Engine {
         match input {
             Input::Presence(ev) => self.on_presence(ev, now, &mut out),
             Input::GatewayStatus { gateway, online } => {
-                self.gateways.entry(gateway.clone()).or_insert(GatewayWatch { last_heard: now });
+                if !self.track_gateway(&gateway, now) {
+                    return out;
+                }
                 let subject = Subject::Gateway(gateway);
                 if online {
                     self.resolve(AlertKind::GatewayOffline, &subject, now, "gateway back online".into(), &mut out);
@@ -256,7 +279,10 @@ impl Engine {
                 }
             }
             PresenceEvent::GatewayHeard { gateway, at } => {
-                let g = self.gateways.entry(gateway.clone()).or_insert(GatewayWatch { last_heard: at });
+                if !self.track_gateway(&gateway, at) {
+                    return;
+                }
+                let g = self.gateways.get_mut(&gateway).expect("tracked");
                 g.last_heard = g.last_heard.max(at);
                 if self.by_subject.contains_key(&(AlertKind::GatewayOffline, Subject::Gateway(gateway.clone()))) {
                     self.resolve(AlertKind::GatewayOffline, &Subject::Gateway(gateway), now, "gateway heard again".into(), out);
@@ -412,6 +438,7 @@ mod tests {
             band_silent_after: Duration::hours(24),
             gateway_silent_after: Duration::minutes(10),
             battery_low_percent: 20,
+            gateways_max: 8,
             policies: HashMap::from([
                 (AlertKind::Absence, pol(6, 12)),
                 (AlertKind::Sos, Policy { repeat_every: Duration::minutes(5), escalate_after: Duration::minutes(10) }),
@@ -584,6 +611,22 @@ mod tests {
         assert_eq!(notices(&off), vec![(NoticeKind::Firing, vec![0])]);
         let on = e.handle(Input::GatewayStatus { gateway: "gw2".into(), online: true }, h(2));
         assert_eq!(notices(&on), vec![(NoticeKind::Resolved, vec![0])]);
+    }
+
+    #[test]
+    fn gateways_beyond_the_cap_are_refused_and_raise_nothing() {
+        let mut e = engine(); // gateways_max = 8
+        for i in 0..50 {
+            let off = e.handle(Input::GatewayStatus { gateway: format!("gw{i}"), online: false }, h(1));
+            assert_eq!(notices(&off).is_empty(), i >= 8, "gateway {i}");
+        }
+        for i in 0..50 {
+            e.handle(Input::Presence(PresenceEvent::GatewayHeard { gateway: format!("x{i}"), at: h(1) }), h(1));
+        }
+        assert_eq!(e.gateway_names().count(), 8);
+        assert_eq!(e.gateways_refused, 92);
+        // A tracked gateway still works.
+        assert_eq!(notices(&e.handle(Input::GatewayStatus { gateway: "gw3".into(), online: true }, h(2))), vec![(NoticeKind::Resolved, vec![0])]);
     }
 
     #[test]

@@ -67,6 +67,21 @@ impl AlertKind {
             AlertKind::PinLockout => "pin_lockout",
         }
     }
+    /// Delivery order within a channel's rate limit (lower goes first): an SOS
+    /// never waits behind routine alerts, and infrastructure waits for people.
+    pub fn priority(self) -> u8 {
+        match self {
+            AlertKind::Sos => 0,
+            AlertKind::Absence | AlertKind::DenyListed | AlertKind::SpoofAttempts | AlertKind::ActuatorFailure => 1,
+            AlertKind::BandNotWorn | AlertKind::BatteryLow | AlertKind::PinLockout => 2,
+            AlertKind::GatewayOffline | AlertKind::CameraOffline => 3,
+        }
+    }
+    /// Infrastructure alerts come in storms (one Wi-Fi outage silences every
+    /// gateway): the outbox sends them as one digest.
+    pub fn is_infrastructure(self) -> bool {
+        matches!(self, AlertKind::GatewayOffline | AlertKind::CameraOffline)
+    }
     /// Lower sorts first; SOS is the most urgent.
     pub fn severity(self) -> &'static str {
         match self {

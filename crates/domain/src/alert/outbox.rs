@@ -3,7 +3,8 @@
 //! The worker that applies them lives in the daemon (`alert::outbox`).
 
 use super::channel::Message;
-use super::{AlertId, NoticeKind};
+use super::message::Language;
+use super::{AlertId, AlertKind, NoticeKind};
 use crate::clock::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -25,6 +26,10 @@ pub struct Notification {
     pub alert_id: Option<AlertId>,
     pub channel: String,
     pub kind: NoticeKind,
+    /// What the alert is about; sets the delivery order (`AlertKind::priority`).
+    /// None for test messages and records written before it existed.
+    #[serde(default)]
+    pub alert_kind: Option<AlertKind>,
     pub level: usize,
     pub message: Message,
     pub created_at: Timestamp,
@@ -35,6 +40,67 @@ pub struct Notification {
     pub delivery: Delivery,
     #[serde(default)]
     pub delivered_at: Option<Timestamp>,
+}
+
+impl Notification {
+    /// Lower goes first. Test messages and old records rank with absence.
+    pub fn priority(&self) -> u8 {
+        self.alert_kind.map_or(1, AlertKind::priority)
+    }
+
+    pub fn is_infrastructure(&self) -> bool {
+        self.alert_kind.is_some_and(AlertKind::is_infrastructure)
+    }
+}
+
+/// The next thing a channel sends: of the `due` notifications, the most urgent
+/// (then the oldest). An infrastructure one takes every infrastructure
+/// notification of `ready` (those whose retry time has come, including ones
+/// still inside their digest window) with it, up to `max`, as one digest.
+pub fn next_batch<'a>(due: &[&'a Notification], ready: &[&'a Notification], max: usize) -> Vec<&'a Notification> {
+    let Some(first) = due.iter().min_by_key(|n| (n.priority(), n.id)).copied() else { return Vec::new() };
+    if !first.is_infrastructure() {
+        return vec![first];
+    }
+    let mut batch: Vec<&Notification> = ready.iter().chain([&first]).filter(|n| n.is_infrastructure()).copied().collect();
+    batch.sort_by_key(|n| n.id);
+    batch.dedup_by_key(|n| n.id);
+    batch.sort_by_key(|n| n.id);
+    batch.truncate(max.max(1));
+    batch
+}
+
+/// One message for a batch of infrastructure notifications (gateways and
+/// cameras going offline and back), listing each one's title and text.
+pub fn digest(batch: &[&Notification], lang: Language, now: Timestamp) -> Message {
+    if let [one] = batch {
+        return one.message.clone();
+    }
+    let offline = batch.iter().filter(|n| n.message.status == "firing").count();
+    let title = match lang {
+        Language::Zh => format!("设备状态汇总：{} 条（{} 条离线）", batch.len(), offline),
+        Language::En => format!("Device status digest: {} changes ({} offline)", batch.len(), offline),
+    };
+    let mut text = String::new();
+    for n in batch {
+        let first_line = n.message.text.lines().next().unwrap_or("");
+        text.push_str(&format!("- {}: {}\n", n.message.title, first_line));
+    }
+    let mut labels = std::collections::BTreeMap::new();
+    labels.insert("alertname".to_string(), "device_digest".to_string());
+    Message {
+        title,
+        text,
+        status: if offline > 0 { "firing".into() } else { "resolved".into() },
+        severity: "warning".into(),
+        labels,
+        starts_at: batch.iter().map(|n| n.message.starts_at).min().unwrap_or(now),
+        ends_at: None,
+        ack_url: None,
+        mention_mobiles: Vec::new(),
+        // Stable for the same batch, so a retried digest is recognised as a duplicate.
+        idempotency_key: format!("digest-{}-{}", batch[0].id, batch.len()),
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -85,6 +151,64 @@ impl RateLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn note(id: u64, kind: AlertKind) -> Notification {
+        let t = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let message = Message {
+            title: format!("{} {id}", kind.as_str()),
+            text: "line one\nline two".into(),
+            status: "firing".into(),
+            severity: kind.severity().into(),
+            labels: Default::default(),
+            starts_at: t,
+            ends_at: None,
+            ack_url: None,
+            mention_mobiles: vec![],
+            idempotency_key: format!("k{id}"),
+        };
+        Notification {
+            id,
+            alert_id: Some(id),
+            channel: "c".into(),
+            kind: NoticeKind::Firing,
+            alert_kind: Some(kind),
+            level: 0,
+            message,
+            created_at: t,
+            attempts: 0,
+            next_attempt_at: t,
+            last_error: None,
+            delivery: Delivery::Pending,
+            delivered_at: None,
+        }
+    }
+
+    #[test]
+    fn an_sos_goes_before_older_routine_and_infrastructure_notifications() {
+        let ns: Vec<Notification> = (1..=45)
+            .map(|i| note(i, AlertKind::GatewayOffline))
+            .chain([note(46, AlertKind::BatteryLow), note(47, AlertKind::Absence), note(48, AlertKind::Sos)])
+            .collect();
+        let due: Vec<&Notification> = ns.iter().collect();
+        assert_eq!(next_batch(&due, &due, 100).iter().map(|n| n.id).collect::<Vec<_>>(), vec![48]);
+        let due: Vec<&Notification> = ns.iter().filter(|n| n.id != 48).collect();
+        assert_eq!(next_batch(&due, &due, 100)[0].id, 47);
+        // Only the first gateway notification's window has closed: the rest join it.
+        let ready: Vec<&Notification> = ns.iter().filter(|n| n.id < 46).collect();
+        let batch = next_batch(&ready[..1], &ready, 100);
+        assert_eq!(batch.len(), 45, "every due gateway notification goes in one digest");
+        let m = digest(&batch, Language::Zh, ns[0].created_at);
+        assert!(m.title.contains("45"), "{}", m.title);
+        assert_eq!(m.text.lines().count(), 45);
+        assert!(!m.text.contains("line two"));
+        assert_eq!(next_batch(&ready, &ready, 10).len(), 10, "a digest is bounded");
+    }
+
+    #[test]
+    fn a_single_infrastructure_notification_is_sent_as_it_is() {
+        let n = note(1, AlertKind::CameraOffline);
+        assert_eq!(digest(&[&n], Language::En, n.created_at), n.message);
+    }
 
     #[test]
     fn backoff_grows_exponentially_with_jitter_and_a_cap() {

@@ -107,6 +107,7 @@ pub fn router(sh: Arc<Shared>) -> Router {
         .route("/elders/:id/history", get(elder_history))
         .route("/debug/clock", post(move_clock))
         .route("/debug/tick", post(tick))
+        .route("/debug/panic", post(inject_panic))
         .route_layer(axum::middleware::from_fn_with_state(sh.clone(), auth));
     Router::new()
         .route("/healthz", get(healthz))
@@ -634,6 +635,15 @@ async fn run_tick(sh: &Shared) -> Result<(), ApiError> {
     sh.command(Command::Tick(tx)).await?;
     rx.await.map_err(|_| anyhow::anyhow!("the daemon is shutting down"))?;
     Ok(())
+}
+
+/// Fault injection for the supervision test: the monitor panics.
+async fn inject_panic(State(sh): S) -> R<serde_json::Value> {
+    if !sh.clock.is_adjustable() {
+        return Err(ApiError(StatusCode::FORBIDDEN, "fault injection is for tests; set [debug] manual_clock = true".into()));
+    }
+    sh.command(Command::Panic).await?;
+    Ok(Json(json!({ "injected": "monitor" })))
 }
 
 async fn tick(State(sh): S) -> R<serde_json::Value> {

@@ -15,7 +15,7 @@ mod upstream;
 use crate::alert::outbox::{Delivery, Notification};
 use crate::alert::AckLinks;
 use crate::gate::task::GateMsg;
-use crate::mqtt::Parsed;
+use crate::mqtt::{Acks, Inbound, Parsed};
 use crate::telemetry::{AlertLabels, Metrics};
 use config::Config;
 use domain::alert::engine::{AckError, Action, Engine, Input, Watch};
@@ -44,6 +44,8 @@ pub enum Command {
     Tick(oneshot::Sender<()>),
     /// Write buffered presence to the store now (before reading it back).
     Flush(oneshot::Sender<()>),
+    /// Fault injection for tests (`[debug] manual_clock` only): panic the monitor.
+    Panic,
     /// Raise or clear an alert from elsewhere in the box (gates, cameras).
     Alert {
         kind: AlertKind,
@@ -107,6 +109,11 @@ pub struct Monitor {
     engine: Engine,
     /// None: a single box, which always alerts.
     lease: Option<domain::cluster::Lease>,
+    /// QoS 1 receipts of applied messages, waiting for room in the client's queue.
+    acks: Acks,
+    /// Each gateway's last-heard as last written: a gateway is written again
+    /// only when it is new or its time moved by a minute (not on every flush).
+    gateways_written: HashMap<String, Timestamp>,
 }
 
 /// Wall-clock milliseconds for the cluster lease. Not the injectable clock:
@@ -125,7 +132,7 @@ impl Monitor {
         }
         let lease = cfg.cluster.as_ref().map(|c| domain::cluster::Lease::new(c.box_id.clone(), c.role, c.lease_ttl.get(), c.claim_settle.get()));
         let engine = Engine::new(cfg.engine_settings(), judging_from, 1);
-        let mut m = Monitor { io, presence, engine, lease };
+        let mut m = Monitor { io, presence, engine, lease, acks: Acks::default(), gateways_written: HashMap::new() };
         m.rebuild_engine(judging_from)?;
         m.io.metrics.elders.set(m.presence.elder_count() as i64);
         tracing::info!(
@@ -205,7 +212,7 @@ impl Monitor {
         for ev in &events {
             match ev {
                 PresenceEvent::Seen { source, .. } => {
-                    self.io.metrics.sightings.get_or_create(&crate::telemetry::KindLabel { kind: source.as_str().into() }).inc();
+                    self.io.metrics.sighting(source.as_str());
                 }
                 PresenceEvent::UnknownBand { band } => {
                     tracing::info!(%band, "unknown wristband seen; see `gatewarden wristbands unknown`");
@@ -271,7 +278,22 @@ impl Monitor {
     fn flush(&mut self) {
         let dirty = self.presence.take_dirty();
         let (unknown, removed) = self.presence.take_unknown_dirty();
-        let gateways: Vec<(String, Timestamp)> = self.engine.gateway_names().map(|(n, t)| (n.clone(), t)).collect();
+        let written = &self.gateways_written;
+        let gateways: Vec<(String, Timestamp)> = self
+            .engine
+            .gateway_names()
+            .filter(|(n, t)| written.get(*n).is_none_or(|w| (*t - *w).abs() >= chrono::Duration::minutes(1)))
+            .map(|(n, t)| (n.clone(), t))
+            .collect();
+        let refused = self.engine.gateways_refused as i64;
+        if refused > self.io.metrics.gateways_refused.get() {
+            tracing::warn!(
+                refused,
+                max = self.io.cfg.presence.gateways_max,
+                "messages from gateways beyond presence.gateways_max were ignored: raise it if the site really has that many"
+            );
+            self.io.metrics.gateways_refused.set(refused);
+        }
         let r = self
             .io
             .store
@@ -281,6 +303,7 @@ impl Monitor {
         match r {
             Ok(()) => {
                 self.io.metrics.store_flushes.inc();
+                self.gateways_written.extend(gateways);
             }
             Err(e) => tracing::error!(error = %e, "cannot persist presence"),
         };
@@ -356,6 +379,7 @@ impl Monitor {
                 alert_id: Some(a.id),
                 channel: p.channel,
                 kind,
+                alert_kind: Some(a.kind),
                 level: p.level,
                 message: p.message,
                 created_at: now,
@@ -430,6 +454,7 @@ impl Monitor {
                     self.tick();
                     let _ = reply.send(());
                 }
+                Command::Panic => panic!("monitor panic injected through /api/v1/debug/panic"),
                 Command::Flush(reply) => {
                     self.flush();
                     let _ = reply.send(());
@@ -452,7 +477,16 @@ impl Monitor {
         self.io.metrics.elders.set(self.presence.elder_count() as i64);
     }
 
-    pub async fn run(mut self, mut mqtt: mpsc::Receiver<Parsed>, mut cmds: mpsc::Receiver<Command>, cancel: CancellationToken) {
+    /// Apply one message from the broker, then acknowledge it: a sighting once
+    /// presence has it, an SOS once its alert is committed (`apply` fsyncs).
+    fn on_inbound(&mut self, m: Inbound) {
+        self.on_parsed(m.parsed);
+        if let (Some(r), Some(c)) = (m.receipt, &self.io.mqtt) {
+            self.acks.push(c, r);
+        }
+    }
+
+    pub async fn run(mut self, mut mqtt: mpsc::Receiver<Inbound>, mut cmds: mpsc::Receiver<Command>, cancel: CancellationToken) {
         let mut tick = tokio::time::interval(self.io.cfg.presence.tick_interval.get());
         // Pinged from this loop, so a stuck monitor (the heart of alerting) gets us restarted.
         let wd = crate::telemetry::watchdog_interval();
@@ -466,6 +500,7 @@ impl Monitor {
             .as_ref()
             .map_or(Duration::from_secs(3600), |c| (c.lease_ttl.get() / 10).clamp(Duration::from_millis(100), Duration::from_secs(5)));
         let mut lease = tokio::time::interval(lease_every);
+        let mut ack_retry = tokio::time::interval(Duration::from_millis(5));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -478,15 +513,20 @@ impl Monitor {
                 _ = lease.tick(), if self.lease.is_some() => self.lease_tick(),
                 _ = watchdog.tick(), if wd.is_some() => crate::telemetry::sd_notify("WATCHDOG=1"),
                 _ = health.tick() => self.publish_health(),
+                _ = ack_retry.tick(), if !self.acks.is_empty() => {
+                    if let Some(c) = &self.io.mqtt {
+                        self.acks.drain(c);
+                    }
+                }
                 p = mqtt.recv() => match p {
-                    Some(p) => self.on_parsed(p),
+                    Some(p) => self.on_inbound(p),
                     None => break,
                 },
             }
         }
         // Drain what the MQTT task already handed us, then persist everything.
         while let Ok(p) = mqtt.try_recv() {
-            self.on_parsed(p);
+            self.on_inbound(p);
         }
         self.flush();
         if let Err(e) = self.io.store.flush() {

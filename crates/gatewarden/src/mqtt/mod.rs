@@ -8,7 +8,7 @@ pub mod payload;
 use crate::telemetry::Metrics;
 use config::Config;
 pub use payload::{parse, Parsed, RejectReason};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,6 +64,59 @@ dynamic_filters = true
     Err(MqttError::EmbeddedNotListening { addr: listen })
 }
 
+/// What the MQTT task hands the monitor: a parsed message and, for QoS 1, the
+/// receipt that acknowledges it to the broker. The monitor acknowledges only
+/// once the message is applied (presence updated; an SOS's alert committed),
+/// so a message still queued when the process dies is redelivered.
+#[derive(Debug)]
+pub struct Inbound {
+    pub parsed: Parsed,
+    pub receipt: Option<Receipt>,
+}
+
+/// A QoS 1 publish not yet acknowledged to the broker (its packet id only).
+#[derive(Debug)]
+pub struct Receipt(Publish);
+
+impl Receipt {
+    fn of(p: &Publish) -> Option<Receipt> {
+        (p.qos != QoS::AtMostOnce).then(|| {
+            let mut r = Publish::new("", p.qos, Vec::new());
+            r.pkid = p.pkid;
+            Receipt(r)
+        })
+    }
+}
+
+/// Receipts waiting for room in the client's request queue. `try_ack` never
+/// waits: the monitor must not block on the queue that the MQTT task, itself
+/// waiting on the monitor, drains. What does not fit is retried shortly;
+/// the broker's in-flight window bounds how many there can be.
+#[derive(Default)]
+pub struct Acks {
+    pending: std::collections::VecDeque<Receipt>,
+}
+
+impl Acks {
+    pub fn push(&mut self, client: &AsyncClient, r: Receipt) {
+        self.pending.push_back(r);
+        self.drain(client);
+    }
+
+    pub fn drain(&mut self, client: &AsyncClient) {
+        while let Some(r) = self.pending.front() {
+            if client.try_ack(&r.0).is_err() {
+                return;
+            }
+            self.pending.pop_front();
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+}
+
 pub fn options(cfg: &Config) -> MqttOptions {
     let (host, port) = match cfg.mqtt.external_addr() {
         Ok(Some(hp)) => hp,
@@ -71,6 +124,8 @@ pub fn options(cfg: &Config) -> MqttOptions {
     };
     let mut o = MqttOptions::new(cfg.client_id(), host, port);
     o.set_clean_session(false);
+    // Acknowledge QoS 1 messages once applied, not when read (see `Inbound`).
+    o.set_manual_acks(true);
     o.set_keep_alive(cfg.mqtt.keep_alive.get().max(Duration::from_secs(5)));
     // Let oversized payloads reach the parser so they are counted, instead of
     // the client dropping the connection (and the broker redelivering forever).
@@ -88,12 +143,14 @@ pub fn connect(cfg: &Config) -> (AsyncClient, rumqttc::EventLoop) {
 
 /// Receive, parse and forward. The channel to the monitor is bounded and this
 /// task awaits when it is full: that stops reading the socket, and the broker
-/// holds QoS 1 messages for us (backpressure, never loss).
+/// holds QoS 1 messages for us (backpressure, never loss). Messages that carry
+/// nothing to apply (rejected, ignored) are acknowledged here; the rest travel
+/// with their receipt and are acknowledged by whoever applies them.
 pub async fn run(
     cfg: Arc<Config>,
     client: AsyncClient,
     mut eventloop: rumqttc::EventLoop,
-    tx: mpsc::Sender<Parsed>,
+    tx: mpsc::Sender<Inbound>,
     enrolment: Option<mpsc::Sender<Vec<u8>>>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
@@ -112,7 +169,11 @@ pub async fn run(
     }
     let max = cfg.mqtt.max_payload_bytes;
     let mut backoff = cfg.mqtt.reconnect_min.get();
+    // This task polls the event loop, so it must never wait on the client's
+    // queue itself: its own acknowledgements go through `Acks` too.
+    let mut acks = Acks::default();
     loop {
+        acks.drain(&client);
         let ev = tokio::select! {
             _ = cancel.cancelled() => break,
             ev = eventloop.poll() => ev,
@@ -122,7 +183,7 @@ pub async fn run(
                 metrics.mqtt_connected.set(1);
                 backoff = cfg.mqtt.reconnect_min.get();
                 tracing::info!(session_present = ack.session_present, "connected to MQTT broker");
-                if tx.send(Parsed::Connected).await.is_err() {
+                if tx.send(Inbound { parsed: Parsed::Connected, receipt: None }).await.is_err() {
                     break;
                 }
                 for t in &topics {
@@ -131,34 +192,52 @@ pub async fn run(
                     }
                 }
             }
-            Ok(Event::Incoming(Packet::Publish(p))) => match parse(&p.topic, &p.payload, max) {
-                Ok(Parsed::Ignored) => metrics.message("ignored"),
-                Ok(Parsed::Enrolment(raw)) => match &enrolment {
-                    Some(e) => {
-                        metrics.message("enrolment");
-                        // Awaited: a long catch-up slows reading, never drops a record.
-                        if e.send(raw).await.is_err() {
-                            break;
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let receipt = Receipt::of(&p);
+                let mut done = |r: Option<Receipt>| {
+                    if let Some(r) = r {
+                        acks.push(&client, r);
+                    }
+                };
+                match parse(&p.topic, &p.payload, max) {
+                    Ok(Parsed::Ignored) => {
+                        metrics.message("ignored");
+                        done(receipt);
+                    }
+                    Ok(Parsed::Enrolment(raw)) => match &enrolment {
+                        Some(e) => {
+                            metrics.message("enrolment");
+                            // Awaited: a long catch-up slows reading, never drops a record.
+                            if e.send(raw).await.is_err() {
+                                break;
+                            }
+                            // Enrolment records are retained: a record lost in a crash
+                            // arrives again with the snapshot on the next subscribe.
+                            done(receipt);
+                        }
+                        None => {
+                            metrics.message("ignored");
+                            done(receipt);
+                        }
+                    },
+                    Ok(parsed) => {
+                        metrics.message(match parsed {
+                            Parsed::Sighting(_) => "sighting",
+                            Parsed::Credential { .. } => "credential",
+                            Parsed::Cluster(_) => "cluster",
+                            _ => "status",
+                        });
+                        if tx.send(Inbound { parsed, receipt }).await.is_err() {
+                            break; // the monitor is gone: shutting down
                         }
                     }
-                    None => metrics.message("ignored"),
-                },
-                Ok(parsed) => {
-                    metrics.message(match parsed {
-                        Parsed::Sighting(_) => "sighting",
-                        Parsed::Credential { .. } => "credential",
-                        Parsed::Cluster(_) => "cluster",
-                        _ => "status",
-                    });
-                    if tx.send(parsed).await.is_err() {
-                        break; // the monitor is gone: shutting down
+                    Err(rej) => {
+                        metrics.reject(rej.reason.as_str());
+                        tracing::debug!(topic = %p.topic, reason = rej.reason.as_str(), detail = %rej.detail, "rejected MQTT message");
+                        done(receipt);
                     }
                 }
-                Err(rej) => {
-                    metrics.reject(rej.reason.as_str());
-                    tracing::debug!(topic = %p.topic, reason = rej.reason.as_str(), detail = %rej.detail, "rejected MQTT message");
-                }
-            },
+            }
             Ok(_) => {}
             Err(e) => {
                 metrics.mqtt_connected.set(0);

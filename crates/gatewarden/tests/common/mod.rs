@@ -372,6 +372,13 @@ impl Daemon {
     }
 
     pub async fn restart(&mut self) {
+        if let Err(log) = self.try_restart().await {
+            panic!("daemon did not start; log:\n{log}");
+        }
+    }
+
+    /// Start the binary; Err(log) if it exits before it is healthy and connected.
+    pub async fn try_restart(&mut self) -> Result<(), String> {
         assert!(self.child.is_none(), "already running");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("daemon.log")).unwrap();
         let child = Command::new(bin())
@@ -393,7 +400,8 @@ impl Daemon {
                 }
             }
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("daemon exited with {st}; log:\n{}", self.log());
+                self.child = None;
+                return Err(format!("daemon exited with {st}; log:\n{}", self.log()));
             }
             assert!(Instant::now() < deadline, "daemon did not become healthy; log:\n{}", self.log());
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -405,6 +413,7 @@ impl Daemon {
             assert!(Instant::now() < deadline, "daemon did not connect to MQTT; log:\n{}", self.log());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        Ok(())
     }
 
     pub fn log(&self) -> String {
@@ -416,6 +425,21 @@ impl Daemon {
         let mut c = self.child.take().expect("running");
         c.kill().unwrap();
         c.wait().unwrap();
+    }
+
+    /// Wait up to `secs` for the process to exit by itself.
+    pub fn wait_exit(&mut self, secs: u64) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(st) = self.child.as_mut().expect("running").try_wait().unwrap() {
+                self.child = None;
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// SIGTERM, and wait for a clean exit.
