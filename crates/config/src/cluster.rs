@@ -31,6 +31,15 @@ pub struct ClusterConfig {
     /// transit, and keys credential hashes so a PIN works at every box.
     #[serde(default)]
     pub sync_key_file: Option<PathBuf>,
+    /// The site's key for cluster messages (lease, shared sightings, mirrored
+    /// episodes, forwarded alerts), at least 16 characters, the same file on
+    /// every box of the site (`openssl rand -hex 32`). Required: an unsigned
+    /// retained lease once silenced a box's alerts.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Shared sightings and forwarded alerts signed longer ago than this are refused (replays).
+    #[serde(default = "ClusterConfig::default_max_message_age")]
+    pub max_message_age: Dur,
 }
 
 impl ClusterConfig {
@@ -39,5 +48,8 @@ impl ClusterConfig {
     }
     fn default_claim_settle() -> Dur {
         Dur::secs(3)
+    }
+    fn default_max_message_age() -> Dur {
+        Dur::secs(300)
     }
 }

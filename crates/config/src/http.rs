@@ -28,6 +28,19 @@ pub struct HttpConfig {
     /// How long an acknowledgement link stays valid.
     #[serde(default = "HttpConfig::default_ack_link_ttl")]
     pub ack_link_ttl: Dur,
+    /// At most this many open connections; more are closed at once (file
+    /// descriptors stay for webhooks, MQTT and the store).
+    #[serde(default = "HttpConfig::default_max_connections")]
+    pub max_connections: usize,
+    /// A connection that has not sent a whole request head within this (idle
+    /// keep-alive included) is closed.
+    #[serde(default = "HttpConfig::default_header_read_timeout")]
+    pub header_read_timeout: Dur,
+    /// Proxies (e.g. the TLS proxy in front of the console) whose
+    /// `X-Forwarded-For` names the client for login lockouts and the ack-link
+    /// rate limit. Empty: the peer address is the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 impl HttpConfig {
     fn default_listen() -> SocketAddr {
@@ -35,6 +48,12 @@ impl HttpConfig {
     }
     fn default_ack_link_ttl() -> Dur {
         Dur::secs(7 * 24 * 3600)
+    }
+    fn default_max_connections() -> usize {
+        256
+    }
+    fn default_header_read_timeout() -> Dur {
+        Dur::secs(10)
     }
 }
 impl Default for HttpConfig {
@@ -47,6 +66,9 @@ impl Default for HttpConfig {
             ack_secret: None,
             ack_secret_file: None,
             ack_link_ttl: Self::default_ack_link_ttl(),
+            max_connections: Self::default_max_connections(),
+            header_read_timeout: Self::default_header_read_timeout(),
+            trusted_proxies: Vec::new(),
         }
     }
 }

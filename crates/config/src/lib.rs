@@ -33,6 +33,8 @@ pub enum SecretError {
     Unreadable { path: PathBuf, reason: String },
     #[error("the secret is {chars} characters; it must be at least {MIN_SECRET_CHARS} (e.g. `openssl rand -hex 32`), or unset it and the box makes one")]
     TooShort { chars: usize },
+    #[error("required: every cluster message is signed with the site's key. Make one (`openssl rand -hex 32 > /etc/gatewarden/cluster.key`) and copy the same file to every box")]
+    Missing,
 }
 
 /// The shortest secret accepted for signing links or guarding the API.
@@ -326,15 +328,23 @@ impl Config {
         if let Err(e) = self.admin_token() {
             bad(key(&self.http.admin_token_file, "admin_token"), e.to_string());
         }
+        if let Err(e) = self.cluster_key() {
+            bad("cluster.key_file".into(), e.to_string());
+        }
         // Zero periods would panic a task's interval (or spin it).
         for (k, d) in [
             ("store.flush_every", self.store.flush_every),
             ("store.integrity_every", self.store.integrity_every),
+            ("http.header_read_timeout", self.http.header_read_timeout),
+            ("presence.clock_step_threshold", self.presence.clock_step_threshold),
             ("presence.tick_interval", self.presence.tick_interval),
         ] {
             if d.get().is_zero() {
                 bad(k.into(), "must be longer than 0s".into());
             }
+        }
+        if self.http.max_connections == 0 {
+            bad("http.max_connections".into(), "must be at least 1".into());
         }
         if self.store.backup_keep == 0 {
             bad("store.backup_keep".into(), "must be at least 1 (turn scheduled backups off with store.backup_every = \"0s\")".into());
@@ -362,14 +372,11 @@ impl Config {
     }
 
     fn secret_from(inline: &Option<String>, file: &Option<PathBuf>, env: &str) -> Result<Option<String>, SecretError> {
-        if let Ok(v) = std::env::var(env) {
-            if !v.is_empty() {
-                return Ok(Some(v));
-            }
-        }
-        let value = match file {
-            Some(f) => std::fs::read_to_string(f).map_err(|e| SecretError::Unreadable { path: f.clone(), reason: e.to_string() })?.trim().to_string(),
-            None => match inline {
+        // The environment first; then the file, then the inline value. All are length-checked.
+        let value = match (std::env::var(env).ok().filter(|v| !v.is_empty()), file) {
+            (Some(v), _) => v,
+            (None, Some(f)) => std::fs::read_to_string(f).map_err(|e| SecretError::Unreadable { path: f.clone(), reason: e.to_string() })?.trim().to_string(),
+            (None, None) => match inline {
                 Some(v) => v.clone(),
                 None => return Ok(None),
             },
@@ -383,6 +390,13 @@ impl Config {
     /// The admin API token: GATEWARDEN_ADMIN_TOKEN, then the file, then inline.
     pub fn admin_token(&self) -> Result<Option<String>, SecretError> {
         Self::secret_from(&self.http.admin_token, &self.http.admin_token_file, "GATEWARDEN_ADMIN_TOKEN")
+    }
+
+    /// The site's cluster-message key (`cluster.key_file`); None without `[cluster]`.
+    pub fn cluster_key(&self) -> Result<Option<Vec<u8>>, SecretError> {
+        let Some(c) = &self.cluster else { return Ok(None) };
+        let Some(f) = &c.key_file else { return Err(SecretError::Missing) };
+        Ok(Self::secret_from(&None, &Some(f.clone()), "GATEWARDEN_CLUSTER_KEY")?.map(String::into_bytes))
     }
 
     pub fn ack_secret(&self) -> Result<Option<String>, SecretError> {

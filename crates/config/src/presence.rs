@@ -33,6 +33,14 @@ pub struct PresenceConfig {
     /// Sightings dated further than this into the future are clamped to now.
     #[serde(default = "PresenceConfig::default_max_clock_skew")]
     pub max_clock_skew: Dur,
+    /// A wall-clock step (NTP) larger than this, either way, re-anchors
+    /// last-seen times taken before it; smaller differences are drift.
+    #[serde(default = "PresenceConfig::default_clock_step_threshold")]
+    pub clock_step_threshold: Dur,
+    /// After a forward step larger than the threshold, absence is not judged
+    /// for this long (ops are told; grid staff are not all paged at once).
+    #[serde(default = "PresenceConfig::default_clock_step_grace")]
+    pub clock_step_grace: Dur,
     /// Whereabouts are sensitive (PIPL Art. 28): besides last-seen, keep a
     /// sighting history (an entry when the place changes, at most once a
     /// minute, and hourly otherwise) only this long. Off ("0s") by default:
@@ -71,6 +79,12 @@ impl PresenceConfig {
     }
     fn default_unknown_bands_max() -> usize {
         1000
+    }
+    fn default_clock_step_threshold() -> Dur {
+        Dur::secs(120)
+    }
+    fn default_clock_step_grace() -> Dur {
+        Dur::secs(30 * 60)
     }
     fn default_max_clock_skew() -> Dur {
         Dur::secs(300)

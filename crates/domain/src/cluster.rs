@@ -18,10 +18,19 @@
 //!
 //! The lease is judged on wall-clock time (boxes run NTP); `Lease::handle`
 //! is a pure state machine and takes `now` so tests drive it.
+//!
+//! **Every message is signed** (`sign`/`open`): HMAC-SHA256 under the site's
+//! `cluster.key_file`, over the site, the topic and the signing time, so a
+//! message cannot be forged, moved to another topic, or replayed late. Sightings
+//! and forwarded alerts older than `max_age` are refused; a lease cannot
+//! promise more than one ttl past its signing; empty payloads (clearing a
+//! retained topic) carry nothing to sign and only ever free a lease.
 
 use crate::alert::{Alert, AlertKind, Subject};
 use crate::clock::Timestamp;
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 use std::time::Duration;
 
 /// The part a box plays in enrolment sync (`cluster.enrolment`).
@@ -223,6 +232,112 @@ pub enum ClusterParseError {
     UnknownTopic,
 }
 
+/// The envelope every cluster message travels in.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Signed {
+    v: u8,
+    /// Unix milliseconds (wall clock) when it was signed.
+    ts: i64,
+    body: String,
+    /// Hex HMAC-SHA256, full length.
+    sig: String,
+}
+
+/// Why a cluster message was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClusterReject {
+    #[error("not signed")]
+    Unsigned,
+    #[error("bad signature")]
+    BadSignature,
+    #[error("signed {age_ms} ms ago: too old to act on")]
+    Stale { age_ms: i64 },
+    #[error("signed {ahead_ms} ms in the future")]
+    Future { ahead_ms: i64 },
+    #[error("a lease until {until_ms} promises more than one ttl past its signing at {ts}")]
+    LeaseTooLong { ts: i64, until_ms: i64 },
+    #[error(transparent)]
+    Parse(#[from] ClusterParseError),
+}
+
+impl ClusterReject {
+    /// A metric label.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ClusterReject::Unsigned => "unsigned",
+            ClusterReject::BadSignature => "bad_signature",
+            ClusterReject::Stale { .. } => "stale",
+            ClusterReject::Future { .. } => "future",
+            ClusterReject::LeaseTooLong { .. } => "lease_too_long",
+            ClusterReject::Parse(_) => "malformed",
+        }
+    }
+
+    /// Someone without the key wrote it (as opposed to a late or odd message from a box).
+    pub fn is_forgery(&self) -> bool {
+        matches!(self, ClusterReject::Unsigned | ClusterReject::BadSignature | ClusterReject::LeaseTooLong { .. })
+    }
+}
+
+/// How fresh a message must be.
+#[derive(Debug, Clone, Copy)]
+pub struct Freshness {
+    /// Sightings and forwarded alerts older than this are refused.
+    pub max_age: Duration,
+    /// Clocks of the boxes may differ this much.
+    pub max_skew: Duration,
+    pub lease_ttl: Duration,
+}
+
+fn mac(key: &[u8], site: &str, rest: &str, ts: i64, body: &str) -> Hmac<Sha256> {
+    let mut m = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    for part in ["gatewarden-cluster-v1", site, rest, &ts.to_string()] {
+        m.update(part.as_bytes());
+        m.update(b"\n");
+    }
+    m.update(body.as_bytes());
+    m
+}
+
+/// The payload for `gatewarden/<site>/cluster/<rest>`: `body` signed at `now_ms`.
+pub fn sign(key: &[u8], site: &str, rest: &str, body: &str, now_ms: i64) -> String {
+    let sig = hex::encode(mac(key, site, rest, now_ms, body).finalize().into_bytes());
+    serde_json::to_string(&Signed { v: 1, ts: now_ms, body: body.to_string(), sig }).expect("serializes")
+}
+
+/// Verify and read a message on `gatewarden/<site>/cluster/<parts…>`.
+pub fn open(key: &[u8], site: &str, parts: &[&str], text: &str, now_ms: i64, f: &Freshness) -> Result<ClusterMsg, ClusterReject> {
+    if text.trim().is_empty() {
+        // Clearing a retained topic: nothing to sign, and nothing it can do but free.
+        return Ok(parse(parts, "")?);
+    }
+    let env: Signed = serde_json::from_str(text).map_err(|_| ClusterReject::Unsigned)?;
+    let sig = hex::decode(&env.sig).map_err(|_| ClusterReject::BadSignature)?;
+    // `verify_slice` is constant-time and requires the full 32-byte tag.
+    mac(key, site, &parts.join("/"), env.ts, &env.body).verify_slice(&sig).map_err(|_| ClusterReject::BadSignature)?;
+    let skew = f.max_skew.as_millis() as i64;
+    if env.ts - now_ms > skew {
+        return Err(ClusterReject::Future { ahead_ms: env.ts - now_ms });
+    }
+    let msg = parse(parts, &env.body)?;
+    match &msg {
+        // Retained: as old as the last renewal, and judged by its own expiry.
+        ClusterMsg::Lease(Some(r)) if r.until_ms > env.ts + f.lease_ttl.as_millis() as i64 + skew => {
+            return Err(ClusterReject::LeaseTooLong { ts: env.ts, until_ms: r.until_ms });
+        }
+        // Retained snapshots: a standby reads them whenever it (re)subscribes.
+        ClusterMsg::Lease(_) | ClusterMsg::Episode(_) | ClusterMsg::EpisodeCleared => {}
+        ClusterMsg::Sighting(_) | ClusterMsg::Alert(_) => {
+            let age = now_ms - env.ts;
+            if age > f.max_age.as_millis() as i64 + skew {
+                return Err(ClusterReject::Stale { age_ms: age });
+            }
+        }
+    }
+    Ok(msg)
+}
+
 /// Parse a message under `gatewarden/<site>/cluster/…` (`parts` after "cluster").
 pub fn parse(parts: &[&str], text: &str) -> Result<ClusterMsg, ClusterParseError> {
     let json = |what: &'static str| move |e: serde_json::Error| ClusterParseError::Json { what, reason: e.to_string() };
@@ -242,6 +357,48 @@ mod tests {
     use super::*;
 
     const S: Duration = Duration::from_secs(1);
+    const F: Freshness = Freshness { max_age: Duration::from_secs(300), max_skew: Duration::from_secs(5), lease_ttl: Duration::from_secs(60) };
+    const K: &[u8] = b"site-key-0123456789abcdef0123456789";
+
+    #[test]
+    fn a_signed_message_opens_and_every_forgery_of_it_is_refused() {
+        let now = 1_800_000_000_000;
+        let lease = r#"{"holder":"b1","until_ms":1800000060000,"epoch":3}"#;
+        let good = sign(K, "s", "lease", lease, now);
+        assert!(matches!(open(K, "s", &["lease"], &good, now + 1000, &F), Ok(ClusterMsg::Lease(Some(r))) if r.holder == "b1"));
+        // The old attack: an unsigned lease held forever.
+        let ghost = r#"{"holder":"ghost","until_ms":9e18,"epoch":1}"#;
+        assert_eq!(open(K, "s", &["lease"], ghost, now, &F), Err(ClusterReject::Unsigned));
+        // Another key, another site, another topic, a changed body or time, a cut tag.
+        assert_eq!(open(b"another-key-0123456789abcdef012345", "s", &["lease"], &good, now, &F), Err(ClusterReject::BadSignature));
+        assert_eq!(open(K, "t", &["lease"], &good, now, &F), Err(ClusterReject::BadSignature));
+        assert_eq!(open(K, "s", &["episode", "1"], &good, now, &F), Err(ClusterReject::BadSignature));
+        let mut env: serde_json::Value = serde_json::from_str(&good).unwrap();
+        env["body"] = serde_json::Value::String(lease.replace("b1", "b2"));
+        assert_eq!(open(K, "s", &["lease"], &env.to_string(), now, &F), Err(ClusterReject::BadSignature));
+        let mut env: serde_json::Value = serde_json::from_str(&good).unwrap();
+        env["ts"] = (now + 1).into();
+        assert_eq!(open(K, "s", &["lease"], &env.to_string(), now, &F), Err(ClusterReject::BadSignature));
+        let mut env: serde_json::Value = serde_json::from_str(&good).unwrap();
+        let short = env["sig"].as_str().unwrap()[..2].to_string();
+        env["sig"] = short.into();
+        assert_eq!(open(K, "s", &["lease"], &env.to_string(), now, &F), Err(ClusterReject::BadSignature));
+        // Signed with the key, but promising the lease for longer than a ttl.
+        let long = sign(K, "s", "lease", r#"{"holder":"b1","until_ms":1900000000000,"epoch":3}"#, now);
+        assert!(matches!(open(K, "s", &["lease"], &long, now, &F), Err(ClusterReject::LeaseTooLong { .. })));
+    }
+
+    #[test]
+    fn sightings_are_refused_when_stale_or_from_the_future_and_retained_records_are_not() {
+        let now = 1_800_000_000_000;
+        let body = r#"{"box":"b2","elder":"E1","at":"2027-01-15T08:00:00Z","source":"face","gate":"north"}"#;
+        let s = sign(K, "s", "sighting/b2", body, now);
+        assert!(open(K, "s", &["sighting", "b2"], &s, now + 60_000, &F).is_ok());
+        assert!(matches!(open(K, "s", &["sighting", "b2"], &s, now + 600_000, &F), Err(ClusterReject::Stale { .. })));
+        assert!(matches!(open(K, "s", &["sighting", "b2"], &s, now - 60_000, &F), Err(ClusterReject::Future { .. })));
+        // An empty payload clears a retained topic: nothing to sign.
+        assert_eq!(open(K, "s", &["lease"], "", now, &F), Ok(ClusterMsg::Lease(None)));
+    }
 
     fn lease(me: &str) -> Lease {
         let mut l = Lease::new(me, Role::Lease, 30 * S, 2 * S);

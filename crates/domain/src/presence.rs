@@ -239,8 +239,9 @@ fn needs_write(stored: Option<&LastSeen>, now: &LastSeen) -> bool {
     s.place != now.place
         || s.source != now.source
         || s.battery != now.battery
-        || now.at - s.at >= STORE_RESOLUTION
-        || now.band_at.zip(s.band_at).map_or(now.band_at != s.band_at, |(n, o)| n - o >= STORE_RESOLUTION)
+        // Either way: a clock step can move a last-seen back (`clock_stepped`).
+        || (now.at - s.at).abs() >= STORE_RESOLUTION
+        || now.band_at.zip(s.band_at).map_or(now.band_at != s.band_at, |(n, o)| (n - o).abs() >= STORE_RESOLUTION)
 }
 
 /// A BLE sighting of some wristband, as parsed from a gateway's MQTT message.
@@ -379,6 +380,29 @@ impl Presence {
         self.unknown.insert(u.band, u);
     }
 
+    /// The wall clock was stepped (see `clock::reanchor`): move last-seen
+    /// times taken in the old frame, keep none in the future, and mark the
+    /// changed ones for writing.
+    pub fn clock_stepped(&mut self, since: Timestamp, by: chrono::Duration, now: Timestamp) {
+        let fix = |t: Timestamp| crate::clock::reanchor(t, since, by, now);
+        for (id, l) in self.last.iter_mut() {
+            let before = (l.at, l.band_at);
+            l.at = fix(l.at);
+            l.band_at = l.band_at.map(fix);
+            if before != (l.at, l.band_at) {
+                self.dirty.insert(id.clone());
+            }
+        }
+        for (b, u) in self.unknown.iter_mut() {
+            let before = u.last_seen;
+            u.last_seen = fix(u.last_seen);
+            u.first_seen = fix(u.first_seen).min(u.last_seen);
+            if before != u.last_seen {
+                self.unknown_dirty.insert(*b);
+            }
+        }
+    }
+
     pub fn last_seen(&self, id: &str) -> Option<&LastSeen> {
         self.last.get(id)
     }
@@ -424,20 +448,27 @@ impl Presence {
                     self.note_unknown(&s, now, &mut out);
                     return out;
                 };
-                let entry = self.last.entry(elder.clone());
-                let rec = entry.or_insert_with(|| LastSeen { at, source: Source::Wristband, place: s.gateway.clone(), band_at: None, battery: None });
+                // The hot path: no key or place is cloned unless it is new.
+                if !self.last.contains_key(&elder) {
+                    self.last.insert(elder.clone(), LastSeen { at, source: Source::Wristband, place: s.gateway.clone(), band_at: None, battery: None });
+                }
+                let rec = self.last.get_mut(&elder).expect("inserted above");
                 // Out-of-order delivery (QoS 1 redelivery) must never move last-seen back.
                 if at >= rec.at {
                     rec.at = at;
                     rec.source = Source::Wristband;
-                    rec.place = s.gateway.clone();
+                    if rec.place != s.gateway {
+                        rec.place.clone_from(&s.gateway);
+                    }
                 }
                 rec.band_at = Some(rec.band_at.map_or(at, |b| b.max(at)));
                 if let Some(b) = s.battery {
                     rec.battery = Some(b);
                     out.push(PresenceEvent::Battery { elder: elder.clone(), percent: b });
                 }
-                self.dirty.insert(elder.clone());
+                if !self.dirty.contains(&elder) {
+                    self.dirty.insert(elder.clone());
+                }
                 if s.sos {
                     out.push(PresenceEvent::Sos { elder: elder.clone(), at, place: s.gateway.clone() });
                 }

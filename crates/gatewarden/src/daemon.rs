@@ -31,7 +31,13 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
     let cfg = Arc::new(cfg);
     let clock = if cfg.debug.manual_clock {
         tracing::warn!("debug.manual_clock is on: the clock can be moved through the API. Never use this on a real gate");
-        Clock::adjustable()
+        let c = Clock::adjustable();
+        // A test restarting "the same box" starts where its clock was, as a
+        // real box's wall clock would, instead of appearing to step back.
+        if let Some(at) = std::env::var("GATEWARDEN_TEST_CLOCK_AT").ok().and_then(|s| chrono::DateTime::parse_from_rfc3339(&s).ok()) {
+            c.set(at.with_timezone(&chrono::Utc));
+        }
+        c
     } else {
         Clock::system()
     };
@@ -148,6 +154,7 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
             ..Default::default()
         })),
         enrolment: enrolment.clone(),
+        clock_view: Default::default(),
         ack_limit: Default::default(),
         sessions: Default::default(),
         imports: Default::default(),
@@ -168,6 +175,8 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
         channels: sh.senders.keys().cloned().collect(),
         ack_links: AckLinks { secret: sh.ack_secret.clone(), ttl: cfg.http.ack_link_ttl.get(), base: cfg.public_url(), clock: clock.clone() },
         started: sh.started,
+        cluster_key: cfg.cluster_key()?,
+        clock_view: sh.clock_view.clone(),
     })?;
     let listener = tokio::net::TcpListener::bind(cfg.http.listen).await.with_context(|| format!("cannot listen on http.listen = {}", cfg.http.listen))?;
     tracing::info!(listen = %cfg.http.listen, site = %cfg.site, "gatewarden running: /healthz, /metrics, /api/v1");
@@ -274,13 +283,13 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
     spawn(
         &mut tasks,
         "http",
-        Box::pin(async move {
-            let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-            let r = axum::serve(listener, app).with_graceful_shutdown(async move { c.cancelled().await }).await;
-            if let Err(e) = r {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        }),
+        Box::pin(crate::admin::server::serve(
+            listener,
+            app,
+            crate::admin::server::Limits { max_connections: cfg.http.max_connections, header_read_timeout: cfg.http.header_read_timeout.get() },
+            metrics.clone(),
+            c,
+        )),
     );
 
     crate::telemetry::sd_notify("READY=1");

@@ -69,6 +69,8 @@ pub struct Metrics {
     pub outbox_failed: Family<ChannelLabel, Gauge>,
     pub mqtt_connected: Gauge,
     pub gateways_refused: Gauge,
+    pub clock_steps: Family<KindLabel, Counter>,
+    pub cluster_rejected: Family<ReasonLabel, Counter>,
     pub backups: Family<KindLabel, Counter>,
     pub elders: Gauge,
     pub store_flushes: Counter<u64, AtomicU64>,
@@ -126,6 +128,8 @@ impl Metrics {
             outbox_failed: Family::default(),
             mqtt_connected: Gauge::default(),
             gateways_refused: Gauge::default(),
+            clock_steps: Family::default(),
+            cluster_rejected: Family::default(),
             backups: Family::default(),
             elders: Gauge::default(),
             store_flushes: Counter::default(),
@@ -149,6 +153,8 @@ impl Metrics {
         r.register("outbox_failed", "Notifications parked after a permanent failure, by channel", m.outbox_failed.clone());
         r.register("mqtt_connected", "1 while connected to the MQTT broker", m.mqtt_connected.clone());
         r.register("scheduled_backups", "Scheduled backups, by result (ok, failed)", m.backups.clone());
+        r.register("cluster_rejected", "Cluster messages refused, by reason (unsigned, bad_signature, stale…)", m.cluster_rejected.clone());
+        r.register("clock_steps", "Wall-clock steps seen, by direction", m.clock_steps.clone());
         r.register("gateways_refused", "Messages from gateways beyond presence.gateways_max (ignored)", m.gateways_refused.clone());
         r.register("elders", "Elders enrolled", m.elders.clone());
         r.register("store_flushes", "Write-behind flushes of presence to the store", m.store_flushes.clone());

@@ -167,3 +167,108 @@ fn dangerous_config_values_are_refused_at_load_with_their_key() {
         assert!(status.is_some_and(|s| !s.success()), "run must refuse {key} at once");
     }
 }
+
+/// 1,100 idle sockets used to exhaust the daemon's file descriptors, and
+/// alert webhooks then failed with "Too many open files". Now connections
+/// are capped and a socket that sends no request head is closed after
+/// `http.header_read_timeout`; bodies are bounded per route. Through it all
+/// an SOS still reaches staff.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_socket_floods_and_oversized_bodies_cannot_exhaust_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start();
+    let rx = Receiver::start().await;
+    let http = free_port();
+    let text = config(dir.path(), broker.port, http, &HOOK_LADDER.replace("{R}", &rx.url("")))
+        .replace("[http]\n", "[http]\nmax_connections = 64\nheader_read_timeout = \"2s\"\n");
+    let d = Daemon::start(dir.path(), &text, http).await;
+    let w = World { _dir: dir, broker, rx, d };
+    enroll(&w.d, "E1", "c3a1f0001101").await;
+    // The daemon keeps the default limit it started with; this process needs more to attack.
+    let n = unsafe {
+        let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
+        l.rlim_cur = l.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        (l.rlim_cur.saturating_sub(200) as usize).min(1100)
+    };
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
+    let mut idle = Vec::new();
+    for _ in 0..n {
+        if let Ok(s) = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200)) {
+            idle.push(s);
+        }
+    }
+    assert!(idle.len() > 500, "only {} sockets opened", idle.len());
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", w.d.pid())).unwrap().count();
+    assert!(fds < 64 + 100, "{} idle sockets held {fds} descriptors in the daemon", idle.len());
+    sos_reaches_staff(&w, "E1", "c3a1f0001101").await;
+    assert!(w.d.metric("gatewarden_mqtt_rejected_total{reason=\"http_connection_cap\"}").await >= 1.0, "refused connections are counted");
+    // After the header-read timeout the server has closed the idle sockets, and serves again.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let closed = idle
+        .iter_mut()
+        .take(20)
+        .map(|s| {
+            use std::io::Read;
+            s.set_read_timeout(Some(std::time::Duration::from_millis(500))).unwrap();
+            matches!(s.read(&mut [0u8; 1]), Ok(0) | Err(_))
+        })
+        .filter(|closed| *closed)
+        .count();
+    assert_eq!(closed, 20, "idle sockets are closed by the server");
+    drop(idle);
+    eventually("/healthz answers again", 10, async || (w.d.health().await["status"].is_string()).then_some(())).await;
+    // Bodies: 1 MiB to the login page and to a JSON route is refused before it is buffered.
+    let c = reqwest::Client::new();
+    let big = vec![b'a'; 1 << 20];
+    let r = c.post(format!("http://127.0.0.1:{http}/console/login")).header("content-type", "application/json").body(big.clone()).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    let token = std::fs::read_to_string(w._dir.path().join("admin.token")).unwrap();
+    let r = c
+        .post(format!("http://127.0.0.1:{http}/api/v1/elders"))
+        .bearer_auth(token.trim())
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413, "even with the admin token, a JSON write is bounded");
+    sos_reaches_staff(&w, "E1", "c3a1f0001101").await;
+}
+
+/// Behind the TLS proxy the README recommends, every login comes from the
+/// proxy's address. With `http.trusted_proxies`, lockout follows the client
+/// named in X-Forwarded-For: a guesser is locked out, the administrator at
+/// another address is not; and an untrusted peer cannot pick its address.
+#[tokio::test(flavor = "multi_thread")]
+async fn lockout_behind_a_trusted_proxy_follows_the_real_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start();
+    let http = free_port();
+    let text = config(dir.path(), broker.port, http, "[console]\nlogin_max_failures = 3\n").replace("[http]\n", "[http]\ntrusted_proxies = [\"127.0.0.1\"]\n");
+    let d = Daemon::start(dir.path(), &text, http).await;
+    d.post("/users", json!({"name": "admin", "role": "admin", "password": "correct-horse-battery"})).await;
+    let login = async |from: &reqwest::Client, xff: &str, pw: &str| {
+        from.post(format!("http://127.0.0.1:{http}/console/login"))
+            .header("x-forwarded-for", xff)
+            .json(&json!({"user": "admin", "password": pw}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let proxy = reqwest::Client::new();
+    for _ in 0..3 {
+        assert_eq!(login(&proxy, "10.0.0.66", "guess").await, 401);
+    }
+    assert_eq!(login(&proxy, "10.0.0.66", "correct-horse-battery").await, 429, "the guesser is locked out");
+    assert_eq!(login(&proxy, "10.0.0.10", "correct-horse-battery").await, 200, "the administrator elsewhere is not");
+    // From an untrusted peer (127.0.0.9), X-Forwarded-For is ignored: its own address counts.
+    let other = client_from(9);
+    for _ in 0..3 {
+        assert_eq!(login(&other, "10.0.0.77", "guess").await, 401);
+    }
+    assert_eq!(login(&other, "10.0.0.78", "correct-horse-battery").await, 429, "a forged header does not reset the lockout");
+}

@@ -96,8 +96,7 @@ async fn a_backup_taken_under_load_restores_into_a_box_that_carries_on() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("restored"), "{}", text(&out));
 
-    d.restart().await;
-    d.set_clock(&now).await; // a restarted process starts a fresh test clock
+    d.restart_at(&now).await;
     assert_eq!(d.get("/elders").await.as_array().unwrap().len(), 20);
     let ids = |v: &serde_json::Value| v.as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_string()).collect::<Vec<_>>();
     assert_eq!(ids(&d.get("/elders").await), ids(&elders_before));

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 const CLUSTER: &str = r#"
 [cluster]
 box_id = "{BOX}"
+key_file = "{CKEY}"
 lease_ttl = "3s"
 claim_settle = "500ms"
 [alert.absence]
@@ -27,6 +28,19 @@ name = "网格员"
 channels = ["grid-wecom"]
 "#;
 
+/// The site's cluster key, one file for every box of the tests.
+fn cluster_key() -> std::path::PathBuf {
+    static K: std::sync::OnceLock<(tempfile::TempDir, std::path::PathBuf)> = std::sync::OnceLock::new();
+    K.get_or_init(|| {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("cluster.key");
+        std::fs::write(&p, "cluster-test-key-0123456789abcdef0123456789abcdef").unwrap();
+        (d, p)
+    })
+    .1
+    .clone()
+}
+
 struct Box {
     _dir: tempfile::TempDir,
     d: Daemon,
@@ -35,7 +49,7 @@ struct Box {
 async fn start_box(name: &str, broker: &Mosquitto, rx: &Receiver) -> Box {
     let dir = tempfile::tempdir().unwrap();
     let http = free_port();
-    let extra = CLUSTER.replace("{BOX}", name).replace("{R}", &rx.url(""));
+    let extra = CLUSTER.replace("{BOX}", name).replace("{R}", &rx.url("")).replace("{CKEY}", &cluster_key().display().to_string());
     let d = Daemon::start(dir.path(), &config(dir.path(), broker.port, http, &extra), http).await;
     Box { _dir: dir, d }
 }
@@ -138,8 +152,7 @@ async fn two_boxes_share_presence_send_one_alert_and_hand_over_the_open_episode(
     eventually("the acknowledgement notice", 10, async || (about(&rx, "E2").len() == 3).then_some(())).await;
 
     // The old box comes back as a standby: the lease stays where it is.
-    dead.d.restart().await;
-    dead.d.set_clock(&now).await;
+    dead.d.restart_at(&now).await;
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     let v = cluster(&dead.d).await;
     assert_eq!(v["alerting"], false, "{v}");
@@ -150,6 +163,7 @@ async fn two_boxes_share_presence_send_one_alert_and_hand_over_the_open_episode(
 const SYNC: &str = r#"
 [cluster]
 box_id = "{BOX}"
+key_file = "{CKEY}"
 enrolment = "{ROLE}"
 sync_key_file = "{KEY}"
 "#;
@@ -157,7 +171,12 @@ sync_key_file = "{KEY}"
 async fn sync_box(name: &str, role: &str, broker: &Mosquitto, key: &std::path::Path) -> Box {
     let dir = tempfile::tempdir().unwrap();
     let http = free_port();
-    let extra = SYNC.replace("{BOX}", name).replace("{ROLE}", role).replace("{KEY}", &key.display().to_string()) + &vision_and_north_gate();
+    let extra = SYNC
+        .replace("{BOX}", name)
+        .replace("{ROLE}", role)
+        .replace("{KEY}", &key.display().to_string())
+        .replace("{CKEY}", &cluster_key().display().to_string())
+        + &vision_and_north_gate();
     let d = Daemon::start(dir.path(), &config(dir.path(), broker.port, http, &extra), http).await;
     Box { _dir: dir, d }
 }
@@ -228,4 +247,47 @@ async fn a_replica_that_was_offline_catches_up_with_signed_enrolment_and_refuses
     assert_eq!(opened["opened"], true, "{opened}");
     assert!(replica.d.metric("gatewarden_mqtt_rejected_total{reason=\"bad_signature\"}").await >= 1.0);
     assert_eq!(replica.d.api(reqwest::Method::GET, "/elders/EVIL", None).await.0, 404);
+}
+
+/// The attack that once worked: a retained, unsigned `cluster/lease` naming a
+/// ghost holder until the end of time silenced a box while /healthz said ok.
+/// Now the forged lease is ignored (the box claims the lease and alerts),
+/// health says degraded, and forged or replayed sightings cannot keep an
+/// absent elder "present": the absence alert reaches staff.
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_or_replayed_cluster_messages_cannot_silence_a_box() {
+    let broker = Mosquitto::start();
+    let rx = Receiver::start().await;
+    let p = broker.publisher().await;
+    p.publish_retained("gatewarden/t/cluster/lease", r#"{"holder":"ghost","until_ms":9e18,"epoch":1}"#).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let b = start_box("b1", &broker, &rx).await;
+    let d = &b.d;
+    d.post("/elders", json!({"id": "E1", "name": "老人E1", "bands": ["c3a1f0000001"]})).await;
+    let v = eventually("the box claims the lease and alerts despite the ghost", 20, async || {
+        let v = cluster(d).await;
+        (v["alerting"] == true && v["lease_holder"] == "b1").then_some(v)
+    })
+    .await;
+    assert!(v["forged_lease_at_ms"].is_i64(), "{v}");
+    assert_eq!(d.health().await["status"], "degraded", "a forged lease is reported");
+    assert!(d.metric("gatewarden_cluster_rejected_total{reason=\"unsigned\"}").await >= 1.0);
+    // A sighting of E1 signed with another key, and one signed with the right key ten minutes ago.
+    let now = chrono::Utc::now().timestamp_millis();
+    let at = d.advance("1m").await;
+    let body = json!({"box": "b2", "elder": "E1", "at": at, "source": "face", "gate": "north"}).to_string();
+    let wrong = domain::cluster::sign(b"not-the-site-key-0123456789abcdef", "t", "sighting/b2", &body, now);
+    let key = std::fs::read_to_string(cluster_key()).unwrap();
+    let stale = domain::cluster::sign(key.trim().as_bytes(), "t", "sighting/b2", &body, now - 10 * 60 * 1000);
+    p.publish("gatewarden/t/cluster/sighting/b2", wrong).await;
+    p.publish("gatewarden/t/cluster/sighting/b2", stale).await;
+    eventually("both refused", 10, async || {
+        let bad = d.metric("gatewarden_cluster_rejected_total{reason=\"bad_signature\"}").await;
+        let stale = d.metric("gatewarden_cluster_rejected_total{reason=\"stale\"}").await;
+        (bad >= 1.0 && stale >= 1.0).then_some(())
+    })
+    .await;
+    assert!(d.last_seen("E1").await.is_null(), "a forged sighting made E1 present");
+    d.advance("49h").await;
+    eventually("E1's absence alert", 15, async || (!about(&rx, "E1").is_empty()).then_some(())).await;
 }

@@ -270,3 +270,81 @@ async fn scheduled_backups_are_written_verified_and_pruned() {
         assert!(h.records > 0);
     }
 }
+
+async fn step_clock(d: &Daemon, by: &str) {
+    d.post("/debug/clock", json!({ "step": by })).await;
+}
+
+/// Absence notifications the receiver got for this elder id.
+fn absence_for(rx: &Receiver, elder: &str) -> usize {
+    rx.accepted("/hook")
+        .iter()
+        .filter(|r| r.json()["alerts"][0]["labels"]["alertname"] == "absence" && r.json()["alerts"][0]["labels"]["subject"] == elder)
+        .count()
+}
+
+/// The clock ran 30 h ahead, an elder was seen meanwhile, then NTP stepped it
+/// back. The sighting is re-anchored into the corrected frame, so the absence
+/// alert fires 48 h after it, not 30 h late.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clock_stepped_back_after_running_ahead_still_alerts_on_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start();
+    let rx = Receiver::start().await;
+    let http = free_port();
+    let text = config(dir.path(), broker.port, http, &HOOK_LADDER.replace("{R}", &rx.url("")));
+    let d = Daemon::start(dir.path(), &text, http).await;
+    d.post("/elders", json!({"id": "E1", "name": "老人E1", "bands": ["c3a1f0000001"]})).await;
+    let p = broker.publisher().await;
+    step_clock(&d, "30h").await;
+    p.publish("gatewarden/t/sighting", r#"{"band":"c3a1f0000001","gateway":"b3"}"#).await;
+    eventually("E1 seen while the clock runs ahead", 10, async || (!d.last_seen("E1").await.is_null()).then_some(())).await;
+    step_clock(&d, "-30h").await;
+    let h = d.health().await;
+    assert!(h["clock"]["last_step_s"].as_i64().unwrap() <= -30 * 3600 + 5, "{h}");
+    let seen = d.last_seen("E1").await["at"].as_str().unwrap().to_string();
+    let now = d.advance("0s").await;
+    assert!(seen <= now, "last-seen {seen} is not in the future of {now}");
+    d.advance("47h").await;
+    assert_eq!(absence_for(&rx, "E1"), 0, "not before 48 h");
+    d.advance("2h").await;
+    eventually("E1's absence alert 48 h after the sighting", 15, async || (absence_for(&rx, "E1") > 0).then_some(())).await;
+    assert!(d.metric("gatewarden_clock_steps_total{kind=\"backward\"}").await >= 1.0);
+}
+
+/// NTP jumps the clock 60 h forward. Elders seen in this run are re-anchored
+/// (their absence is not 60 h older than it is), absence is held for the
+/// grace and /healthz tells ops; the rule works again afterwards. A clock
+/// before the build (a box without an RTC) judges no absence at all.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_forward_step_tells_ops_instead_of_paging_every_grid_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start();
+    let rx = Receiver::start().await;
+    let http = free_port();
+    let text = config(dir.path(), broker.port, http, &HOOK_LADDER.replace("{R}", &rx.url("")));
+    let d = Daemon::start(dir.path(), &text, http).await;
+    let p = broker.publisher().await;
+    for i in 1..=3 {
+        d.post("/elders", json!({"id": format!("E{i}"), "name": format!("老人E{i}"), "bands": [format!("c3a1f000000{i}")]})).await;
+        p.publish("gatewarden/t/sighting", format!(r#"{{"band":"c3a1f000000{i}","gateway":"b3"}}"#)).await;
+    }
+    eventually("all three seen", 10, async || (d.metric("gatewarden_sightings_total{kind=\"wristband\"}").await >= 3.0).then_some(())).await;
+    step_clock(&d, "60h").await;
+    let h = d.health().await;
+    assert_eq!(h["status"], "degraded", "{h}");
+    assert!(h["clock"]["holding_until"].is_string(), "{h}");
+    assert!(d.metric("gatewarden_clock_steps_total{kind=\"forward\"}").await >= 1.0);
+    d.advance("31m").await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(rx.accepted("/hook").len(), 0, "nobody paged for a clock step: {:?}", rx.accepted("/hook").iter().map(|r| r.text()).collect::<Vec<_>>());
+    d.advance("48h").await;
+    eventually("the rule works after the step", 15, async || ((1..=3).all(|i| absence_for(&rx, &format!("E{i}")) > 0)).then_some(())).await;
+    // Back to 1970: the clock is implausible, and no new absence is judged.
+    d.post("/elders", json!({"id": "E4", "name": "老人E4", "bands": ["c3a1f0000004"]})).await;
+    step_clock(&d, "-500000h").await;
+    assert_eq!(d.health().await["clock"]["implausible"], true);
+    d.advance("100h").await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(absence_for(&rx, "E4"), 0, "absence judged on a 1970 clock");
+}

@@ -242,8 +242,7 @@ async fn kill_9_with_pending_alerts_loses_none_and_restart_neither_resets_nor_fa
 
     w.d.kill9();
     w.rx.set_default(200, r#"{"errcode":0,"errmsg":"ok"}"#);
-    w.d.restart().await;
-    w.d.set_clock(&now).await; // the restarted process starts with a fresh test clock
+    w.d.restart_at(&now).await;
     let got =
         eventually("the pending alert delivered after restart", 15, async || w.rx.accepted("/wecom").into_iter().find(|r| r.text().contains("老人E1"))).await;
     assert!(got.text().contains("老人超时未出现"));

@@ -38,6 +38,25 @@ pub struct Watch {
     pub leaves: Vec<(Timestamp, Timestamp)>,
 }
 
+/// The open alert per (kind, subject), looked up by reference: a sighting
+/// checks it several times, and must not allocate to do so.
+#[derive(Debug, Default)]
+struct OpenIndex(HashMap<AlertKind, HashMap<Subject, AlertId>>);
+
+impl OpenIndex {
+    fn get(&self, kind: AlertKind, subject: &Subject) -> Option<AlertId> {
+        self.0.get(&kind)?.get(subject).copied()
+    }
+    fn insert(&mut self, kind: AlertKind, subject: Subject, id: AlertId) {
+        self.0.entry(kind).or_default().insert(subject, id);
+    }
+    fn remove(&mut self, kind: AlertKind, subject: &Subject) {
+        if let Some(m) = self.0.get_mut(&kind) {
+            m.remove(subject);
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct GatewayWatch {
     last_heard: Timestamp,
@@ -85,7 +104,7 @@ pub struct Engine {
     elders: HashMap<ElderId, Watch>,
     gateways: BTreeMap<String, GatewayWatch>,
     open: BTreeMap<AlertId, Alert>,
-    by_subject: HashMap<(AlertKind, Subject), AlertId>,
+    by_subject: OpenIndex,
     ladder_len: HashMap<String, usize>,
     default_ladder_len: usize,
     next_id: AlertId,
@@ -101,7 +120,7 @@ impl Engine {
             elders: HashMap::new(),
             gateways: BTreeMap::new(),
             open: BTreeMap::new(),
-            by_subject: HashMap::new(),
+            by_subject: OpenIndex::default(),
             ladder_len: HashMap::new(),
             default_ladder_len: 1,
             next_id: next_id.max(1),
@@ -114,7 +133,7 @@ impl Engine {
     pub fn load_alert(&mut self, a: Alert) {
         self.next_id = self.next_id.max(a.id + 1);
         if a.state != AlertState::Resolved {
-            self.by_subject.insert((a.kind, a.subject.clone()), a.id);
+            self.by_subject.insert(a.kind, a.subject.clone(), a.id);
             self.open.insert(a.id, a);
         }
     }
@@ -172,6 +191,47 @@ impl Engine {
         self.default_ladder_len = n.max(1);
     }
 
+    /// The wall clock was stepped by `by` (found at `now`); times taken since
+    /// `since` (in the old frame) move with it, and none stays in the future
+    /// (`clock::reanchor`). Absence is not judged before `hold_until`, when
+    /// given (a large forward step is suspect: ops are told, staff are not
+    /// paged). Returns the changed open alerts to save; ack links stay valid
+    /// (`opened_at` is never moved).
+    pub fn clock_stepped(&mut self, since: Timestamp, by: chrono::Duration, now: Timestamp, hold_until: Option<Timestamp>) -> Vec<Action> {
+        let fix = |t: Timestamp| crate::clock::reanchor(t, since, by, now);
+        for w in self.elders.values_mut() {
+            w.last_seen = w.last_seen.map(fix);
+            w.last_band = w.last_band.map(fix);
+            w.enrolled_at = w.enrolled_at.map(fix);
+        }
+        for g in self.gateways.values_mut() {
+            g.last_heard = fix(g.last_heard);
+        }
+        let mut out = Vec::new();
+        for a in self.open.values_mut() {
+            let before = (a.level_since, a.last_notified_at, a.reference_at);
+            a.level_since = fix(a.level_since);
+            a.last_notified_at = fix(a.last_notified_at);
+            a.reference_at = a.reference_at.map(fix);
+            if before != (a.level_since, a.last_notified_at, a.reference_at) {
+                out.push(Action::Save(a.clone()));
+            }
+        }
+        // A hold set in the old frame keeps its length in the new one.
+        if self.judging_from >= since {
+            self.judging_from += by;
+        }
+        if let Some(h) = hold_until {
+            self.judging_from = self.judging_from.max(h);
+        }
+        out
+    }
+
+    /// Absence and gateway silence are judged from this time.
+    pub fn judging_from(&self) -> Timestamp {
+        self.judging_from
+    }
+
     pub fn open_alerts(&self) -> impl Iterator<Item = &Alert> {
         self.open.values()
     }
@@ -201,7 +261,7 @@ impl Engine {
                 if firing {
                     self.open_alert(kind, subject, now, None, detail, &mut out);
                 } else {
-                    self.resolve(kind, &subject, now, detail, &mut out);
+                    self.resolve(kind, &subject, now, detail.into(), &mut out);
                 }
             }
             Input::Tick => self.tick(now, &mut out),
@@ -238,7 +298,7 @@ impl Engine {
                 }
                 let has_band = w.has_band;
                 let subject = Subject::Elder(elder);
-                if let Some(aid) = self.by_subject.get(&(AlertKind::Absence, subject.clone())).copied() {
+                if let Some(aid) = self.by_subject.get(AlertKind::Absence, &subject) {
                     let reference = self.open[&aid].reference_at.unwrap_or(self.open[&aid].opened_at);
                     // Only a sighting newer than the one the count started from ends
                     // it; a late QoS 1 redelivery of an old one does not.
@@ -269,7 +329,7 @@ impl Engine {
                     self.open_alert(AlertKind::BatteryLow, subject, now, None, format!("battery {percent}%"), out);
                 } else if percent >= low.saturating_add(10) {
                     // Hysteresis, so a battery wavering at the threshold does not flap.
-                    self.resolve(AlertKind::BatteryLow, &subject, now, format!("battery {percent}%"), out);
+                    self.resolve(AlertKind::BatteryLow, &subject, now, format!("battery {percent}%").into(), out);
                 }
             }
             PresenceEvent::Sos { elder, at, place } => {
@@ -284,9 +344,8 @@ impl Engine {
                 }
                 let g = self.gateways.get_mut(&gateway).expect("tracked");
                 g.last_heard = g.last_heard.max(at);
-                if self.by_subject.contains_key(&(AlertKind::GatewayOffline, Subject::Gateway(gateway.clone()))) {
-                    self.resolve(AlertKind::GatewayOffline, &Subject::Gateway(gateway), now, "gateway heard again".into(), out);
-                }
+                let subject = Subject::Gateway(gateway);
+                self.resolve(AlertKind::GatewayOffline, &subject, now, "gateway heard again".into(), out);
             }
             PresenceEvent::UnknownBand { .. } | PresenceEvent::UnknownElder { .. } => {}
         }
@@ -299,9 +358,9 @@ impl Engine {
         for (id, w) in &self.elders {
             let subject = Subject::Elder(id.clone());
             let on_leave = w.leaves.iter().any(|(from, until)| *from <= now && now < *until);
-            if let Some(aid) = self.by_subject.get(&(AlertKind::Absence, subject.clone())) {
+            if let Some(aid) = self.by_subject.get(AlertKind::Absence, &subject) {
                 if on_leave {
-                    to_close.push(*aid);
+                    to_close.push(aid);
                 }
                 continue;
             }
@@ -369,8 +428,7 @@ impl Engine {
 
     /// Open an alert unless one of this kind is already open for the subject.
     fn open_alert(&mut self, kind: AlertKind, subject: Subject, now: Timestamp, reference_at: Option<Timestamp>, detail: String, out: &mut Vec<Action>) {
-        let key = (kind, subject.clone());
-        if self.by_subject.contains_key(&key) {
+        if self.by_subject.get(kind, &subject).is_some() {
             return;
         }
         let id = self.next_id;
@@ -393,21 +451,23 @@ impl Engine {
             resolution: None,
             reminders: 0,
         };
-        self.by_subject.insert(key, id);
+        self.by_subject.insert(kind, a.subject.clone(), id);
         self.open.insert(id, a.clone());
         out.push(Action::Save(a.clone()));
         out.push(Action::Notify { alert: a, levels: vec![0], kind: NoticeKind::Firing });
     }
 
-    fn resolve(&mut self, kind: AlertKind, subject: &Subject, now: Timestamp, how: String, out: &mut Vec<Action>) {
-        if let Some(aid) = self.by_subject.get(&(kind, subject.clone())).copied() {
-            out.extend(self.close(aid, now, how, true).unwrap_or_default());
+    /// Close the open alert of this kind for `subject`, if any. `how` is only
+    /// rendered when there is one: this runs for every sighting.
+    fn resolve(&mut self, kind: AlertKind, subject: &Subject, now: Timestamp, how: std::borrow::Cow<'static, str>, out: &mut Vec<Action>) {
+        if let Some(aid) = self.by_subject.get(kind, subject) {
+            out.extend(self.close(aid, now, how.into_owned(), true).unwrap_or_default());
         }
     }
 
     fn close(&mut self, aid: AlertId, now: Timestamp, how: String, notify: bool) -> Option<Vec<Action>> {
         let mut a = self.open.remove(&aid)?;
-        self.by_subject.remove(&(a.kind, a.subject.clone()));
+        self.by_subject.remove(a.kind, &a.subject);
         a.state = AlertState::Resolved;
         a.resolved_at = Some(now);
         a.resolution = Some(how);

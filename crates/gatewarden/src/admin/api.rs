@@ -5,7 +5,7 @@ use super::Shared;
 use super::*;
 use crate::enrolment::Changed;
 use crate::monitor::Command;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -81,10 +81,10 @@ pub fn router(sh: Arc<Shared>) -> Router {
         .route("/outbox/:id/retry", post(retry_notification))
         .route("/presence", get(presence))
         .route("/wristbands/unknown", get(unknown_bands))
-        .route("/residents", get(super::access::list_people).post(super::access::add_resident))
+        .route("/residents", get(super::access::list_people).post(super::access::add_resident).layer(big()))
         .route("/people", get(super::access::list_people))
         .route("/people/:id", axum::routing::delete(super::access::forget))
-        .route("/visitors", post(super::access::register_visitor))
+        .route("/visitors", post(super::access::register_visitor).layer(big()))
         .route("/vehicles", get(super::access::list_vehicles).post(super::access::add_vehicle))
         .route("/vehicles/:plate", axum::routing::delete(super::access::remove_vehicle))
         .route("/gates/:gate/credential", post(super::access::credential))
@@ -96,14 +96,14 @@ pub fn router(sh: Arc<Shared>) -> Router {
         .route("/me", get(super::console::me))
         .route("/roster", get(super::roster::export))
         .route("/roster/imports", post(super::roster::start))
-        .route("/roster/parse", post(super::roster::parse))
-        .route("/roster/imports/:id/rows", post(super::roster::add_rows))
+        .route("/roster/parse", post(super::roster::parse).layer(big()))
+        .route("/roster/imports/:id/rows", post(super::roster::add_rows).layer(big()))
         .route("/roster/imports/:id/commit", post(super::roster::commit))
         .route("/users", get(super::console::list_users).post(super::console::add_user))
         .route("/users/:name", axum::routing::delete(super::console::remove_user))
         .route("/audit", get(list_audit))
         .route("/qr.svg", get(super::console::qr_svg))
-        .route("/photos/check", post(super::access::check_photo))
+        .route("/photos/check", post(super::access::check_photo).layer(big()))
         .route("/elders/:id/history", get(elder_history))
         .route("/debug/clock", post(move_clock))
         .route("/debug/tick", post(tick))
@@ -121,9 +121,19 @@ pub fn router(sh: Arc<Shared>) -> Router {
         .route("/console/login", post(super::console::login))
         .route("/console/logout", post(super::console::logout))
         .nest("/api/v1", api)
-        // Enrolment photos arrive base64 in JSON.
-        .layer(axum::extract::DefaultBodyLimit::max(32 * 1024 * 1024))
+        // Everything else is a small JSON or form body: an unauthenticated
+        // client cannot make the daemon buffer more than this.
+        .layer(axum::extract::DefaultBodyLimit::max(SMALL_BODY))
         .with_state(sh)
+}
+
+/// The body limit of every route but the few below.
+pub const SMALL_BODY: usize = 256 * 1024;
+
+/// Routes that take enrolment photos (base64 in JSON) or a roster file, all
+/// behind the admin token: the roster reader's own bound is 16 MiB.
+fn big() -> axum::extract::DefaultBodyLimit {
+    axum::extract::DefaultBodyLimit::max(32 * 1024 * 1024)
 }
 
 /// Every `/api/v1` call: the CLI's bearer token (full rights), or a console
@@ -220,9 +230,12 @@ async fn healthz(State(sh): S) -> Response {
     let outbox = sh.store.outbox().unwrap_or_default();
     let pending = outbox.iter().filter(|n| n.delivery == crate::alert::outbox::Delivery::Pending).count();
     let failed = outbox.len() - pending;
+    let cluster = sh.cluster.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let under_attack = sh.cfg.cluster.is_some() && cluster.under_attack(chrono::Utc::now().timestamp_millis());
+    let clock = sh.clock_view.read().unwrap_or_else(|e| e.into_inner()).clone();
     let status = if !store_ok {
         "failing"
-    } else if !mqtt || failed > 0 {
+    } else if !mqtt || failed > 0 || under_attack || clock.degraded(sh.clock.now()) {
         "degraded"
     } else {
         "ok"
@@ -234,8 +247,9 @@ async fn healthz(State(sh): S) -> Response {
         "outbox_pending": pending,
         "outbox_failed": failed,
         "uptime_s": sh.started.elapsed().as_secs(),
+        "clock": clock,
         "version": env!("CARGO_PKG_VERSION"),
-        "cluster": sh.cfg.cluster.as_ref().map(|_| sh.cluster.read().unwrap_or_else(|e| e.into_inner()).clone()),
+        "cluster": sh.cfg.cluster.as_ref().map(|_| cluster),
     });
     let code = if store_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(body)).into_response()
@@ -497,7 +511,7 @@ async fn observe(sh: &Shared, obs: Observation) -> R<serde_json::Value> {
     let (tx, rx) = oneshot::channel();
     sh.command(Command::Observe(obs, tx)).await?;
     let events = rx.await.map_err(|_| anyhow::anyhow!("the daemon is shutting down"))?;
-    Ok(Json(json!({ "events": events.len() })))
+    Ok(Json(json!({ "events": events })))
 }
 
 async fn check_in(State(sh): S, Json(i): Json<CheckInInput>) -> R<serde_json::Value> {
@@ -620,10 +634,14 @@ async fn move_clock(State(sh): S, Json(i): Json<ClockInput>) -> R<serde_json::Va
     if !sh.clock.is_adjustable() {
         return Err(ApiError(StatusCode::FORBIDDEN, "the clock is fixed; set [debug] manual_clock = true (tests only)".into()));
     }
-    let now = match (i.advance, i.set) {
-        (Some(a), None) => sh.clock.advance(Dur::parse(&a).map_err(bad)?.get()),
-        (None, Some(s)) => sh.clock.set(parse_time(&s).map_err(bad)?),
-        _ => return Err(bad("give exactly one of `advance` or `set`")),
+    let now = match (i.advance, i.set, i.step) {
+        (Some(a), None, None) => sh.clock.advance(Dur::parse(&a).map_err(bad)?.get()),
+        (None, Some(s), None) => sh.clock.set(parse_time(&s).map_err(bad)?),
+        (None, None, Some(s)) => {
+            let (sign, d) = s.strip_prefix('-').map_or((1, s.as_str()), |d| (-1, d));
+            sh.clock.step(sign * Dur::parse(d).map_err(bad)?.get().as_millis() as i64)
+        }
+        _ => return Err(bad("give exactly one of `advance`, `set` or `step`")),
     }
     .expect("adjustable");
     run_tick(&sh).await?;
@@ -766,8 +784,8 @@ fn describe(sh: &Shared, a: &domain::alert::Alert) -> String {
 
 /// GET shows a confirmation form, so that link previews in chat apps cannot
 /// acknowledge an alert by merely fetching the URL.
-async fn ack_page(State(sh): S, ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>, Path(tok): Path<String>) -> Response {
-    if !sh.ack_limit.allow(peer.ip()) {
+async fn ack_page(State(sh): S, super::server::ClientIp(client): super::server::ClientIp, Path(tok): Path<String>) -> Response {
+    if !sh.ack_limit.allow(client) {
         return too_many();
     }
     match linked_alert(&sh, &tok) {
@@ -790,8 +808,8 @@ struct AckForm {
     by: String,
 }
 
-async fn ack_link(State(sh): S, ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>, Path(tok): Path<String>, Form(f): Form<AckForm>) -> Response {
-    if !sh.ack_limit.allow(peer.ip()) {
+async fn ack_link(State(sh): S, super::server::ClientIp(client): super::server::ClientIp, Path(tok): Path<String>, Form(f): Form<AckForm>) -> Response {
+    if !sh.ack_limit.allow(client) {
         return too_many();
     }
     let (claim, _) = match linked_alert(&sh, &tok) {

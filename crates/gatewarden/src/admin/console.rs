@@ -5,7 +5,7 @@
 
 use super::api::{bad, ApiError};
 use super::Shared;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -13,7 +13,6 @@ use domain::clock::Timestamp;
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use store::User;
 
@@ -169,11 +168,11 @@ pub struct LoginInput {
 }
 
 /// `POST /console/login`.
-pub async fn login(State(sh): S, ConnectInfo(peer): ConnectInfo<SocketAddr>, Json(i): Json<LoginInput>) -> Response {
+pub async fn login(State(sh): S, super::server::ClientIp(client): super::server::ClientIp, Json(i): Json<LoginInput>) -> Response {
     let c = &sh.cfg.console;
     let now = sh.clock.now();
     let window = domain::clock::chrono_dur(c.login_window.get());
-    let keys = [format!("user:{}@{}", i.user, peer.ip()), format!("ip:{}", peer.ip())];
+    let keys = [format!("user:{}@{client}", i.user), format!("ip:{client}")];
     if let Err(until) = sh.sessions.begin_attempt(&keys, now, window, c.login_max_failures) {
         let mins = ((until - now).num_seconds() + 59) / 60;
         sh.metrics.reject("login_locked_out");
@@ -201,7 +200,7 @@ pub async fn login(State(sh): S, ConnectInfo(peer): ConnectInfo<SocketAddr>, Jso
     .unwrap_or(false);
     let (Some(user), true) = (user, ok) else {
         // Already counted by begin_attempt.
-        tracing::warn!(user = %i.user, peer = %peer.ip(), "console login failed");
+        tracing::warn!(user = %i.user, client = %client, "console login failed");
         return ApiError(StatusCode::UNAUTHORIZED, "用户名或密码错误 / wrong user name or password".into()).into_response();
     };
     let Some(role) = Role::parse(&user.role) else {

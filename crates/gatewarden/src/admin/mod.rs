@@ -7,6 +7,7 @@ pub mod api;
 pub mod cli;
 pub mod console;
 pub mod roster;
+pub mod server;
 mod state;
 
 pub use state::Shared;
@@ -106,6 +107,9 @@ pub struct ClockInput {
     /// RFC 3339
     #[serde(default)]
     pub set: Option<String>,
+    /// Step the wall clock alone, as NTP does: "-30h" or "30h".
+    #[serde(default)]
+    pub step: Option<String>,
 }
 
 /// One row of `gatewarden presence`.

@@ -38,6 +38,8 @@ pub struct Shared {
     pub mqtt: Option<rumqttc::AsyncClient>,
     /// Which box alerts, for /healthz (written by the monitor).
     pub cluster: Arc<std::sync::RwLock<ClusterView>>,
+    /// The wall clock's health, for /healthz (written by the monitor).
+    pub clock_view: Arc<std::sync::RwLock<crate::monitor::ClockView>>,
     /// Roster imports being staged.
     pub imports: crate::admin::roster::Imports,
     /// Per-client limit on acknowledgement links.

@@ -15,9 +15,11 @@ impl Monitor {
         self.io.cfg.cluster.as_ref().map(|c| c.box_id.as_str())
     }
 
+    /// Publish `body` to the other boxes, signed with the site's key.
     pub(super) fn publish_cluster(&self, rest: &str, retain: bool, body: String) {
-        let (Some(m), Some(_)) = (&self.io.mqtt, self.box_id()) else { return };
-        if let Err(e) = m.try_publish(domain::cluster::topic(&self.io.cfg.site, rest), rumqttc::QoS::AtLeastOnce, retain, body) {
+        let (Some(m), Some(_), Some(key)) = (&self.io.mqtt, self.box_id(), &self.io.cluster_key) else { return };
+        let payload = domain::cluster::sign(key, &self.io.cfg.site, rest, &body, wall_ms());
+        if let Err(e) = m.try_publish(domain::cluster::topic(&self.io.cfg.site, rest), rumqttc::QoS::AtLeastOnce, retain, payload) {
             tracing::warn!(error = %e, topic = rest, "cannot publish to the other boxes");
         }
     }
@@ -37,6 +39,36 @@ impl Monitor {
             Observation::Band(_) => return,
         };
         self.publish_cluster(&format!("sighting/{me}"), false, serde_json::to_string(&s).expect("serializes"));
+    }
+
+    /// A message under `gatewarden/<site>/cluster/`: verified and fresh, or
+    /// refused and counted. A lease that does not verify is ignored (so this
+    /// box goes on alerting, and its own signed claim replaces it on the
+    /// broker) and degrades health: someone is trying to silence the box.
+    pub(super) fn on_cluster_signed(&mut self, rest: &str, text: &str) {
+        let (Some(key), Some(c)) = (&self.io.cluster_key, &self.io.cfg.cluster) else { return };
+        let f =
+            domain::cluster::Freshness { max_age: c.max_message_age.get(), max_skew: self.io.cfg.presence.max_clock_skew.get(), lease_ttl: c.lease_ttl.get() };
+        let parts: Vec<&str> = rest.split('/').collect();
+        let now = wall_ms();
+        match domain::cluster::open(key, &self.io.cfg.site, &parts, text, now, &f) {
+            Ok(m) => self.on_cluster(m),
+            Err(e) => {
+                self.io.metrics.cluster_rejected.get_or_create(&crate::telemetry::ReasonLabel { reason: e.as_str().into() }).inc();
+                let lease = parts.first() == Some(&"lease");
+                let mut v = self.io.cluster.write().unwrap_or_else(|e| e.into_inner());
+                v.rejected_messages += 1;
+                if lease && e.is_forgery() {
+                    let first = !v.under_attack(now);
+                    v.forged_lease_at_ms = Some(now);
+                    if first {
+                        tracing::error!(topic = rest, reason = %e, "FORGED CLUSTER LEASE ignored: someone without the site key is trying to stop this box alerting; it keeps alerting");
+                    }
+                } else {
+                    tracing::warn!(topic = rest, reason = %e, "cluster message refused");
+                }
+            }
+        }
     }
 
     pub(super) fn on_cluster(&mut self, msg: domain::cluster::ClusterMsg) {

@@ -35,7 +35,8 @@ pub enum Command {
     RemoveElder(String),
     ReloadLeaves(String),
     ReloadLadders,
-    Observe(Observation, oneshot::Sender<Vec<PresenceEvent>>),
+    /// A sighting from the API or a gate; answers how many presence events it made.
+    Observe(Observation, oneshot::Sender<usize>),
     Ack {
         id: u64,
         by: String,
@@ -88,6 +89,34 @@ pub struct Handles {
     pub channels: BTreeSet<String>,
     pub ack_links: AckLinks,
     pub started: Instant,
+    /// The site's key for cluster messages (`cluster.key_file`); None on a single box.
+    pub cluster_key: Option<Vec<u8>>,
+    /// The wall clock as the monitor judges it, for /healthz.
+    pub clock_view: Arc<std::sync::RwLock<ClockView>>,
+}
+
+/// The wall clock's health, as /healthz shows it.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ClockView {
+    /// Before the build time (minus a day): absence is not judged.
+    pub implausible: bool,
+    /// The last step seen (seconds, positive forward) and when (RFC 3339).
+    pub last_step_s: Option<i64>,
+    pub last_step_at: Option<String>,
+    /// Absence is held until then after a large forward step.
+    pub holding_until: Option<String>,
+}
+
+impl ClockView {
+    pub fn degraded(&self, now: Timestamp) -> bool {
+        self.implausible || self.holding_until.as_deref().and_then(|h| chrono::DateTime::parse_from_rfc3339(h).ok()).is_some_and(|h| now < h)
+    }
+}
+
+/// The earliest plausible wall-clock time: a day before this binary was built.
+pub fn plausible_after() -> Timestamp {
+    let built: i64 = env!("GATEWARDEN_BUILD_UNIX").parse().unwrap_or(0);
+    chrono::DateTime::from_timestamp(built - 86_400, 0).unwrap_or_default()
 }
 
 /// Which box alerts, as /healthz shows it.
@@ -99,6 +128,19 @@ pub struct ClusterView {
     pub alerting: bool,
     pub lease_holder: Option<String>,
     pub lease_epoch: Option<u64>,
+    /// Cluster messages refused (unsigned, bad signature, stale…) since start.
+    pub rejected_messages: u64,
+    /// When a lease that does not verify was last seen (unix ms): someone
+    /// without the key is trying to silence this box. Health is degraded for
+    /// 10 minutes after; the box keeps alerting.
+    pub forged_lease_at_ms: Option<i64>,
+}
+
+impl ClusterView {
+    /// Whether a forged lease was seen in the last 10 minutes.
+    pub fn under_attack(&self, now_ms: i64) -> bool {
+        self.forged_lease_at_ms.is_some_and(|t| now_ms - t < 10 * 60 * 1000)
+    }
 }
 
 /// The monitor task: owns `Presence`, the alert `Engine` and the cluster
@@ -114,6 +156,11 @@ pub struct Monitor {
     /// Each gateway's last-heard as last written: a gateway is written again
     /// only when it is new or its time moved by a minute (not on every flush).
     gateways_written: HashMap<String, Timestamp>,
+    /// Wall-clock steps, and the start of the current clock frame: times
+    /// taken since then move with a step (`clock::reanchor`).
+    steps: domain::clock::StepWatch,
+    frame_since: Timestamp,
+    last_step_check: Instant,
 }
 
 /// Wall-clock milliseconds for the cluster lease. Not the injectable clock:
@@ -132,8 +179,26 @@ impl Monitor {
         }
         let lease = cfg.cluster.as_ref().map(|c| domain::cluster::Lease::new(c.box_id.clone(), c.role, c.lease_ttl.get(), c.claim_settle.get()));
         let engine = Engine::new(cfg.engine_settings(), judging_from, 1);
-        let mut m = Monitor { io, presence, engine, lease, acks: Acks::default(), gateways_written: HashMap::new() };
+        let steps = domain::clock::StepWatch::new(cfg.presence.clock_step_threshold.get());
+        let frame_since = io.clock.now();
+        let mut m = Monitor {
+            io,
+            presence,
+            engine,
+            lease,
+            acks: Acks::default(),
+            gateways_written: HashMap::new(),
+            steps,
+            frame_since,
+            last_step_check: Instant::now(),
+        };
         m.rebuild_engine(judging_from)?;
+        // Nothing loaded may lie in the future (a clock that ran ahead before a restart).
+        let now = m.io.clock.now();
+        m.presence.clock_stepped(now, chrono::Duration::zero(), now);
+        let acts = m.engine.clock_stepped(now, chrono::Duration::zero(), now, None);
+        m.apply(acts);
+        m.check_clock();
         m.io.metrics.elders.set(m.presence.elder_count() as i64);
         tracing::info!(
             elders = m.presence.elder_count(),
@@ -196,11 +261,18 @@ impl Monitor {
         Ok(())
     }
 
-    fn observe(&mut self, obs: Observation) -> Vec<PresenceEvent> {
+    fn observe(&mut self, obs: Observation) -> usize {
         self.observe_from(obs, true)
     }
 
-    fn observe_from(&mut self, obs: Observation, local: bool) -> Vec<PresenceEvent> {
+    /// Presence, then the engine, for one sighting; returns how many presence
+    /// events it made. Runs for every MQTT sighting: events move, never clone.
+    fn observe_from(&mut self, obs: Observation, local: bool) -> usize {
+        // At most once a second: a step is then caught before more than a
+        // second of sightings is stamped in the new frame.
+        if self.last_step_check.elapsed() >= Duration::from_secs(1) {
+            self.check_clock();
+        }
         if local {
             self.share_sighting(&obs);
         }
@@ -208,10 +280,13 @@ impl Monitor {
         let alerting = self.alerting();
         let is_band = matches!(obs, Observation::Band(_));
         let events = self.presence.handle(obs, now);
+        let made = events.len();
+        let mut seen = false;
         let mut actions = Vec::new();
-        for ev in &events {
-            match ev {
+        for ev in events {
+            match &ev {
                 PresenceEvent::Seen { source, .. } => {
+                    seen = true;
                     self.io.metrics.sighting(source.as_str());
                 }
                 PresenceEvent::UnknownBand { band } => {
@@ -225,14 +300,14 @@ impl Monitor {
                 _ => {}
             }
             if alerting {
-                actions.extend(self.engine.handle(Input::Presence(ev.clone()), now));
+                actions.extend(self.engine.handle(Input::Presence(ev), now));
             }
         }
-        if is_band && !events.iter().any(|e| matches!(e, PresenceEvent::Seen { .. })) {
+        if is_band && !seen {
             self.io.metrics.unknown_band_sightings.inc();
         }
         self.apply(actions);
-        events
+        made
     }
 
     fn on_parsed(&mut self, p: Parsed) {
@@ -254,7 +329,7 @@ impl Monitor {
                 }
                 None => tracing::warn!(%gate, "credential for a gate that is not configured"),
             },
-            Parsed::Cluster(m) => self.on_cluster(m),
+            Parsed::Cluster { rest, text } => self.on_cluster_signed(&rest, &text),
             // Routed to the sync task by the MQTT task.
             Parsed::Enrolment(_) => {}
             Parsed::Connected => {
@@ -266,8 +341,46 @@ impl Monitor {
         }
     }
 
-    fn tick(&mut self) {
+    /// Compare the wall clock with the monotonic one; on a step, re-anchor
+    /// presence and the engine, and after a large forward step hold absence
+    /// for `presence.clock_step_grace` and tell ops (log, metric, /healthz).
+    fn check_clock(&mut self) {
+        self.last_step_check = Instant::now();
         let now = self.io.clock.now();
+        let implausible = now < plausible_after();
+        if let Some(by) = self.steps.observe(now, self.io.clock.monotonic()) {
+            let forward = by > chrono::Duration::zero();
+            let hold = forward.then(|| now + chrono_dur(self.io.cfg.presence.clock_step_grace.get()));
+            self.presence.clock_stepped(self.frame_since, by, now);
+            let acts = self.engine.clock_stepped(self.frame_since, by, now, hold);
+            self.apply(acts);
+            self.frame_since = now;
+            self.io.metrics.clock_steps.get_or_create(&crate::telemetry::KindLabel { kind: if forward { "forward" } else { "backward" }.into() }).inc();
+            tracing::error!(
+                step_s = by.num_seconds(),
+                holding_absence_until = hold.map(|h| h.to_rfc3339()),
+                "WALL CLOCK STEPPED: last-seen times re-anchored{}",
+                if forward { "; absence is held for the grace period instead of paging every grid worker" } else { "" }
+            );
+            let mut v = self.io.clock_view.write().unwrap_or_else(|e| e.into_inner());
+            v.last_step_s = Some(by.num_seconds());
+            v.last_step_at = Some(now.to_rfc3339());
+            let judging = self.engine.judging_from();
+            v.holding_until = (judging > now).then(|| judging.to_rfc3339());
+        }
+        let mut v = self.io.clock_view.write().unwrap_or_else(|e| e.into_inner());
+        if implausible && !v.implausible {
+            tracing::error!(now = %now.to_rfc3339(), "the wall clock is before this build: absence is not judged until time is set (NTP)");
+        }
+        v.implausible = implausible;
+    }
+
+    fn tick(&mut self) {
+        self.check_clock();
+        let now = self.io.clock.now();
+        if self.io.clock_view.read().unwrap_or_else(|e| e.into_inner()).implausible {
+            return;
+        }
         if self.alerting() {
             let acts = self.engine.handle(Input::Tick, now);
             self.apply(acts);

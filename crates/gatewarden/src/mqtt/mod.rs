@@ -224,7 +224,7 @@ pub async fn run(
                         metrics.message(match parsed {
                             Parsed::Sighting(_) => "sighting",
                             Parsed::Credential { .. } => "credential",
-                            Parsed::Cluster(_) => "cluster",
+                            Parsed::Cluster { .. } => "cluster",
                             _ => "status",
                         });
                         if tx.send(Inbound { parsed, receipt }).await.is_err() {

@@ -203,6 +203,10 @@ impl Publisher {
     pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
         self.client.publish(topic, QoS::AtLeastOnce, false, payload.into()).await.unwrap();
     }
+
+    pub async fn publish_retained(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client.publish(topic, QoS::AtLeastOnce, true, payload.into()).await.unwrap();
+    }
 }
 
 // ---------------- webhook receiver ----------------
@@ -310,6 +314,8 @@ pub struct Daemon {
     child: Option<Child>,
     token: Option<String>,
     http: reqwest::Client,
+    /// Where the next start's test clock begins (`restart_at`).
+    clock_at: Option<String>,
 }
 
 pub fn bin() -> &'static str {
@@ -366,9 +372,17 @@ impl Daemon {
     pub async fn start(dir: &std::path::Path, config_text: &str, http_port: u16) -> Daemon {
         let config = dir.join("gatewarden.toml");
         std::fs::write(&config, config_text).unwrap();
-        let mut d = Daemon { dir: dir.to_owned(), config, http_port, child: None, token: None, http: reqwest::Client::new() };
+        let mut d = Daemon { dir: dir.to_owned(), config, http_port, child: None, token: None, http: reqwest::Client::new(), clock_at: None };
         d.restart().await;
         d
+    }
+
+    /// Restart with the test clock at `now` (RFC 3339), as a real box keeps
+    /// its wall clock across a restart; a plain restart's clock begins at the
+    /// real time, which to the daemon looks like a clock stepped back.
+    pub async fn restart_at(&mut self, now: &str) {
+        self.clock_at = Some(now.to_string());
+        self.restart().await;
     }
 
     pub async fn restart(&mut self) {
@@ -381,7 +395,11 @@ impl Daemon {
     pub async fn try_restart(&mut self) -> Result<(), String> {
         assert!(self.child.is_none(), "already running");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("daemon.log")).unwrap();
-        let child = Command::new(bin())
+        let mut cmd = Command::new(bin());
+        if let Some(at) = self.clock_at.take() {
+            cmd.env("GATEWARDEN_TEST_CLOCK_AT", at);
+        }
+        let child = cmd
             .args(["run", "--config"])
             .arg(&self.config)
             .env_remove("RUST_LOG")
@@ -418,6 +436,11 @@ impl Daemon {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    /// The running process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// kill -9: no shutdown code runs.
