@@ -48,19 +48,20 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
     // Before anything reads a secret (or would make a new one over a damaged
     // store): is this the store that ran here, whole?
     verify_store(&store, &cfg)?;
+    // Secrets live in key files beside the store, never in it (nor in its backups).
     let admin_token = match cfg.admin_token()? {
         Some(t) => t,
         None => {
-            let t = store.secret("admin_token")?;
             let path = cfg.admin_token_path();
-            write_private(&path, &t).with_context(|| format!("cannot write the admin token to {}", path.display()))?;
-            tracing::info!(path = %path.display(), "admin API token written (the CLI reads it from there)");
+            let t = key_file(&store, &path, "admin_token", false)?;
+            tracing::info!(path = %path.display(), "admin API token in its file (the CLI reads it from there)");
             t
         }
     };
     let ack_secret = match cfg.ack_secret()? {
         Some(s) => s.into_bytes(),
-        None => store.secret("ack_link_key")?.into_bytes(),
+        // Losing it only invalidates links already sent: reminders carry new ones.
+        None => key_file(&store, &cfg.admin_token_path().with_file_name("ack.key"), "ack_link_key", false)?.into_bytes(),
     };
     if cfg.alert.ladder.is_empty() && store.list_ladders()?.is_empty() {
         tracing::warn!("no escalation ladder is configured: alerts will reach nobody. Add [[alert.ladder]] to the config");
@@ -82,7 +83,9 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
     // so a PIN enrolled on the source opens every box's gates.
     let credential_key = match &sync {
         Some((_, k)) => k.credentials.clone(),
-        None => store.secret("credential_key")?.into_bytes(),
+        // PIN, card, QR and ID-number hashes are keyed with it: with anyone
+        // enrolled, a missing key file is an error, never a new key.
+        None => key_file(&store, &cfg.admin_token_path().with_file_name("credential.key"), "credential_key", store.has_people())?.into_bytes(),
     };
     let key_file = cfg.template_key_path();
     let keys = store::TemplateKeys::load_or_create(&key_file).with_context(|| format!("template key file {}", key_file.display()))?;
@@ -364,11 +367,53 @@ pub fn verify_store(store: &Store, cfg: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A secret in its own file (0600, the service user's), outside the store:
+/// read it; else move it out of the store, where versions before key files
+/// kept it; else make one, unless `needed` says records already depend on it.
+fn key_file(store: &Store, path: &std::path::Path, legacy: &str, needed: bool) -> anyhow::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(s) if s.trim().chars().count() >= config::MIN_SECRET_CHARS => {
+            store.forget_legacy_secret(legacy)?;
+            return Ok(s.trim().to_string());
+        }
+        Ok(_) => anyhow::bail!("the key file {} is empty or too short: restore it from this box's key backup", path.display()),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).with_context(|| format!("cannot read the key file {}", path.display())),
+        Err(_) => {}
+    }
+    let value = match store.legacy_secret(legacy)? {
+        Some(v) => {
+            tracing::info!(path = %path.display(), "a key kept inside the store by an older version moves to its own file");
+            v
+        }
+        None if needed => anyhow::bail!(
+            "the key file {} is missing, but the store holds records keyed with it (PIN, card, QR and ID-number hashes). \
+             A new key would silently lock everyone out: copy the file back from where this box's keys are kept (README: Keys and backups)",
+            path.display()
+        ),
+        None => {
+            use rand::Rng;
+            hex::encode(rand::thread_rng().gen::<[u8; 32]>())
+        }
+    };
+    write_private(path, &value).with_context(|| format!("cannot write the key file {}", path.display()))?;
+    // Only once the file is durable does the store forget its copy.
+    store.forget_legacy_secret(legacy)?;
+    Ok(value)
+}
+
+/// Write a file readable only by its owner, durably (file and directory fsynced).
 fn write_private(path: &std::path::Path, content: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(path)?;
-    f.write_all(content.as_bytes())
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(content.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

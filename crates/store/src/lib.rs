@@ -226,22 +226,38 @@ impl Store {
         Ok(self.db.generate_id()? + 1 + self.id_floor)
     }
 
-    /// A named secret (e.g. the ack-link key), created on first use.
-    pub fn secret(&self, name: &str) -> Result<String> {
-        let _w = self.writing();
+    /// A secret that versions before key files kept inside the store (and so
+    /// in every backup). The daemon writes it to its key file, then calls
+    /// `forget_legacy_secret`; no secret is ever written here again.
+    pub fn legacy_secret(&self, name: &str) -> Result<Option<String>> {
+        self.meta.get(format!("secret:{name}"))?.map(|v| dec("meta", &v)).transpose()
+    }
+
+    /// Delete a legacy secret and make that durable (it now lives in a key file).
+    pub fn forget_legacy_secret(&self, name: &str) -> Result<()> {
         let key = format!("secret:{name}");
-        if let Some(v) = self.meta.get(&key)? {
-            return dec("meta", &v);
+        if self.meta.get(&key)?.is_none() {
+            return Ok(());
         }
-        let s: String = {
-            use rand::Rng;
-            let bytes: [u8; 32] = rand::thread_rng().gen();
-            hex::encode(bytes)
-        };
-        match self.meta.compare_and_swap(&key, None as Option<&[u8]>, Some(enc(&s)))? {
-            Ok(()) => Ok(s),
-            Err(cur) => dec("meta", &cur.current.expect("set by the racing writer")),
+        {
+            let _w = self.writing();
+            self.meta.remove(key)?;
         }
+        self.flush()
+    }
+
+    /// Tests only: a store as versions before key files left it.
+    #[doc(hidden)]
+    pub fn put_legacy_secret(&self, name: &str, value: &str) -> Result<()> {
+        let _w = self.writing();
+        self.meta.insert(format!("secret:{name}"), enc(&value.to_string()))?;
+        Ok(())
+    }
+
+    /// Whether anyone is enrolled for the gates: their PIN, card, QR and
+    /// ID-number hashes are keyed, so the key must never be replaced.
+    pub fn has_people(&self) -> bool {
+        !self.people.is_empty()
     }
 }
 
@@ -314,8 +330,10 @@ mod tests {
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
         assert_eq!(s.list_elders().unwrap().len(), 1);
-        let a = s.secret("ack").unwrap();
-        assert_eq!(s.secret("ack").unwrap(), a);
+        s.put_legacy_secret("ack", "k").unwrap();
+        assert_eq!(s.legacy_secret("ack").unwrap().as_deref(), Some("k"));
+        s.forget_legacy_secret("ack").unwrap();
+        assert_eq!(s.legacy_secret("ack").unwrap(), None);
     }
 
     #[test]
