@@ -337,6 +337,7 @@ impl Config {
             ("store.integrity_every", self.store.integrity_every),
             ("http.header_read_timeout", self.http.header_read_timeout),
             ("presence.clock_step_threshold", self.presence.clock_step_threshold),
+            ("vision.heartbeat_timeout", self.vision.heartbeat_timeout),
             ("presence.tick_interval", self.presence.tick_interval),
         ] {
             if d.get().is_zero() {

@@ -27,6 +27,11 @@ pub struct VisionConfig {
     pub liveness_threshold: f32,
     #[serde(default = "VisionConfig::default_min_face_px")]
     pub min_face_px: f32,
+    /// The vision process answers heartbeats between frames; one that has not
+    /// answered for this long (hung in native code, or stopped) is killed and
+    /// restarted, and its cameras count as offline meanwhile.
+    #[serde(default = "VisionConfig::default_heartbeat_timeout")]
+    pub heartbeat_timeout: crate::Dur,
 }
 impl VisionConfig {
     fn default_models_dir() -> PathBuf {
@@ -43,6 +48,9 @@ impl VisionConfig {
     }
     fn default_min_face_px() -> f32 {
         60.0
+    }
+    fn default_heartbeat_timeout() -> crate::Dur {
+        crate::Dur::secs(20)
     }
 }
 impl Default for VisionConfig {

@@ -263,6 +263,8 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
             store: store.clone(),
             gates: gate_tx.clone(),
             stats: camera_stats.clone(),
+            metrics: metrics.clone(),
+            heartbeat_timeout: cfg.vision.heartbeat_timeout.get(),
         };
         spawn(&mut tasks, "vision-supervisor", Box::pin(sup.run(vision_rx, cancel.clone())));
     }

@@ -497,3 +497,75 @@ async fn retention_purges_old_records_and_the_compliance_report_shows_what_an_in
     let entry_purge = v["last_purges"].as_array().unwrap().iter().find(|p| p["what"] == "entry_log").cloned().unwrap();
     assert_eq!(entry_purge["removed"], 3);
 }
+
+/// The vision process's children of the daemon (one at a time).
+fn vision_child(daemon: u32) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // pid (comm) state ppid …
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
+        (ppid == daemon && stat.contains("(gatewarden-visi")).then_some(pid)
+    })
+}
+
+/// A vision process stopped with SIGSTOP (as native code that hangs) used to
+/// leave its cameras "connected" with no alert. Now the daemon notices the
+/// missing heartbeats, raises camera-offline, kills and restarts the process,
+/// and the camera comes back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frozen_vision_process_is_restarted_and_its_cameras_count_as_offline_meanwhile() {
+    let Some(faces) = shared_testdata("faces/people") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start();
+    let rx = Receiver::start().await;
+    let clip_path = dir.path().join("cam.mp4");
+    clip(&faces.join("img54.jpg"), &clip_path, 2);
+    let cam_port = free_port();
+    let serve = || {
+        Command::new(ffmpeg())
+            .args(["-loglevel", "error", "-re", "-stream_loop", "-1", "-i"])
+            .arg(&clip_path)
+            .args(["-f", "mpjpeg", "-q:v", "5", "-listen", "1", &format!("http://127.0.0.1:{cam_port}/cam.mjpg")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut server = serve();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let http = free_port();
+    let gates = format!(
+        "[[gates]]\nname = \"west\"\ncamera = \"http://127.0.0.1:{cam_port}/cam.mjpg\"\nmax_fps = 2.0\nactuator = {{ kind = \"log\" }}\n\
+         [[alert.channels]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\n[[alert.ladder]]\nname = \"物业\"\nchannels = [\"hook\"]\n",
+        rx.url("/hook")
+    );
+    let text = config(dir.path(), broker.port, http, &gate_config(&gates)).replace("[vision]\n", "[vision]\nheartbeat_timeout = \"4s\"\n");
+    let d = Daemon::start(dir.path(), &text, http).await;
+    let frames = async || d.metric(r#"gatewarden_camera_frames{camera="west"}"#).await;
+    eventually("frames from the camera", 30, async || (frames().await > 5.0).then_some(())).await;
+    let frozen = vision_child(d.pid()).expect("the vision process");
+    assert_eq!(unsafe { libc::kill(frozen as i32, libc::SIGSTOP) }, 0);
+    let alert =
+        eventually("camera offline alert while vision is frozen", 30, async || rx.accepted("/hook").into_iter().find(|r| r.text().contains("门禁摄像头离线")))
+            .await;
+    assert_eq!(alert.json()["status"], "firing");
+    assert_eq!(d.metric(r#"gatewarden_camera_connected{camera="west"}"#).await, 0.0, "a frozen process's camera is not \"connected\"");
+    eventually("the frozen process killed and another started", 30, async || {
+        let gone = !std::path::Path::new(&format!("/proc/{frozen}")).exists()
+            || std::fs::read_to_string(format!("/proc/{frozen}/stat")).map(|s| s.contains(") Z")).unwrap_or(true);
+        (gone && vision_child(d.pid()).is_some_and(|p| p != frozen)).then_some(())
+    })
+    .await;
+    assert!(d.log().contains("stopped answering heartbeats"), "{}", d.log());
+    // The camera served one client, the frozen one: serve the new process.
+    let _ = server.kill();
+    let _ = server.wait();
+    let mut server = serve();
+    eventually("the restarted process's camera connected", 60, async || (d.metric(r#"gatewarden_camera_connected{camera="west"}"#).await == 1.0).then_some(()))
+        .await;
+    eventually("camera back notice", 30, async || rx.accepted("/hook").into_iter().find(|r| r.json()["status"] == "resolved")).await;
+    let _ = server.kill();
+    let _ = server.wait();
+}

@@ -55,6 +55,10 @@ pub enum FromVision {
         id: u64,
         result: EnrolResult,
     },
+    /// The answer to `ToVision::Ping`, from the main loop: it is not hung.
+    Pong {
+        id: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,6 +88,11 @@ pub enum ToVision {
     },
     /// Sent after the initial gallery: start the cameras.
     Start,
+    /// A heartbeat: answered with `FromVision::Pong` between frames. A process
+    /// that stops answering (hung in native code, or stopped) is restarted.
+    Ping {
+        id: u64,
+    },
 }
 
 #[cfg(test)]

@@ -85,6 +85,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
         match rx.recv() {
             Ok(ToVision::Start) => break,
             Ok(ToVision::GalleryAdd { person, embedding }) => gallery.add(&person, &embedding),
+            Ok(ToVision::Ping { .. }) => {}
             Ok(other) => tracing::warn!(?other, "message before start ignored"),
             Err(_) => return Ok(()),
         }
@@ -130,6 +131,11 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
                     }
                 }
                 ToVision::Start => {}
+                ToVision::Ping { id } => {
+                    if !send(&mut out, &FromVision::Pong { id }) {
+                        break;
+                    }
+                }
             }
         }
         if last_stats.elapsed() >= Duration::from_millis(500) {

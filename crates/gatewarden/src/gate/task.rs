@@ -68,6 +68,9 @@ pub struct CameraStat {
     pub reconnects: u64,
     pub finished: bool,
     pub silent_ms: Option<u64>,
+    /// When the vision process last reported it: a frozen process reports
+    /// nothing, and its cameras go silent with it.
+    pub updated: Option<Instant>,
 }
 
 pub type CameraStats = Arc<Mutex<HashMap<String, CameraStat>>>;
@@ -82,6 +85,9 @@ pub struct VisionSupervisor {
     pub store: store::Store,
     pub gates: mpsc::Sender<GateMsg>,
     pub stats: CameraStats,
+    pub metrics: Arc<Metrics>,
+    /// No heartbeat answered for this long: kill and restart the process.
+    pub heartbeat_timeout: Duration,
 }
 
 impl VisionSupervisor {
@@ -113,15 +119,40 @@ impl VisionSupervisor {
                 ok &= write(&mut stdin, &ToVision::GalleryAdd { person, embedding }).await;
             }
             ok &= write(&mut stdin, &ToVision::Start).await;
+            // Heartbeats: after Ready, a ping every quarter of the timeout; before
+            // it, loading the models may take a while, but not for ever.
+            let started = Instant::now();
+            let mut answered: Option<Instant> = None;
+            let mut ping = tokio::time::interval((self.heartbeat_timeout / 4).max(Duration::from_millis(250)));
+            let mut ping_id = 0u64;
             while ok {
                 tokio::select! {
                     _ = cancel.cancelled() => {
                         let _ = child.kill().await;
                         return;
                     }
+                    _ = ping.tick() => {
+                        let silent = answered.map_or(started.elapsed().saturating_sub(Duration::from_secs(60)), |t| t.elapsed());
+                        if silent > self.heartbeat_timeout {
+                            tracing::error!(silent_s = silent.as_secs(), "the vision process stopped answering heartbeats: killing it; its cameras count as offline until it is back");
+                            self.metrics.reject("vision_unresponsive");
+                            let _ = child.kill().await;
+                            break;
+                        }
+                        if answered.is_some() {
+                            ping_id += 1;
+                            ok = write(&mut stdin, &ToVision::Ping { id: ping_id }).await;
+                        }
+                    }
                     line = lines.next_line() => match line {
                         Ok(Some(l)) => match serde_json::from_str::<FromVision>(&l) {
-                            Ok(m) => self.on_message(m, &mut pending, &mut backoff),
+                            Ok(FromVision::Pong { .. }) => answered = Some(Instant::now()),
+                            Ok(m) => {
+                                if matches!(m, FromVision::Ready { .. }) {
+                                    answered = Some(Instant::now());
+                                }
+                                self.on_message(m, &mut pending, &mut backoff)
+                            }
                             Err(e) => tracing::error!(error = %e, "bad line from the vision process"),
                         },
                         _ => break,
@@ -163,8 +194,10 @@ impl VisionSupervisor {
                 let _ = self.gates.try_send(GateMsg::Frame { gate, faces, qr, snapshot, plates });
             }
             FromVision::Camera { gate, frames, connected, reconnects, finished, silent_ms } => {
-                self.stats.lock().expect("camera stats").insert(gate, CameraStat { frames, connected, reconnects, finished, silent_ms });
+                let s = CameraStat { frames, connected, reconnects, finished, silent_ms, updated: Some(Instant::now()) };
+                self.stats.lock().expect("camera stats").insert(gate, s);
             }
+            FromVision::Pong { .. } => {}
             FromVision::Enrolled { id, result } => {
                 if let Some(r) = pending.remove(&id) {
                     let _ = r.send(result);
@@ -174,10 +207,12 @@ impl VisionSupervisor {
     }
 }
 
+/// One line to the vision process. A process that does not take it within
+/// 10 s (its pipe full: hung or stopped) counts as gone.
 async fn write(stdin: &mut tokio::process::ChildStdin, m: &ToVision) -> bool {
     let mut line = serde_json::to_vec(m).expect("protocol serializes");
     line.push(b'\n');
-    stdin.write_all(&line).await.is_ok()
+    matches!(tokio::time::timeout(Duration::from_secs(10), stdin.write_all(&line)).await, Ok(Ok(())))
 }
 
 pub struct GateTask {
@@ -358,7 +393,13 @@ impl GateTask {
             if cam.finished {
                 continue; // a video file that ended is not an outage
             }
-            let silent = cam.silent_ms.map(Duration::from_millis).unwrap_or(started.elapsed());
+            // What the process last said, aged by how long ago it said it: a
+            // frozen vision process must not leave its cameras "connected".
+            let stale = cam.updated.map_or(started.elapsed(), |u| u.elapsed());
+            let silent = cam.silent_ms.map(Duration::from_millis).unwrap_or(started.elapsed()) + stale.saturating_sub(Duration::from_secs(2));
+            if stale > Duration::from_secs(5) {
+                m.camera_connected.get_or_create(&l).set(0);
+            }
             let was = offline.get(gate).copied().unwrap_or(false);
             if silent >= after && !was {
                 offline.insert(gate.clone(), true);
