@@ -87,12 +87,7 @@ async fn read_and_applied(d: &Daemon) -> (f64, f64) {
 /// read, the SOS sat acknowledged in the 4,096-slot channel and died there.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_sos_in_flight_at_kill_9_still_alerts_after_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start();
-    let rx = Receiver::start().await;
-    let http = free_port();
-    let text = config(dir.path(), broker.port, http, &HOOK_LADDER.replace("{R}", &rx.url("")));
-    let mut d = Daemon::start(dir.path(), &text, http).await;
+    let World { _dir, broker, rx, mut d } = world(HOOK_LADDER).await;
     for round in 1..=3 {
         d.post("/elders", json!({"id": format!("E{round}"), "name": format!("老人E{round}"), "bands": [format!("c3a1f00000{round:02}")]})).await;
     }
@@ -130,12 +125,7 @@ async fn an_sos_in_flight_at_kill_9_still_alerts_after_restart() {
 /// systemd restarts it, and the restarted daemon delivers an SOS.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_panicking_task_stops_the_daemon_non_zero_and_a_restart_alerts_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start();
-    let rx = Receiver::start().await;
-    let http = free_port();
-    let text = config(dir.path(), broker.port, http, &HOOK_LADDER.replace("{R}", &rx.url("")));
-    let mut d = Daemon::start(dir.path(), &text, http).await;
+    let World { _dir, broker, rx, mut d } = world(HOOK_LADDER).await;
     d.post("/elders", json!({"id": "E1", "name": "老人E1", "bands": ["c3a1f0000001"]})).await;
     d.post("/debug/panic", json!({})).await;
     let st = d.wait_exit(15).unwrap_or_else(|| panic!("the daemon stayed up after its monitor panicked; log:\n{}", d.log()));
@@ -288,12 +278,7 @@ fn absence_for(rx: &Receiver, elder: &str) -> usize {
 /// alert fires 48 h after it, not 30 h late.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_clock_stepped_back_after_running_ahead_still_alerts_on_time() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start();
-    let rx = Receiver::start().await;
-    let http = free_port();
-    let text = config(dir.path(), broker.port, http, &HOOK_LADDER.replace("{R}", &rx.url("")));
-    let d = Daemon::start(dir.path(), &text, http).await;
+    let World { _dir, broker, rx, d } = world(HOOK_LADDER).await;
     d.post("/elders", json!({"id": "E1", "name": "老人E1", "bands": ["c3a1f0000001"]})).await;
     let p = broker.publisher().await;
     step_clock(&d, "30h").await;
@@ -318,12 +303,7 @@ async fn a_clock_stepped_back_after_running_ahead_still_alerts_on_time() {
 /// before the build (a box without an RTC) judges no absence at all.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_large_forward_step_tells_ops_instead_of_paging_every_grid_worker() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start();
-    let rx = Receiver::start().await;
-    let http = free_port();
-    let text = config(dir.path(), broker.port, http, &HOOK_LADDER.replace("{R}", &rx.url("")));
-    let d = Daemon::start(dir.path(), &text, http).await;
+    let World { _dir, broker, rx, d } = world(HOOK_LADDER).await;
     let p = broker.publisher().await;
     for i in 1..=3 {
         d.post("/elders", json!({"id": format!("E{i}"), "name": format!("老人E{i}"), "bands": [format!("c3a1f000000{i}")]})).await;

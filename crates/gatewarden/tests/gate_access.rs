@@ -54,6 +54,57 @@ camera_offline_after = "2s"
     )
 }
 
+/// An MJPEG camera on a free port: ffmpeg serving a clip in a loop, in real
+/// time, to one client at a time (a client that goes away ends the server).
+struct MjpegCamera {
+    clip: std::path::PathBuf,
+    port: u16,
+    server: Option<std::process::Child>,
+}
+
+impl MjpegCamera {
+    fn start(clip: &Path) -> MjpegCamera {
+        let mut c = MjpegCamera { clip: clip.to_owned(), port: free_port(), server: None };
+        c.serve();
+        c
+    }
+
+    fn serve(&mut self) {
+        let child = Command::new(ffmpeg())
+            .args(["-loglevel", "error", "-re", "-stream_loop", "-1", "-i"])
+            .arg(&self.clip)
+            .args(["-f", "mpjpeg", "-q:v", "5", "-listen", "1", &format!("http://127.0.0.1:{}/cam.mjpg", self.port)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.server = Some(child);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.server.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Gate "west" on this camera at 2 fps, and a webhook channel to `hook`.
+    fn west_gate(&self, hook: &str) -> String {
+        format!(
+            "[[gates]]\nname = \"west\"\ncamera = \"http://127.0.0.1:{}/cam.mjpg\"\nmax_fps = 2.0\nactuator = {{ kind = \"log\" }}\n\
+             [[alert.channels]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{hook}\"\n[[alert.ladder]]\nname = \"物业\"\nchannels = [\"hook\"]\n",
+            self.port
+        )
+    }
+}
+
+impl Drop for MjpegCamera {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 fn out(o: &std::process::Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
@@ -350,40 +401,20 @@ async fn the_daemon_reconnects_to_an_mjpeg_camera_that_went_away_and_alerts_whil
     let rx = Receiver::start().await;
     let clip_path = dir.path().join("cam.mp4");
     clip(&faces.join("img54.jpg"), &clip_path, 2);
-    let cam_port = free_port();
-    let serve = || {
-        Command::new(ffmpeg())
-            .args(["-loglevel", "error", "-re", "-stream_loop", "-1", "-i"])
-            .arg(&clip_path)
-            .args(["-f", "mpjpeg", "-q:v", "5", "-listen", "1", &format!("http://127.0.0.1:{cam_port}/cam.mjpg")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    let mut server = serve();
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut cam = MjpegCamera::start(&clip_path);
     let http = free_port();
-    let gates = format!(
-        "[[gates]]\nname = \"west\"\ncamera = \"http://127.0.0.1:{cam_port}/cam.mjpg\"\nmax_fps = 2.0\nactuator = {{ kind = \"log\" }}\n\
-         [[alert.channels]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\n[[alert.ladder]]\nname = \"物业\"\nchannels = [\"hook\"]\n",
-        rx.url("/hook")
-    );
-    let d = Daemon::start(dir.path(), &config(dir.path(), broker.port, http, &gate_config(&gates)), http).await;
+    let d = Daemon::start(dir.path(), &config(dir.path(), broker.port, http, &gate_config(&cam.west_gate(&rx.url("/hook")))), http).await;
     let frames = async || d.metric(r#"gatewarden_camera_frames{camera="west"}"#).await;
     eventually("frames from the camera", 30, async || (frames().await > 5.0).then_some(())).await;
-    let _ = server.kill();
-    let _ = server.wait();
+    cam.stop();
     eventually("the loss noticed", 30, async || d.log().contains("camera lost; reconnecting").then_some(())).await;
     let alert = eventually("camera offline alert", 30, async || rx.accepted("/hook").into_iter().find(|r| r.text().contains("门禁摄像头离线"))).await;
     assert_eq!(alert.json()["status"], "firing");
     let before = frames().await;
-    let mut server = serve();
+    cam.serve();
     eventually("frames again after the camera came back", 60, async || (frames().await > before + 5.0).then_some(())).await;
     assert!(d.metric(r#"gatewarden_camera_reconnects{camera="west"}"#).await >= 1.0);
     eventually("camera back notice", 30, async || rx.accepted("/hook").into_iter().find(|r| r.json()["status"] == "resolved")).await;
-    let _ = server.kill();
-    let _ = server.wait();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -522,50 +553,29 @@ async fn a_frozen_vision_process_is_restarted_and_its_cameras_count_as_offline_m
     let rx = Receiver::start().await;
     let clip_path = dir.path().join("cam.mp4");
     clip(&faces.join("img54.jpg"), &clip_path, 2);
-    let cam_port = free_port();
-    let serve = || {
-        Command::new(ffmpeg())
-            .args(["-loglevel", "error", "-re", "-stream_loop", "-1", "-i"])
-            .arg(&clip_path)
-            .args(["-f", "mpjpeg", "-q:v", "5", "-listen", "1", &format!("http://127.0.0.1:{cam_port}/cam.mjpg")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    let mut server = serve();
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut cam = MjpegCamera::start(&clip_path);
     let http = free_port();
-    let gates = format!(
-        "[[gates]]\nname = \"west\"\ncamera = \"http://127.0.0.1:{cam_port}/cam.mjpg\"\nmax_fps = 2.0\nactuator = {{ kind = \"log\" }}\n\
-         [[alert.channels]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\n[[alert.ladder]]\nname = \"物业\"\nchannels = [\"hook\"]\n",
-        rx.url("/hook")
-    );
-    let text = config(dir.path(), broker.port, http, &gate_config(&gates)).replace("[vision]\n", "[vision]\nheartbeat_timeout = \"4s\"\n");
+    let text =
+        config(dir.path(), broker.port, http, &gate_config(&cam.west_gate(&rx.url("/hook")))).replace("[vision]\n", "[vision]\nheartbeat_timeout = \"4s\"\n");
     let d = Daemon::start(dir.path(), &text, http).await;
-    let frames = async || d.metric(r#"gatewarden_camera_frames{camera="west"}"#).await;
-    eventually("frames from the camera", 30, async || (frames().await > 5.0).then_some(())).await;
+    let connected = async || d.metric(r#"gatewarden_camera_connected{camera="west"}"#).await;
+    eventually("frames from the camera", 30, async || (d.metric(r#"gatewarden_camera_frames{camera="west"}"#).await > 5.0).then_some(())).await;
     let frozen = vision_child(d.pid()).expect("the vision process");
     assert_eq!(unsafe { libc::kill(frozen as i32, libc::SIGSTOP) }, 0);
     let alert =
         eventually("camera offline alert while vision is frozen", 30, async || rx.accepted("/hook").into_iter().find(|r| r.text().contains("门禁摄像头离线")))
             .await;
     assert_eq!(alert.json()["status"], "firing");
-    assert_eq!(d.metric(r#"gatewarden_camera_connected{camera="west"}"#).await, 0.0, "a frozen process's camera is not \"connected\"");
+    assert_eq!(connected().await, 0.0, "a frozen process's camera is not \"connected\"");
     eventually("the frozen process killed and another started", 30, async || {
-        let gone = !std::path::Path::new(&format!("/proc/{frozen}")).exists()
-            || std::fs::read_to_string(format!("/proc/{frozen}/stat")).map(|s| s.contains(") Z")).unwrap_or(true);
+        let gone = std::fs::read_to_string(format!("/proc/{frozen}/stat")).map_or(true, |s| s.contains(") Z"));
         (gone && vision_child(d.pid()).is_some_and(|p| p != frozen)).then_some(())
     })
     .await;
     assert!(d.log().contains("stopped answering heartbeats"), "{}", d.log());
     // The camera served one client, the frozen one: serve the new process.
-    let _ = server.kill();
-    let _ = server.wait();
-    let mut server = serve();
-    eventually("the restarted process's camera connected", 60, async || (d.metric(r#"gatewarden_camera_connected{camera="west"}"#).await == 1.0).then_some(()))
-        .await;
+    cam.stop();
+    cam.serve();
+    eventually("the restarted process's camera connected", 60, async || (connected().await == 1.0).then_some(())).await;
     eventually("camera back notice", 30, async || rx.accepted("/hook").into_iter().find(|r| r.json()["status"] == "resolved")).await;
-    let _ = server.kill();
-    let _ = server.wait();
 }
