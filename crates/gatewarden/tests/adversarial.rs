@@ -335,3 +335,30 @@ async fn a_stolen_backup_or_store_copy_holds_no_secret() {
     let store = store::Store::open(&dir.path().join("db")).unwrap();
     assert_eq!(store.contains_bytes(secrets[0].1.as_bytes()).unwrap(), Vec::<String>::new(), "the store forgot its copy");
 }
+
+/// A right PIN presented over MQTT at a gate that is not configured was
+/// logged as "opened", and each made-up gate had a PIN lockout of its own.
+/// Now only configured gates take credentials; the real keypad still works.
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_for_a_made_up_gate_are_refused() {
+    let gate = "[access]\ncooldown = \"1ms\"\n[[gates]]\nname = \"north\"\nactuator = { kind = \"log\" }\n";
+    let w = world(&(HOOK_LADDER.to_string() + gate)).await;
+    w.d.post("/residents", json!({"id": "R1", "name": "张三", "unit": "3-401", "pin": "246810"})).await;
+    let p = w.broker.publisher().await;
+    for i in 0..20 {
+        p.publish(&format!("gatewarden/t/gate/ghost{i}/credential"), r#"{"kind":"pin","value":"246810"}"#).await;
+    }
+    eventually("every made-up gate refused", 10, async || {
+        (w.d.metric("gatewarden_mqtt_rejected_total{reason=\"credential_unknown_gate\"}").await >= 20.0).then_some(())
+    })
+    .await;
+    assert!(w.d.get("/log").await.as_array().unwrap().is_empty(), "nothing was decided at a gate that does not exist");
+    assert!(!w.d.metrics().await.contains("ghost"), "no metric label from a made-up gate");
+    p.publish("gatewarden/t/gate/north/credential", r#"{"kind":"pin","value":"246810"}"#).await;
+    eventually("the real keypad opens", 10, async || {
+        w.d.get("/log").await.as_array().unwrap().iter().any(|e| e["entry"]["gate"] == "north" && e["entry"]["opened"] == true).then_some(())
+    })
+    .await;
+    enroll(&w.d, "E1", "c3a1f0000009").await;
+    sos_reaches_staff(&w, "E1", "c3a1f0000009").await;
+}

@@ -268,6 +268,15 @@ impl GateTask {
                         }
                         self.apply(acts, snapshot.as_deref(), &mut failing).await;
                     }
+                    // Credentials arrive over MQTT with the gate named in the topic:
+                    // only configured gates take them (a made-up gate would have
+                    // its own PIN lockout, and a log line saying "opened").
+                    Some(GateMsg::Credential { gate, reply, .. }) if !self.cfg.gates.iter().any(|g| g.name == gate) => {
+                        self.metrics.reject("credential_unknown_gate");
+                        let shown: String = gate.chars().take(64).collect();
+                        tracing::warn!(gate = %shown, "a credential for a gate that is not configured was refused");
+                        if let Some(r) = reply { let _ = r.send(None); }
+                    }
                     Some(GateMsg::Credential { gate, kind, value, reply }) => {
                         let now = self.clock.now();
                         let acts = if kind == Credential::Plate {
