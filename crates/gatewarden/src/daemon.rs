@@ -412,9 +412,8 @@ fn write_private(path: &std::path::Path, content: &str) -> std::io::Result<()> {
     f.write_all(content.as_bytes())?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    std::fs::File::open(dir)?.sync_all()?;
     Ok(())
 }
 
