@@ -362,3 +362,37 @@ async fn credentials_for_a_made_up_gate_are_refused() {
     enroll(&w.d, "E1", "c3a1f0000009").await;
     sos_reaches_staff(&w, "E1", "c3a1f0000009").await;
 }
+
+/// A console session's cookie goes with every request the browser makes,
+/// whichever page asks. A write on a session from another origin is refused;
+/// the console's own writes pass; no page can be framed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cross_origin_write_on_a_console_session_is_refused() {
+    let w = world(HOOK_LADDER).await;
+    let http = w.d.http_port;
+    w.d.post("/users", json!({"name": "admin", "role": "admin", "password": "correct-horse-battery"})).await;
+    let c = reqwest::Client::new();
+    let r = c.post(format!("http://127.0.0.1:{http}/console/login")).json(&json!({"user": "admin", "password": "correct-horse-battery"})).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let cookie = r.headers().get("set-cookie").unwrap().to_str().unwrap().split(';').next().unwrap().to_string();
+    let write = async |origin: Option<&str>, id: &str| {
+        let mut req = c.post(format!("http://127.0.0.1:{http}/api/v1/elders")).header("cookie", &cookie).json(&json!({"id": id, "name": "老人", "bands": []}));
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        req.send().await.unwrap().status().as_u16()
+    };
+    assert_eq!(write(Some("http://evil.example"), "X1").await, 403, "another site's page");
+    assert_eq!(write(None, "X2").await, 403, "no Origin at all");
+    assert_eq!(write(Some(&format!("http://127.0.0.1:{http}")), "E1").await, 200, "the console itself");
+    let ids: Vec<String> = w.d.get("/elders").await.as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids, vec!["E1".to_string()]);
+    // Reads need no Origin; the CLI's token needs none either.
+    assert_eq!(c.get(format!("http://127.0.0.1:{http}/api/v1/elders")).header("cookie", &cookie).send().await.unwrap().status().as_u16(), 200);
+    let page = c.get(format!("http://127.0.0.1:{http}/console/")).send().await.unwrap();
+    let csp = page.headers().get("content-security-policy").unwrap().to_str().unwrap().to_string();
+    assert!(csp.contains("frame-ancestors 'none'") && csp.contains("default-src 'self'"), "{csp}");
+    assert_eq!(page.headers().get("x-frame-options").unwrap(), "DENY");
+    enroll(&w.d, "E2", "c3a1f0000002").await;
+    sos_reaches_staff(&w, "E2", "c3a1f0000002").await;
+}

@@ -124,6 +124,7 @@ pub fn router(sh: Arc<Shared>) -> Router {
         // Everything else is a small JSON or form body: an unauthenticated
         // client cannot make the daemon buffer more than this.
         .layer(axum::extract::DefaultBodyLimit::max(SMALL_BODY))
+        .layer(axum::middleware::from_fn(security_headers))
         .with_state(sh)
 }
 
@@ -134,6 +135,29 @@ pub const SMALL_BODY: usize = 256 * 1024;
 /// behind the admin token: the roster reader's own bound is 16 MiB.
 fn big() -> axum::extract::DefaultBodyLimit {
     axum::extract::DefaultBodyLimit::max(32 * 1024 * 1024)
+}
+
+/// Whether the request's `Origin` is this server (its `Host`, or `http.public_url`).
+fn same_origin(sh: &Shared, headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(axum::http::header::ORIGIN).and_then(|v| v.to_str().ok()) else { return false };
+    let host = headers.get(axum::http::header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let host_ok = !host.is_empty() && (origin == format!("http://{host}") || origin == format!("https://{host}"));
+    host_ok || origin == sh.cfg.public_url()
+}
+
+/// Headers on every response: no framing (clickjacking of the console or an
+/// ack page), scripts and everything else only from this server.
+async fn security_headers(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    let set = |h: &mut HeaderMap, k: &'static str, v: &'static str| {
+        h.insert(k, axum::http::HeaderValue::from_static(v));
+    };
+    // The ack page carries its own small <style>: inline styles only, never inline scripts.
+    set(h, "content-security-policy", "default-src 'self'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'");
+    set(h, "x-frame-options", "DENY");
+    set(h, "x-content-type-options", "nosniff");
+    resp
 }
 
 /// Every `/api/v1` call: the CLI's bearer token (full rights), or a console
@@ -149,6 +173,12 @@ async fn auth(State(sh): S, headers: HeaderMap, mut req: axum::extract::Request,
         true => Some(Actor { name: "admin-token".into(), role: Role::Admin }),
         false => super::console::session_cookie(&headers).and_then(|t| sh.sessions.actor(&t, sh.clock.now())),
     };
+    // A cookie goes with every request the browser makes, whichever page asks:
+    // a write on a console session must come from the console's own origin.
+    if !by_token && actor.is_some() && !matches!(*req.method(), axum::http::Method::GET | axum::http::Method::HEAD) && !same_origin(&sh, &headers) {
+        sh.metrics.reject("cross_origin_write");
+        return ApiError(StatusCode::FORBIDDEN, "a console write must come from the console itself (Origin does not match)".into()).into_response();
+    }
     let Some(actor) = actor else {
         let msg = match given {
             Some(_) => "wrong admin token (Authorization: Bearer …)",
