@@ -312,7 +312,7 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
         biased;
         _ = cancel.cancelled() => None,
         // A task that ends because shutdown began is not a death.
-        Some(r) = tasks.join_next_with_id(), if !cancel.is_cancelled() => (!cancel.is_cancelled()).then(|| match r {
+        Some(r) = tasks.join_next_with_id() => (!cancel.is_cancelled()).then(|| match r {
             Ok((id, ())) => (names.get(&id).cloned().unwrap_or_default(), "returned".to_string()),
             Err(e) => (names.get(&e.id()).cloned().unwrap_or_default(), if e.is_panic() { "panicked".into() } else { e.to_string() }),
         }),
@@ -333,8 +333,7 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
             }
         }
     }
-    store.flush()?;
-    // Only a stop that got here records the store as whole.
+    // Flushes the store, then records it; only a stop that got here is "clean".
     store.write_manifest(clock.now().timestamp(), died.is_none())?;
     if let Some((task, how)) = died {
         anyhow::bail!("the {task} task {how}; the daemon stopped so that it can be restarted (see the log above)");
@@ -349,7 +348,10 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
 pub fn verify_store(store: &Store, cfg: &Config) -> anyhow::Result<()> {
     match store.check_integrity()? {
         Ok(store::Integrity::Unrecorded) => tracing::info!("no integrity manifest yet (a new or restored store): recording one"),
-        Ok(store::Integrity::Exact) => tracing::info!("store matches its integrity manifest"),
+        Ok(store::Integrity::Exact) => {
+            tracing::info!("store matches its integrity manifest");
+            return Ok(());
+        }
         Ok(store::Integrity::Newer { writes_since }) => tracing::info!(writes_since, "store is newer than its integrity manifest (not rolled back)"),
         Err(damage) => {
             let dir = cfg.store.backup_dir();
@@ -397,24 +399,10 @@ fn key_file(store: &Store, path: &std::path::Path, legacy: &str, needed: bool) -
             hex::encode(rand::thread_rng().gen::<[u8; 32]>())
         }
     };
-    write_private(path, &value).with_context(|| format!("cannot write the key file {}", path.display()))?;
+    store::write_private(path, value.as_bytes()).with_context(|| format!("cannot write the key file {}", path.display()))?;
     // Only once the file is durable does the store forget its copy.
     store.forget_legacy_secret(legacy)?;
     Ok(value)
-}
-
-/// Write a file readable only by its owner, durably (file and directory fsynced).
-fn write_private(path: &std::path::Path, content: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp)?;
-    f.write_all(content.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-    std::fs::File::open(dir)?.sync_all()?;
-    Ok(())
 }
 
 async fn shutdown_signal() {

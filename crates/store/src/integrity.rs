@@ -159,26 +159,17 @@ impl Store {
     }
 
     /// Flush, then record the manifest (written to a temporary file, fsynced,
-    /// renamed): at a clean stop, after a successful check, and periodically.
+    /// renamed): at a clean stop, after a start-up check that found it newer or unrecorded, and periodically.
     pub fn write_manifest(&self, now: i64, clean: bool) -> Result<Manifest> {
         let store_id = self.store_id()?;
-        self.db.flush()?;
-        // Writers wait: the sums and the generation must describe one instant.
+        // Writers wait, and the flush happens under the gate: the manifest must
+        // never name a generation that a kill -9 could still take back.
         let _frozen = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        self.db.flush()?;
         let m = Manifest { store_id, generation: self.generation()?, written_at: now, clean, trees: self.tree_sums()? };
         let path = self.manifest_path();
-        let tmp = path.with_extension("json.tmp");
-        let io = |source: std::io::Error| StoreError::ManifestIo { path: path.display().to_string(), source };
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp).map_err(io)?;
-            f.write_all(&serde_json::to_vec_pretty(&m).expect("manifest serializes")).map_err(io)?;
-            f.sync_all().map_err(io)?;
-        }
-        std::fs::rename(&tmp, &path).map_err(io)?;
-        if let Ok(d) = std::fs::File::open(&self.path) {
-            let _ = d.sync_all();
-        }
+        write_private(&path, &serde_json::to_vec_pretty(&m).expect("manifest serializes"))
+            .map_err(|source| StoreError::ManifestIo { path: path.display().to_string(), source })?;
         Ok(m)
     }
 

@@ -261,6 +261,25 @@ impl Store {
     }
 }
 
+/// Replace `path` with `bytes` durably and privately: a 0600 temporary file,
+/// fsynced, renamed over the old one, and the directory fsynced. Key files,
+/// backups and the integrity manifest all go through here, so a crash leaves
+/// either the old file or the new one, never a torn one.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    {
+        let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::File::open(dir)?.sync_all()
+}
+
 impl Store {
     /// For tests and `forget` checks: does any key or value in any tree
     /// contain these bytes?

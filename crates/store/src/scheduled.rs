@@ -10,23 +10,17 @@ impl Store {
     /// Back up into `dir` (created 0700), read the file back and verify it,
     /// then delete all but the newest `keep`. Returns the new file.
     pub fn backup_to_dir(&self, dir: &Path, now: Timestamp, keep: usize) -> std::result::Result<std::path::PathBuf, BackupError> {
-        use std::io::Write;
-        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-        let name = format!("{PREFIX}{}{SUFFIX}", now.format("%Y%m%dT%H%M%SZ"));
-        let path = dir.join(&name);
-        let tmp = dir.join(format!(".{name}.tmp"));
+        let path = dir.join(format!("{PREFIX}{}{SUFFIX}", now.format("%Y%m%dT%H%M%SZ")));
         let mut bytes = Vec::new();
         self.backup(now.timestamp(), &mut bytes)?;
-        {
-            let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
+        write_private(&path, &bytes)?;
+        // Read back and verified: what a restore will read. A bad one is not kept.
+        if let Err(e) = std::fs::read(&path).map_err(BackupError::from).and_then(|b| Self::verify_backup(&b)) {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
         }
-        // Verified from the disk, not from memory: what a restore will read.
-        Self::verify_backup(&std::fs::read(&tmp)?)?;
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(dir)?.sync_all()?;
         for old in Self::list_backups(dir)?.into_iter().rev().skip(keep.max(1)) {
             std::fs::remove_file(old)?;
         }

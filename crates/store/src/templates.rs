@@ -47,16 +47,11 @@ impl TemplateKeys {
 
     /// Replace the key file atomically (write, fsync, rename), mode 0600.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp)?;
-        writeln!(f, "{}", hex::encode(self.current))?;
+        let mut text = format!("{}\n", hex::encode(self.current));
         if let Some(p) = self.previous {
-            writeln!(f, "{}", hex::encode(p))?;
+            text.push_str(&format!("{}\n", hex::encode(p)));
         }
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        super::write_private(path, text.as_bytes())
     }
 }
 

@@ -254,20 +254,8 @@ impl Client {
 pub async fn backup(c: &Client, out: &std::path::Path) -> anyhow::Result<()> {
     let bytes = c.post_bytes("/backup").await?;
     let header = store::Store::verify_backup(&bytes).context("the daemon sent a damaged backup")?;
-    let tmp = out.with_extension("partial");
-    {
-        use std::io::Write as _;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode_0600()
-            .open(&tmp)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, out)?;
+    // Backups hold personal data: owner-only, like the store itself.
+    store::write_private(out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
     if c.json {
         println!("{}", serde_json::to_string_pretty(&header)?);
     } else {
@@ -284,18 +272,6 @@ pub async fn backup(c: &Client, out: &std::path::Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-trait Mode0600 {
-    fn mode_0600(&mut self) -> &mut Self;
-}
-
-impl Mode0600 for std::fs::OpenOptions {
-    /// Backups hold personal data: owner-only, like the store itself.
-    fn mode_0600(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.mode(0o600)
-    }
 }
 
 fn s(v: &Value, k: &str) -> String {

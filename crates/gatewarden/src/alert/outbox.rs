@@ -53,7 +53,8 @@ impl Worker {
             let pending: Vec<&Notification> = queue.iter().filter(|n| n.delivery == Delivery::Pending).collect();
             self.metrics.set_outbox(&name, pending.len() as i64, (queue.len() - pending.len()) as i64);
             let seen_now = Instant::now();
-            first_seen.retain(|id, _| pending.iter().any(|n| n.id == *id));
+            let pending_ids: std::collections::HashSet<u64> = pending.iter().map(|n| n.id).collect();
+            first_seen.retain(|id, _| pending_ids.contains(id));
             for n in pending.iter().filter(|n| n.is_infrastructure()) {
                 first_seen.entry(n.id).or_insert(seen_now);
             }

@@ -404,7 +404,8 @@ impl GateTask {
             }
             // What the process last said, aged by how long ago it said it: a
             // frozen vision process must not leave its cameras "connected".
-            let stale = cam.updated.map_or(started.elapsed(), |u| u.elapsed());
+            // (No report yet: `silent_ms` is None and the silence counts from start.)
+            let stale = cam.updated.map_or(Duration::ZERO, |u| u.elapsed());
             let silent = cam.silent_ms.map(Duration::from_millis).unwrap_or(started.elapsed()) + stale.saturating_sub(Duration::from_secs(2));
             if stale > Duration::from_secs(5) {
                 m.camera_connected.get_or_create(&l).set(0);
