@@ -429,6 +429,17 @@ impl Presence {
         out
     }
 
+    /// The store refused what `take_dirty` and `take_unknown_dirty` handed
+    /// out (a full disk): take it back, so the next call hands it out again.
+    pub fn unwritten(&mut self, dirty: Vec<(ElderId, LastSeen)>, unknown: Vec<UnknownBand>, removed: Vec<BandId>) {
+        for (id, _) in dirty {
+            self.persisted.remove(&id);
+            self.dirty.insert(id);
+        }
+        self.unknown_dirty.extend(unknown.into_iter().map(|u| u.band));
+        self.unknown_removed.extend(removed);
+    }
+
     /// Changed and evicted unknown-band records since the previous call.
     pub fn take_unknown_dirty(&mut self) -> (Vec<UnknownBand>, Vec<BandId>) {
         let changed = self.unknown_dirty.drain().filter_map(|b| self.unknown.get(&b).cloned()).collect();
@@ -586,6 +597,14 @@ mod tests {
         assert_eq!((l.at, l.place.as_str()), (t(5), "gate_north"));
         assert_eq!(p.take_dirty().len(), 1);
         assert!(p.take_dirty().is_empty());
+        // The store refused a batch: handed out again, even though nothing changed since.
+        let refused = {
+            p.handle(Observation::Band(sighting("c3a1f0001101", "gate_south")), t(60));
+            p.take_dirty()
+        };
+        assert_eq!(refused.len(), 1);
+        p.unwritten(refused.clone(), vec![], vec![]);
+        assert_eq!(p.take_dirty(), refused, "a refused write is retried");
     }
 
     #[test]

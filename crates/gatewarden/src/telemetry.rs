@@ -74,6 +74,9 @@ pub struct Metrics {
     pub backups: Family<KindLabel, Counter>,
     pub elders: Gauge,
     pub store_flushes: Counter<u64, AtomicU64>,
+    pub store_write_failures: Counter,
+    pub store_writable: Gauge,
+    pub alerts_uncommitted: Gauge,
     pub gate_decisions: Family<GateLabels, Counter>,
     pub purged: Family<KindLabel, Counter>,
     pub camera_frames: Family<CameraLabel, Gauge>,
@@ -133,6 +136,9 @@ impl Metrics {
             backups: Family::default(),
             elders: Gauge::default(),
             store_flushes: Counter::default(),
+            store_write_failures: Counter::default(),
+            store_writable: Gauge::default(),
+            alerts_uncommitted: Gauge::default(),
             gate_decisions: Family::default(),
             purged: Family::default(),
             camera_frames: Family::default(),
@@ -158,6 +164,13 @@ impl Metrics {
         r.register("gateways_refused", "Messages from gateways beyond presence.gateways_max (ignored)", m.gateways_refused.clone());
         r.register("elders", "Elders enrolled", m.elders.clone());
         r.register("store_flushes", "Write-behind flushes of presence to the store", m.store_flushes.clone());
+        r.register(
+            "store_write_failures",
+            "Store writes refused (a full disk, I/O errors); what was refused is held and retried",
+            m.store_write_failures.clone(),
+        );
+        r.register("store_writable", "1 while the store takes writes", m.store_writable.clone());
+        r.register("alerts_uncommitted", "Alert changes and notifications held in memory because the store refused them", m.alerts_uncommitted.clone());
         r.register("gate_decisions", "Gate decisions, by gate, credential and result", m.gate_decisions.clone());
         r.register("purged", "Records removed by retention purges, by kind", m.purged.clone());
         r.register("camera_frames", "Frames read from each camera", m.camera_frames.clone());

@@ -1,7 +1,9 @@
 //! Store upkeep, on real time: the integrity manifest every
 //! `store.integrity_every` (a clean stop records one too), and a verified
 //! backup every `store.backup_every`, keeping `store.backup_keep`, so there is
-//! always one to restore when the store is found damaged.
+//! always one to restore when the store is found damaged. Every few seconds
+//! it also checks that the store takes writes, and reopens it once a full
+//! disk has room again (`Store::recover`).
 
 use crate::telemetry::Metrics;
 use config::Config;
@@ -33,9 +35,32 @@ impl Upkeep {
         let mut backup = tokio::time::interval_at(tokio::time::Instant::now() + first, backup_every.max(Duration::from_secs(1)));
         manifest.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         backup.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut watch = tokio::time::interval(Duration::from_secs(5));
+        watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.metrics.store_writable.set(1);
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
+                _ = watch.tick() => {
+                    let store = self.store.clone();
+                    let ok = match tokio::task::spawn_blocking(move || store.recover()).await {
+                        Ok(Ok(_)) => true,
+                        Ok(Err(e @ store::StoreError::Reopen { .. })) => {
+                            // Nothing can be stored any more: exit, so systemd restarts us on a fresh open.
+                            tracing::error!(error = %e, "STORE LOST");
+                            panic!("{e}");
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "the store still refuses writes");
+                            false
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "store check task failed");
+                            false
+                        }
+                    };
+                    self.metrics.store_writable.set(ok as i64);
+                }
                 _ = manifest.tick() => {
                     let (store, now) = (self.store.clone(), self.clock.now().timestamp());
                     match tokio::task::spawn_blocking(move || store.write_manifest(now, false)).await {

@@ -328,3 +328,118 @@ async fn a_large_forward_step_tells_ops_instead_of_paging_every_grid_worker() {
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     assert_eq!(absence_for(&rx, "E4"), 0, "absence judged on a 1970 clock");
 }
+
+/// A size-limited tmpfs mounted for one test (CI runs as root), unmounted
+/// when dropped: declare it before the daemon, so the daemon stops first.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &std::path::Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(at).unwrap();
+        let st = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(at).status().expect("mount(8)");
+        assert!(st.success(), "mounting a tmpfs needs root (CI runs as root); mount exited {st}");
+        SmallDisk(at.to_owned())
+    }
+
+    /// Fill it up: write until the filesystem says ENOSPC.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let p = self.0.join("filler");
+        let mut f = std::fs::File::create(&p).unwrap();
+        let block = vec![0xA5u8; 64 * 1024];
+        loop {
+            if let Err(e) = f.write_all(&block) {
+                assert_eq!(e.raw_os_error(), Some(28), "filling stops at ENOSPC: {e}");
+                break;
+            }
+        }
+        p
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// The store's disk fills up. An SOS read meanwhile cannot be stored: the
+/// daemon holds it (and the broker's acknowledgement, and a grid worker's
+/// acknowledgement of an earlier alert) in memory, sends nothing it has not
+/// stored, and says so in /healthz and a metric. Once space returns it
+/// reopens the store and the SOS reaches staff, exactly once; the
+/// acknowledgement is answered only then; a clean restart finds both.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_holds_alerts_until_space_returns_and_loses_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(&dir.path().join("db"), "48m");
+    let broker = Mosquitto::start();
+    let rx = Receiver::start().await;
+    let http = free_port();
+    let text = config(dir.path(), broker.port, http, &HOOK_LADDER.replace("{R}", &rx.url("")));
+    let mut d = Daemon::start(dir.path(), &text, http).await;
+    for e in ["E1", "E2"] {
+        d.post("/elders", json!({"id": e, "name": format!("老人{e}"), "bands": [format!("c3a1f00000{}", &e[1..].parse::<u8>().unwrap() + 10)]})).await;
+    }
+    let p = broker.publisher().await;
+    p.publish("gatewarden/t/sighting", r#"{"band":"c3a1f0000011","gateway":"b3","sos":true}"#).await;
+    eventually("the first SOS", 15, async || rx.accepted("/hook").iter().any(|r| r.text().contains("老人E1")).then_some(())).await;
+    let first = d.get("/alerts").await.as_array().unwrap().iter().find(|a| a["kind"] == "sos").unwrap()["id"].as_u64().unwrap();
+
+    let filler = disk.fill();
+    // sled writes into pages it already has until it needs a new one: gateway
+    // status changes (each an fsynced alert change) until a write is refused.
+    let mut i = 0;
+    eventually("a store write refused", 30, async || {
+        for _ in 0..20 {
+            i += 1;
+            p.publish("home/gwfill/LWT", if i % 2 == 0 { "online" } else { "offline" }).await;
+        }
+        (d.health().await["store_writable"] == false).then_some(())
+    })
+    .await;
+    let sent_before = rx.accepted("/hook").len();
+    // A grid worker acknowledges the first SOS while the disk is full.
+    let token = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    let ack = tokio::spawn(async move {
+        let r = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{http}/api/v1/alerts/{first}/ack"))
+            .bearer_auth(token.trim())
+            .json(&json!({"by": "李网格"}))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    });
+    p.publish("gatewarden/t/sighting", r#"{"band":"c3a1f0000012","gateway":"b3","sos":true}"#).await;
+    eventually("/healthz says the store refuses writes", 15, async || {
+        let h = d.health().await;
+        (h["store_writable"] == false && h["status"] == "degraded").then_some(())
+    })
+    .await;
+    eventually("alert changes held in memory", 10, async || (d.metric("gatewarden_alerts_uncommitted ").await > 0.0).then_some(())).await;
+    assert!(d.metric("gatewarden_store_write_failures_total ").await > 0.0);
+    assert!(!rx.accepted("/hook").iter().any(|r| r.text().contains("老人E2")), "nothing is sent before it is stored");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(rx.accepted("/hook").len() <= sent_before + 1, "a delivery that cannot be recorded is not sent again and again");
+    assert!(!ack.is_finished(), "the acknowledgement is not answered before it is stored");
+    assert!(d.log().contains("CANNOT STORE ALERTS"), "the log says so:\n{}", d.log());
+
+    std::fs::remove_file(filler).unwrap();
+    eventually("the held SOS once space returns", 20, async || rx.accepted("/hook").iter().any(|r| r.text().contains("老人E2")).then_some(())).await;
+    let (code, body) = ack.await.unwrap();
+    assert_eq!(code, 200, "the acknowledgement is answered once stored: {body}");
+    eventually("/healthz ok again", 15, async || (d.health().await["status"] == "ok").then_some(())).await;
+    assert_eq!(d.metric("gatewarden_alerts_uncommitted ").await, 0.0);
+
+    assert!(d.terminate().success(), "a clean stop");
+    d.restart().await;
+    let alerts = d.get("/alerts?all=true").await;
+    let sos: Vec<_> = alerts.as_array().unwrap().iter().filter(|a| a["kind"] == "sos").collect();
+    assert_eq!(sos.len(), 2, "both SOS episodes, once each: {alerts}");
+    assert!(sos.iter().any(|a| a["id"] == first && a["acked_by"] == "李网格"), "the acknowledgement survived: {alerts}");
+    let e2 = rx.accepted("/hook").iter().filter(|r| r.text().contains("老人E2") && r.text().contains("SOS")).count();
+    assert_eq!(e2, 1, "the held SOS was sent once");
+    drop(d);
+    drop(disk);
+}

@@ -35,7 +35,7 @@ impl Store {
     pub fn put_person(&self, r: &PersonRecord, must_be_new: bool) -> Result<()> {
         let _w = self.writing();
         let p = &r.person;
-        if must_be_new && self.people.contains_key(p.id.as_bytes())? {
+        if must_be_new && self.t().people.contains_key(p.id.as_bytes())? {
             return Err(StoreError::Exists { what: "person", id: p.id.clone() });
         }
         for other in self.list_people()?.iter().filter(|o| o.person.id != p.id) {
@@ -47,7 +47,7 @@ impl Store {
                 return Err(StoreError::Exists { what: "credential (PIN, card or QR) of person", id: o.id.clone() });
             }
         }
-        self.people.insert(p.id.as_bytes(), enc(r))?;
+        self.t().people.insert(p.id.as_bytes(), enc(r))?;
         Ok(())
     }
 
@@ -64,7 +64,7 @@ impl Store {
             }
         }
         let _w = self.writing();
-        let res = (&self.people, &self.templates, &self.elders, &self.bands, &self.vehicles).transaction(|(pt, tt, et, bt, vt)| {
+        let res = (&self.t().people, &self.t().templates, &self.t().elders, &self.t().bands, &self.t().vehicles).transaction(|(pt, tt, et, bt, vt)| {
             for (r, _) in people {
                 pt.insert(r.person.id.as_bytes(), enc(r))?;
             }
@@ -101,11 +101,11 @@ impl Store {
     }
 
     pub fn get_person(&self, id: &str) -> Result<Option<PersonRecord>> {
-        self.people.get(id.as_bytes())?.map(|v| dec("people", &v)).transpose()
+        self.t().people.get(id.as_bytes())?.map(|v| dec("people", &v)).transpose()
     }
 
     pub fn list_people(&self) -> Result<Vec<PersonRecord>> {
-        all(&self.people, "people")
+        all(&self.t().people, "people")
     }
 
     /// Remove a person and every face template of theirs.
@@ -113,7 +113,7 @@ impl Store {
         let _w = self.writing();
         let r = self.get_person(id)?.ok_or_else(|| StoreError::NotFound { what: "person", id: id.into() })?;
         self.remove_templates_locked(id)?;
-        self.people.remove(id.as_bytes())?;
+        self.t().people.remove(id.as_bytes())?;
         Ok(r)
     }
 
@@ -124,21 +124,21 @@ impl Store {
                 return Err(StoreError::Exists { what: "vehicle (owned by someone else)", id: v.plate.clone() });
             }
         }
-        self.vehicles.insert(v.plate.as_bytes(), enc(v))?;
+        self.t().vehicles.insert(v.plate.as_bytes(), enc(v))?;
         Ok(())
     }
 
     pub fn get_vehicle(&self, plate: &str) -> Result<Option<Vehicle>> {
-        self.vehicles.get(plate.as_bytes())?.map(|v| dec("vehicles", &v)).transpose()
+        self.t().vehicles.get(plate.as_bytes())?.map(|v| dec("vehicles", &v)).transpose()
     }
 
     pub fn list_vehicles(&self) -> Result<Vec<Vehicle>> {
-        all(&self.vehicles, "vehicles")
+        all(&self.t().vehicles, "vehicles")
     }
 
     pub fn remove_vehicle(&self, plate: &str) -> Result<Vehicle> {
         let _w = self.writing();
-        let v = self.vehicles.remove(plate.as_bytes())?.ok_or_else(|| StoreError::NotFound { what: "vehicle", id: plate.into() })?;
+        let v = self.t().vehicles.remove(plate.as_bytes())?.ok_or_else(|| StoreError::NotFound { what: "vehicle", id: plate.into() })?;
         dec("vehicles", &v)
     }
 
@@ -147,10 +147,10 @@ impl Store {
         let key = self.current_key()?;
         let _w = self.writing();
         self.remove_templates_locked(&r.person.id)?;
-        self.people.insert(r.person.id.as_bytes(), enc(r))?;
+        self.t().people.insert(r.person.id.as_bytes(), enc(r))?;
         for e in templates {
             let k = self.template_key(&r.person.id)?;
-            self.templates.insert(k.as_bytes(), seal(&key, &r.person.id, e))?;
+            self.t().templates.insert(k.as_bytes(), seal(&key, &r.person.id, e))?;
         }
         Ok(())
     }

@@ -10,7 +10,7 @@ impl Store {
         for n in notifications.iter_mut() {
             n.id = self.next_id()?;
         }
-        (&self.alerts, &self.outbox)
+        (&self.t().alerts, &self.t().outbox)
             .transaction(|(at, ot)| {
                 for a in alerts {
                     at.insert(&a.id.to_be_bytes(), enc(a))?;
@@ -28,19 +28,19 @@ impl Store {
     }
 
     pub fn get_alert(&self, id: AlertId) -> Result<Option<Alert>> {
-        self.alerts.get(id.to_be_bytes())?.map(|v| dec("alerts", &v)).transpose()
+        self.t().alerts.get(id.to_be_bytes())?.map(|v| dec("alerts", &v)).transpose()
     }
 
     /// Alerts, newest first.
     pub fn list_alerts(&self) -> Result<Vec<Alert>> {
-        let mut v: Vec<Alert> = all(&self.alerts, "alerts")?;
+        let mut v: Vec<Alert> = all(&self.t().alerts, "alerts")?;
         v.reverse();
         Ok(v)
     }
 
     /// Notifications not yet delivered (pending, and failed permanently), oldest first.
     pub fn outbox(&self) -> Result<Vec<Notification>> {
-        all(&self.outbox, "outbox")
+        all(&self.t().outbox, "outbox")
     }
 
     pub fn outbox_for_channel(&self, channel: &str) -> Result<Vec<Notification>> {
@@ -53,7 +53,7 @@ impl Store {
         let _w = self.writing();
         let key = n.id.to_be_bytes();
         if n.delivery == Delivery::Delivered {
-            (&self.outbox, &self.deliveries)
+            (&self.t().outbox, &self.t().deliveries)
                 .transaction(|(o, d)| {
                     o.remove(&key)?;
                     d.insert(&key, enc(n))?;
@@ -64,7 +64,7 @@ impl Store {
                     TransactionError::Storage(e) => StoreError::Sled(e),
                 })?;
         } else {
-            self.outbox.insert(key, enc(n))?;
+            self.t().outbox.insert(key, enc(n))?;
         }
         Ok(())
     }
@@ -72,11 +72,11 @@ impl Store {
     /// Put a permanently failed notification back in the queue (after fixing the channel).
     pub fn retry_notification(&self, id: u64, now: Timestamp) -> Result<Notification> {
         let _w = self.writing();
-        let v = self.outbox.get(id.to_be_bytes())?.ok_or_else(|| StoreError::NotFound { what: "notification", id: id.to_string() })?;
+        let v = self.t().outbox.get(id.to_be_bytes())?.ok_or_else(|| StoreError::NotFound { what: "notification", id: id.to_string() })?;
         let mut n: Notification = dec("outbox", &v)?;
         n.delivery = Delivery::Pending;
         n.next_attempt_at = now;
-        self.outbox.insert(id.to_be_bytes(), enc(&n))?;
+        self.t().outbox.insert(id.to_be_bytes(), enc(&n))?;
         Ok(n)
     }
 
@@ -84,11 +84,11 @@ impl Store {
     pub fn purge_deliveries(&self, before: Timestamp) -> Result<usize> {
         let _w = self.writing();
         let mut n = 0;
-        for kv in self.deliveries.iter() {
+        for kv in self.t().deliveries.iter() {
             let (k, v) = kv?;
             let d: Notification = dec("deliveries", &v)?;
             if d.delivered_at.is_some_and(|t| t < before) {
-                self.deliveries.remove(k)?;
+                self.t().deliveries.remove(k)?;
                 n += 1;
             }
         }

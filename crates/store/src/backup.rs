@@ -63,8 +63,8 @@ impl Store {
         let _frozen = self.gate.write().unwrap_or_else(|e| e.into_inner());
         let mut body = Vec::new();
         let (mut trees, mut records) = (0usize, 0u64);
-        for name in self.db.tree_names() {
-            let tree = self.db.open_tree(&name).map_err(StoreError::from)?;
+        for name in self.t().db.tree_names() {
+            let tree = self.t().db.open_tree(&name).map_err(StoreError::from)?;
             body.push(b'T');
             put_chunk(&mut body, &name);
             trees += 1;

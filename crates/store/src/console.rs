@@ -31,22 +31,22 @@ pub struct AuditEntry {
 impl Store {
     pub fn put_user(&self, u: &User) -> Result<()> {
         let _w = self.writing();
-        self.users.insert(u.name.as_bytes(), enc(u))?;
+        self.t().users.insert(u.name.as_bytes(), enc(u))?;
         Ok(())
     }
 
     pub fn get_user(&self, name: &str) -> Result<Option<User>> {
-        self.users.get(name.as_bytes())?.map(|v| dec("users", &v)).transpose()
+        self.t().users.get(name.as_bytes())?.map(|v| dec("users", &v)).transpose()
     }
 
     pub fn list_users(&self) -> Result<Vec<User>> {
-        all(&self.users, "users")
+        all(&self.t().users, "users")
     }
 
     pub fn remove_user(&self, name: &str) -> Result<User> {
         let _w = self.writing();
         let u = self.get_user(name)?.ok_or_else(|| StoreError::NotFound { what: "user", id: name.into() })?;
-        self.users.remove(name.as_bytes())?;
+        self.t().users.remove(name.as_bytes())?;
         Ok(u)
     }
 
@@ -54,26 +54,26 @@ impl Store {
     pub fn append_audit(&self, e: &mut AuditEntry) -> Result<()> {
         e.id = self.next_id()?;
         let _w = self.writing();
-        self.audit.insert(e.id.to_be_bytes(), enc(e))?;
-        self.db.flush()?;
+        self.t().audit.insert(e.id.to_be_bytes(), enc(e))?;
+        self.t().db.flush()?;
         Ok(())
     }
 
     /// Newest first.
     pub fn list_audit(&self, limit: usize) -> Result<Vec<AuditEntry>> {
-        self.audit.iter().values().rev().take(limit).map(|v| dec("audit_log", &v?)).collect()
+        self.t().audit.iter().values().rev().take(limit).map(|v| dec("audit_log", &v?)).collect()
     }
 
     pub fn purge_audit(&self, before: Timestamp) -> Result<usize> {
         let _w = self.writing();
         let mut n = 0;
-        for kv in self.audit.iter() {
+        for kv in self.t().audit.iter() {
             let (k, v) = kv?;
             let e: AuditEntry = dec("audit_log", &v)?;
             if e.at >= before {
                 break;
             }
-            self.audit.remove(k)?;
+            self.t().audit.remove(k)?;
             n += 1;
         }
         Ok(n)

@@ -11,7 +11,7 @@ impl Store {
     /// a band that belongs to someone else.
     pub fn put_elder(&self, e: &Elder, must_be_new: bool) -> Result<()> {
         let _w = self.writing();
-        let r = (&self.elders, &self.bands).transaction(|(elders, bands)| {
+        let r = (&self.t().elders, &self.t().bands).transaction(|(elders, bands)| {
             let old: Option<Elder> = match elders.get(e.id.as_bytes())? {
                 Some(v) if must_be_new => {
                     let _ = v;
@@ -44,21 +44,21 @@ impl Store {
             TransactionError::Storage(e) => StoreError::Sled(e),
         })?;
         for b in &e.bands {
-            self.unknown.remove(band_key(b))?;
+            self.t().unknown.remove(band_key(b))?;
         }
         Ok(())
     }
 
     pub fn get_elder(&self, id: &str) -> Result<Option<Elder>> {
-        self.elders.get(id.as_bytes())?.map(|v| dec("elders", &v)).transpose()
+        self.t().elders.get(id.as_bytes())?.map(|v| dec("elders", &v)).transpose()
     }
 
     pub fn list_elders(&self) -> Result<Vec<Elder>> {
-        all(&self.elders, "elders")
+        all(&self.t().elders, "elders")
     }
 
     pub fn elder_for_band(&self, b: &BandId) -> Result<Option<String>> {
-        Ok(self.bands.get(band_key(b))?.map(|v| String::from_utf8_lossy(&v).to_string()))
+        Ok(self.t().bands.get(band_key(b))?.map(|v| String::from_utf8_lossy(&v).to_string()))
     }
 
     /// Remove an elder with their bands, last-seen record and leaves.
@@ -66,30 +66,30 @@ impl Store {
         let _w = self.writing();
         let e = self.get_elder(id)?.ok_or_else(|| StoreError::NotFound { what: "elder", id: id.into() })?;
         for b in &e.bands {
-            self.bands.remove(band_key(b))?;
+            self.t().bands.remove(band_key(b))?;
         }
-        self.last_seen.remove(id.as_bytes())?;
+        self.t().last_seen.remove(id.as_bytes())?;
         self.remove_history_locked(id)?;
         for l in self.list_leaves(Some(id))? {
-            self.leaves.remove(l.id.to_be_bytes())?;
+            self.t().leaves.remove(l.id.to_be_bytes())?;
         }
-        self.elders.remove(id.as_bytes())?;
+        self.t().elders.remove(id.as_bytes())?;
         Ok(e)
     }
 
     pub fn put_leave(&self, l: &Leave) -> Result<()> {
         let _w = self.writing();
-        self.leaves.insert(l.id.to_be_bytes(), enc(l))?;
+        self.t().leaves.insert(l.id.to_be_bytes(), enc(l))?;
         Ok(())
     }
 
     pub fn list_leaves(&self, elder: Option<&str>) -> Result<Vec<Leave>> {
-        Ok(all::<Leave>(&self.leaves, "leaves")?.into_iter().filter(|l| elder.is_none_or(|e| l.elder == e)).collect())
+        Ok(all::<Leave>(&self.t().leaves, "leaves")?.into_iter().filter(|l| elder.is_none_or(|e| l.elder == e)).collect())
     }
 
     pub fn remove_leave(&self, id: u64) -> Result<Leave> {
         let _w = self.writing();
-        let v = self.leaves.remove(id.to_be_bytes())?.ok_or_else(|| StoreError::NotFound { what: "leave", id: id.to_string() })?;
+        let v = self.t().leaves.remove(id.to_be_bytes())?.ok_or_else(|| StoreError::NotFound { what: "leave", id: id.to_string() })?;
         dec("leaves", &v)
     }
 }

@@ -6,7 +6,7 @@ impl Store {
     /// Append a decision to the hash chain (atomically with the head).
     pub fn append_entry(&self, e: &Entry) -> Result<Chained> {
         let _w = self.writing();
-        let r = (&self.entries, &self.meta).transaction(|(ent, meta)| {
+        let r = (&self.t().entries, &self.t().meta).transaction(|(ent, meta)| {
             let (seq, prev) = match meta.get("entry_log_head")? {
                 Some(v) => {
                     let (s, h): (u64, String) = dec("meta", &v).map_err(ConflictableTransactionError::Abort)?;
@@ -32,7 +32,7 @@ impl Store {
     /// records named the person.
     pub fn erase_from_entries(&self, person: &str, replacement: &str) -> Result<usize> {
         let _w = self.writing();
-        let all: Vec<Chained> = all(&self.entries, "entry_log")?;
+        let all: Vec<Chained> = all(&self.t().entries, "entry_log")?;
         let Some(first) = all.iter().position(|c| c.entry.person.as_deref() == Some(person)) else { return Ok(0) };
         let mut prev =
             if first == 0 { self.entry_anchor()?.map(|(_, h)| h).unwrap_or_else(|| entry_log::GENESIS.to_string()) } else { all[first - 1].hash.clone() };
@@ -49,7 +49,7 @@ impl Store {
             prev = hash;
         }
         let head = rewritten.last().map(|c| (c.seq, c.hash.clone()));
-        let r = (&self.entries, &self.meta).transaction(|(ent, meta)| {
+        let r = (&self.t().entries, &self.t().meta).transaction(|(ent, meta)| {
             for c in &rewritten {
                 ent.insert(&c.seq.to_be_bytes(), enc(c))?;
             }
@@ -66,23 +66,23 @@ impl Store {
     }
 
     pub fn entries(&self) -> Result<Vec<Chained>> {
-        all(&self.entries, "entry_log")
+        all(&self.t().entries, "entry_log")
     }
 
     /// The (seq, hash) of the last record removed by the retention purge.
     pub fn entry_anchor(&self) -> Result<Option<(u64, String)>> {
-        self.meta.get("entry_log_anchor")?.map(|v| dec("meta", &v)).transpose()
+        self.t().meta.get("entry_log_anchor")?.map(|v| dec("meta", &v)).transpose()
     }
 
     pub fn entry_head(&self) -> Result<Option<(u64, String)>> {
-        self.meta.get("entry_log_head")?.map(|v| dec("meta", &v)).transpose()
+        self.t().meta.get("entry_log_head")?.map(|v| dec("meta", &v)).transpose()
     }
 
     /// For tests of `log verify` only: overwrite a stored record as an attacker would.
     #[doc(hidden)]
     pub fn tamper_entry(&self, c: &Chained) -> Result<()> {
         let _w = self.writing();
-        self.entries.insert(c.seq.to_be_bytes(), enc(c))?;
+        self.t().entries.insert(c.seq.to_be_bytes(), enc(c))?;
         Ok(())
     }
 }

@@ -70,26 +70,26 @@ impl Store {
     /// Count one more write, before it happens (see the module comment).
     pub(crate) fn bump_generation(&self) {
         // An error here surfaces on the write that follows.
-        let _ = self.meta.update_and_fetch("generation", |v| {
+        let _ = self.t().meta.update_and_fetch("generation", |v| {
             let n = v.and_then(|b| <[u8; 8]>::try_from(b).ok()).map_or(0, u64::from_be_bytes);
             Some((n + 1).to_be_bytes().to_vec())
         });
     }
 
     pub fn generation(&self) -> Result<u64> {
-        Ok(self.meta.get("generation")?.and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok()).map_or(0, u64::from_be_bytes))
+        Ok(self.t().meta.get("generation")?.and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok()).map_or(0, u64::from_be_bytes))
     }
 
     /// This store's identity, made when it was created.
     pub fn store_id(&self) -> Result<String> {
-        if let Some(v) = self.meta.get("store_id")? {
+        if let Some(v) = self.t().meta.get("store_id")? {
             return dec("meta", &v);
         }
         let id = {
             use rand::Rng;
             hex::encode(rand::thread_rng().gen::<[u8; 16]>())
         };
-        self.meta.insert("store_id", enc(&id))?;
+        self.t().meta.insert("store_id", enc(&id))?;
         Ok(id)
     }
 
@@ -97,7 +97,7 @@ impl Store {
         use sha2::Digest;
         let mut out = BTreeMap::new();
         for name in CRITICAL {
-            let tree = self.db.open_tree(name)?;
+            let tree = self.t().db.open_tree(name)?;
             let mut h = sha2::Sha256::new();
             let mut count = 0;
             for kv in tree.iter() {
@@ -131,7 +131,7 @@ impl Store {
             Err(d) => return Ok(Err(d)),
         };
         // Read, never create: a store without an identity did not write this manifest.
-        let found_id = self.meta.get("store_id")?.map(|v| dec::<String>("meta", &v)).transpose()?.unwrap_or_default();
+        let found_id = self.t().meta.get("store_id")?.map(|v| dec::<String>("meta", &v)).transpose()?.unwrap_or_default();
         if found_id != m.store_id {
             return Ok(Err(Damage::Identity { expected: m.store_id, found: found_id }));
         }
@@ -165,7 +165,7 @@ impl Store {
         // Writers wait, and the flush happens under the gate: the manifest must
         // never name a generation that a kill -9 could still take back.
         let _frozen = self.gate.write().unwrap_or_else(|e| e.into_inner());
-        self.db.flush()?;
+        self.t().db.flush()?;
         let m = Manifest { store_id, generation: self.generation()?, written_at: now, clean, trees: self.tree_sums()? };
         let path = self.manifest_path();
         write_private(&path, &serde_json::to_vec_pretty(&m).expect("manifest serializes"))
@@ -176,8 +176,8 @@ impl Store {
     /// Records per tree, for `store check`.
     pub fn tree_counts(&self) -> Result<Vec<(String, u64)>> {
         let mut out = Vec::new();
-        for name in self.db.tree_names() {
-            let tree = self.db.open_tree(&name)?;
+        for name in self.t().db.tree_names() {
+            let tree = self.t().db.open_tree(&name)?;
             let mut n = 0;
             for kv in tree.iter() {
                 kv?;

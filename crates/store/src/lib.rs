@@ -44,6 +44,10 @@ pub enum StoreError {
     TemplateKey { person: String },
     #[error("integrity manifest {path}: {source}")]
     ManifestIo { path: String, source: std::io::Error },
+    #[error("the store's filesystem at {path} still refuses writes: {source}")]
+    Unwritable { path: String, source: std::io::Error },
+    #[error("the store at {path} could not be reopened after a write failure: {reason}. Restart gatewarden; if it does not start, restore the last backup")]
+    Reopen { path: String, reason: String },
     #[error("template key file {path}: {source}")]
     KeyFile { path: String, source: std::io::Error },
 }
@@ -88,6 +92,17 @@ pub struct Store {
     id_floor: u64,
     /// sled's directory; the integrity manifest lives there too.
     path: std::path::PathBuf,
+    /// The open database. Behind a lock because sled's first I/O error (a
+    /// full disk) poisons its handle for good: `recover` reopens it in place
+    /// once the disk takes writes again, and every clone sees the new one.
+    trees: Arc<RwLock<Option<Arc<Trees>>>>,
+    /// The last history entry written per elder (time, place), to decide
+    /// whether the next sighting is worth an entry (see `history_due`).
+    history_last: Arc<std::sync::Mutex<std::collections::HashMap<String, (Timestamp, String)>>>,
+}
+
+/// One open sled database and its trees.
+struct Trees {
     db: sled::Db,
     meta: sled::Tree,
     elders: sled::Tree,
@@ -106,27 +121,12 @@ pub struct Store {
     templates: sled::Tree,
     entries: sled::Tree,
     history: sled::Tree,
-    /// The last history entry written per elder (time, place), to decide
-    /// whether the next sighting is worth an entry (see `history_due`).
-    history_last: Arc<std::sync::Mutex<std::collections::HashMap<String, (Timestamp, String)>>>,
     users: sled::Tree,
     audit: sled::Tree,
 }
 
-fn enc<T: Serialize>(v: &T) -> Vec<u8> {
-    serde_json::to_vec(v).expect("store values serialize")
-}
-
-fn dec<T: DeserializeOwned>(tree: &'static str, b: &[u8]) -> Result<T> {
-    serde_json::from_slice(b).map_err(|source| StoreError::Corrupt { tree, source })
-}
-
-fn all<T: DeserializeOwned>(tree: &sled::Tree, name: &'static str) -> Result<Vec<T>> {
-    tree.iter().values().map(|v| dec(name, &v?)).collect()
-}
-
-impl Store {
-    pub fn open(path: &Path) -> Result<Store> {
+impl Trees {
+    fn open(path: &Path) -> Result<Trees> {
         let cfg = sled::Config::new()
             .path(path)
             .flush_every_ms(Some(500))
@@ -149,11 +149,7 @@ impl Store {
             }
         };
         let t = |n: &str| db.open_tree(n);
-        let s = Store {
-            keys: Arc::new(RwLock::new(None)),
-            gate: Arc::new(RwLock::new(())),
-            id_floor: 0,
-            path: path.to_owned(),
+        Ok(Trees {
             meta: t("meta")?,
             elders: t("elders")?,
             bands: t("bands")?,
@@ -171,20 +167,50 @@ impl Store {
             templates: t("face_templates")?,
             entries: t("entry_log")?,
             history: t("sighting_history")?,
-            history_last: Default::default(),
             users: t("users")?,
             audit: t("audit_log")?,
             db,
+        })
+    }
+}
+
+fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("store values serialize")
+}
+
+fn dec<T: DeserializeOwned>(tree: &'static str, b: &[u8]) -> Result<T> {
+    serde_json::from_slice(b).map_err(|source| StoreError::Corrupt { tree, source })
+}
+
+fn all<T: DeserializeOwned>(tree: &sled::Tree, name: &'static str) -> Result<Vec<T>> {
+    tree.iter().values().map(|v| dec(name, &v?)).collect()
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store> {
+        let s = Store {
+            keys: Arc::new(RwLock::new(None)),
+            gate: Arc::new(RwLock::new(())),
+            id_floor: 0,
+            path: path.to_owned(),
+            trees: Arc::new(RwLock::new(Some(Arc::new(Trees::open(path)?)))),
+            history_last: Default::default(),
         };
         s.migrate()?;
-        let id_floor = s.meta.get("id_floor")?.map(|v| dec("meta", &v)).transpose()?.unwrap_or(0);
+        let id_floor = s.t().meta.get("id_floor")?.map(|v| dec("meta", &v)).transpose()?.unwrap_or(0);
         Ok(Store { id_floor, ..s })
     }
 
+    /// The open database. Held only for one statement: `recover` waits for
+    /// these to be dropped before it reopens.
+    fn t(&self) -> Arc<Trees> {
+        self.trees.read().unwrap_or_else(|e| e.into_inner()).clone().expect("the store could not be reopened after a write failure")
+    }
+
     fn migrate(&self) -> Result<()> {
-        let found = match self.meta.get("schema_version")? {
+        let found = match self.t().meta.get("schema_version")? {
             None => {
-                self.meta.insert("schema_version", enc(&SCHEMA_VERSION))?;
+                self.t().meta.insert("schema_version", enc(&SCHEMA_VERSION))?;
                 return Ok(());
             }
             Some(v) => dec::<u32>("meta", &v)?,
@@ -194,13 +220,13 @@ impl Store {
         }
         // Future migrations go here, one step per version: `if found < 2 { … }`.
         if found < SCHEMA_VERSION {
-            self.meta.insert("schema_version", enc(&SCHEMA_VERSION))?;
+            self.t().meta.insert("schema_version", enc(&SCHEMA_VERSION))?;
         }
         Ok(())
     }
 
     pub fn schema_version(&self) -> Result<u32> {
-        Ok(self.meta.get("schema_version")?.map(|v| dec("meta", &v)).transpose()?.unwrap_or(0))
+        Ok(self.t().meta.get("schema_version")?.map(|v| dec("meta", &v)).transpose()?.unwrap_or(0))
     }
 
     /// Every write method holds this while it writes. Taking it also counts
@@ -213,35 +239,76 @@ impl Store {
 
     /// Make everything written so far durable (fsync).
     pub fn flush(&self) -> Result<()> {
-        self.db.flush()?;
+        self.t().db.flush()?;
         Ok(())
     }
 
     pub fn is_healthy(&self) -> bool {
-        self.meta.get("schema_version").is_ok()
+        self.t().meta.get("schema_version").is_ok()
+    }
+
+    /// Whether the store takes writes. sled's first I/O error (a full disk,
+    /// EIO) poisons the open database: every later write and flush returns it.
+    pub fn writable(&self) -> Result<()> {
+        self.t().db.flush()?;
+        Ok(())
+    }
+
+    /// After a write failure: once the disk takes a test write again, reopen
+    /// the database in place. sled recovers what reached the disk; what did
+    /// not was never acknowledged to anyone (every acknowledged write is
+    /// flushed first). `Ok(true)` when it reopened, `Ok(false)` when nothing
+    /// was wrong, an error while the disk still refuses.
+    pub fn recover(&self) -> Result<bool> {
+        if self.writable().is_ok() {
+            return Ok(false);
+        }
+        probe_space(&self.path)?;
+        let _g = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        let mut slot = self.trees.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = slot.take() {
+            // Readers hold a clone for one statement; sled's file lock goes with the last one.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            while Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+        let mut last = None;
+        for _ in 0..3 {
+            match Trees::open(&self.path) {
+                Ok(t) => {
+                    *slot = Some(Arc::new(t));
+                    tracing::warn!(path = %self.path.display(), "store reopened after a write failure; it takes writes again");
+                    return Ok(true);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let e = last.expect("tried");
+        Err(StoreError::Reopen { path: self.path.display().to_string(), reason: e.to_string() })
     }
 
     /// A fresh id, monotonic across restarts.
     pub fn next_id(&self) -> Result<u64> {
-        Ok(self.db.generate_id()? + 1 + self.id_floor)
+        Ok(self.t().db.generate_id()? + 1 + self.id_floor)
     }
 
     /// A secret that versions before key files kept inside the store (and so
     /// in every backup). The daemon writes it to its key file, then calls
     /// `forget_legacy_secret`; no secret is ever written here again.
     pub fn legacy_secret(&self, name: &str) -> Result<Option<String>> {
-        self.meta.get(format!("secret:{name}"))?.map(|v| dec("meta", &v)).transpose()
+        self.t().meta.get(format!("secret:{name}"))?.map(|v| dec("meta", &v)).transpose()
     }
 
     /// Delete a legacy secret and make that durable (it now lives in a key file).
     pub fn forget_legacy_secret(&self, name: &str) -> Result<()> {
         let key = format!("secret:{name}");
-        if self.meta.get(&key)?.is_none() {
+        if self.t().meta.get(&key)?.is_none() {
             return Ok(());
         }
         {
             let _w = self.writing();
-            self.meta.remove(key)?;
+            self.t().meta.remove(key)?;
         }
         self.flush()
     }
@@ -250,15 +317,29 @@ impl Store {
     #[doc(hidden)]
     pub fn put_legacy_secret(&self, name: &str, value: &str) -> Result<()> {
         let _w = self.writing();
-        self.meta.insert(format!("secret:{name}"), enc(&value.to_string()))?;
+        self.t().meta.insert(format!("secret:{name}"), enc(&value.to_string()))?;
         Ok(())
     }
 
     /// Whether anyone is enrolled for the gates: their PIN, card, QR and
     /// ID-number hashes are keyed, so the key must never be replaced.
     pub fn has_people(&self) -> bool {
-        !self.people.is_empty()
+        !self.t().people.is_empty()
     }
+}
+
+/// Can the store's filesystem take a segment's worth of data? Written,
+/// fsynced and removed before sled is reopened on it.
+fn probe_space(dir: &Path) -> Result<()> {
+    use std::io::Write;
+    let p = dir.join(".gatewarden-space-probe");
+    let r = (|| {
+        let mut f = std::fs::File::create(&p)?;
+        f.write_all(&vec![0u8; 2 * 1024 * 1024])?;
+        f.sync_all()
+    })();
+    let _ = std::fs::remove_file(&p);
+    r.map_err(|source| StoreError::Unwritable { path: dir.display().to_string(), source })
 }
 
 /// Replace `path` with `bytes` durably and privately: a 0600 temporary file,
@@ -286,8 +367,8 @@ impl Store {
     #[doc(hidden)]
     pub fn contains_bytes(&self, needle: &[u8]) -> Result<Vec<String>> {
         let mut hits = Vec::new();
-        for name in self.db.tree_names() {
-            let tree = self.db.open_tree(&name)?;
+        for name in self.t().db.tree_names() {
+            let tree = self.t().db.open_tree(&name)?;
             for kv in tree.iter() {
                 let (k, v) = kv?;
                 if k.windows(needle.len()).any(|w| w == needle) || v.windows(needle.len()).any(|w| w == needle) {
@@ -404,7 +485,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = Store::open(dir.path()).unwrap();
-            s.meta.insert("schema_version", enc(&(SCHEMA_VERSION + 1))).unwrap();
+            s.t().meta.insert("schema_version", enc(&(SCHEMA_VERSION + 1))).unwrap();
             s.flush().unwrap();
         }
         let err = Store::open(dir.path()).err().expect("refused");

@@ -39,15 +39,15 @@ impl Store {
             }
         }
         drop(last);
-        self.last_seen.apply_batch(b)?;
+        self.t().last_seen.apply_batch(b)?;
         // The bounded whereabouts window (PIPL Art. 28): purged by `purge_history`.
-        self.history.apply_batch(h)?;
+        self.t().history.apply_batch(h)?;
         Ok(())
     }
 
     /// An elder's recent movements (see `history_due`), oldest first.
     pub fn history(&self, elder: &str) -> Result<Vec<LastSeen>> {
-        self.history.scan_prefix(format!("{elder}\u{0}").as_bytes()).values().map(|v| dec("sighting_history", &v?)).collect()
+        self.t().history.scan_prefix(format!("{elder}\u{0}").as_bytes()).values().map(|v| dec("sighting_history", &v?)).collect()
     }
 
     /// Drop history older than `before`, and beyond `max_per_elder` per elder.
@@ -55,7 +55,7 @@ impl Store {
         let _w = self.writing();
         let mut doomed = Vec::new();
         let mut per: std::collections::HashMap<Vec<u8>, Vec<(sled::IVec, Timestamp)>> = Default::default();
-        for kv in self.history.iter() {
+        for kv in self.t().history.iter() {
             let (k, v) = kv?;
             let l: LastSeen = dec("sighting_history", &v)?;
             let elder = k.split(|&b| b == 0).next().unwrap_or_default().to_vec();
@@ -73,22 +73,22 @@ impl Store {
             }
         }
         for k in &doomed {
-            self.history.remove(k)?;
+            self.t().history.remove(k)?;
         }
         Ok(doomed.len())
     }
 
     pub(crate) fn remove_history_locked(&self, elder: &str) -> Result<usize> {
         self.history_last.lock().unwrap_or_else(|e| e.into_inner()).remove(elder);
-        let keys: Vec<_> = self.history.scan_prefix(format!("{elder}\u{0}").as_bytes()).keys().collect::<std::result::Result<_, _>>()?;
+        let keys: Vec<_> = self.t().history.scan_prefix(format!("{elder}\u{0}").as_bytes()).keys().collect::<std::result::Result<_, _>>()?;
         for k in &keys {
-            self.history.remove(k)?;
+            self.t().history.remove(k)?;
         }
         Ok(keys.len())
     }
 
     pub fn get_last_seen(&self, id: &str) -> Result<Option<LastSeen>> {
-        self.last_seen.get(id.as_bytes())?.map(|v| dec("last_seen", &v)).transpose()
+        self.t().last_seen.get(id.as_bytes())?.map(|v| dec("last_seen", &v)).transpose()
     }
 
     pub fn put_unknown_batch(&self, changed: &[UnknownBand], removed: &[BandId]) -> Result<()> {
@@ -100,12 +100,12 @@ impl Store {
         for r in removed {
             b.remove(band_key(r));
         }
-        self.unknown.apply_batch(b)?;
+        self.t().unknown.apply_batch(b)?;
         Ok(())
     }
 
     pub fn list_unknown(&self) -> Result<Vec<UnknownBand>> {
-        all(&self.unknown, "unknown_bands")
+        all(&self.t().unknown, "unknown_bands")
     }
 
     pub fn put_gateways(&self, items: &[(String, Timestamp)]) -> Result<()> {
@@ -117,12 +117,13 @@ impl Store {
         for (name, at) in items {
             b.insert(name.as_bytes(), enc(at));
         }
-        self.gateways.apply_batch(b)?;
+        self.t().gateways.apply_batch(b)?;
         Ok(())
     }
 
     pub fn list_gateways(&self) -> Result<Vec<(String, Timestamp)>> {
-        self.gateways
+        self.t()
+            .gateways
             .iter()
             .map(|kv| {
                 let (k, v) = kv?;

@@ -14,8 +14,8 @@ impl Store {
             }
             // Anchor first: a crash between the two leaves an anchor past a
             // record that still exists, which verify tolerates by skipping.
-            self.meta.insert("entry_log_anchor", enc(&(c.seq, c.hash.clone())))?;
-            self.entries.remove(c.seq.to_be_bytes())?;
+            self.t().meta.insert("entry_log_anchor", enc(&(c.seq, c.hash.clone())))?;
+            self.t().entries.remove(c.seq.to_be_bytes())?;
             n += 1;
         }
         if n > 0 {
@@ -30,7 +30,7 @@ impl Store {
         let mut n = 0;
         for l in self.list_leaves(None)? {
             if l.until < before {
-                self.leaves.remove(l.id.to_be_bytes())?;
+                self.t().leaves.remove(l.id.to_be_bytes())?;
                 n += 1;
             }
         }
@@ -40,12 +40,13 @@ impl Store {
     /// Record when a purge of `what` last ran (for the compliance report).
     pub fn mark_purge(&self, what: &str, at: Timestamp, removed: usize) -> Result<()> {
         let _w = self.writing();
-        self.meta.insert(format!("purge:{what}"), enc(&(at, removed)))?;
+        self.t().meta.insert(format!("purge:{what}"), enc(&(at, removed)))?;
         Ok(())
     }
 
     pub fn last_purges(&self) -> Result<Vec<(String, Timestamp, usize)>> {
-        self.meta
+        self.t()
+            .meta
             .scan_prefix("purge:")
             .map(|kv| {
                 let (k, v) = kv?;

@@ -5,36 +5,37 @@ use super::*;
 impl Store {
     pub fn put_staff(&self, s: &Staff) -> Result<()> {
         let _w = self.writing();
-        self.staff.insert(s.id.as_bytes(), enc(s))?;
+        self.t().staff.insert(s.id.as_bytes(), enc(s))?;
         Ok(())
     }
 
     pub fn get_staff(&self, id: &str) -> Result<Option<Staff>> {
-        self.staff.get(id.as_bytes())?.map(|v| dec("staff", &v)).transpose()
+        self.t().staff.get(id.as_bytes())?.map(|v| dec("staff", &v)).transpose()
     }
 
     pub fn list_staff(&self) -> Result<Vec<Staff>> {
-        all(&self.staff, "staff")
+        all(&self.t().staff, "staff")
     }
 
     pub fn remove_staff(&self, id: &str) -> Result<Staff> {
         let _w = self.writing();
-        let v = self.staff.remove(id.as_bytes())?.ok_or_else(|| StoreError::NotFound { what: "staff member", id: id.into() })?;
+        let v = self.t().staff.remove(id.as_bytes())?.ok_or_else(|| StoreError::NotFound { what: "staff member", id: id.into() })?;
         dec("staff", &v)
     }
 
     pub fn put_ladder(&self, grid: &str, levels: &[Level]) -> Result<()> {
         let _w = self.writing();
-        self.ladders.insert(grid.as_bytes(), enc(&levels))?;
+        self.t().ladders.insert(grid.as_bytes(), enc(&levels))?;
         Ok(())
     }
 
     pub fn get_ladder(&self, grid: &str) -> Result<Option<Vec<Level>>> {
-        self.ladders.get(grid.as_bytes())?.map(|v| dec("ladders", &v)).transpose()
+        self.t().ladders.get(grid.as_bytes())?.map(|v| dec("ladders", &v)).transpose()
     }
 
     pub fn list_ladders(&self) -> Result<Vec<(String, Vec<Level>)>> {
-        self.ladders
+        self.t()
+            .ladders
             .iter()
             .map(|kv| {
                 let (k, v) = kv?;
@@ -45,7 +46,7 @@ impl Store {
 
     pub fn remove_ladder(&self, grid: &str) -> Result<()> {
         let _w = self.writing();
-        self.ladders.remove(grid.as_bytes())?.ok_or_else(|| StoreError::NotFound { what: "ladder for grid", id: grid.into() })?;
+        self.t().ladders.remove(grid.as_bytes())?.ok_or_else(|| StoreError::NotFound { what: "ladder for grid", id: grid.into() })?;
         Ok(())
     }
 }

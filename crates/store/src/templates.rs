@@ -115,7 +115,7 @@ impl Store {
     pub fn add_template(&self, person: &str, embedding: &[f32]) -> Result<()> {
         let _w = self.writing();
         let key = self.template_key(person)?;
-        self.templates.insert(key.as_bytes(), seal(&self.current_key()?, person, embedding))?;
+        self.t().templates.insert(key.as_bytes(), seal(&self.current_key()?, person, embedding))?;
         Ok(())
     }
 
@@ -126,7 +126,7 @@ impl Store {
         let _w = self.writing();
         let keys = self.keys.read().expect("keys").clone().ok_or(StoreError::NoTemplateKey)?;
         let mut n = 0;
-        for kv in self.templates.iter() {
+        for kv in self.t().templates.iter() {
             let (k, v) = kv?;
             let ks = String::from_utf8_lossy(&k).to_string();
             let person = ks.split('\u{0}').next().unwrap_or_default().to_string();
@@ -138,7 +138,7 @@ impl Store {
                 // Schema 1 stored raw little-endian f32.
                 false => v.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
             };
-            self.templates.insert(k, seal(&keys.current, &person, &plain))?;
+            self.t().templates.insert(k, seal(&keys.current, &person, &plain))?;
             n += 1;
         }
         self.flush()?;
@@ -148,7 +148,7 @@ impl Store {
     /// For tests: the stored bytes of every template, as an attacker with the disk sees them.
     #[doc(hidden)]
     pub fn raw_templates(&self) -> Result<Vec<Vec<u8>>> {
-        Ok(self.templates.iter().values().collect::<std::result::Result<Vec<_>, _>>()?.into_iter().map(|v| v.to_vec()).collect())
+        Ok(self.t().templates.iter().values().collect::<std::result::Result<Vec<_>, _>>()?.into_iter().map(|v| v.to_vec()).collect())
     }
 
     pub fn remove_templates(&self, person: &str) -> Result<usize> {
@@ -158,22 +158,22 @@ impl Store {
 
     pub(crate) fn remove_templates_locked(&self, person: &str) -> Result<usize> {
         let prefix = format!("{person}\u{0}");
-        let keys: Vec<_> = self.templates.scan_prefix(prefix.as_bytes()).keys().collect::<std::result::Result<_, _>>()?;
+        let keys: Vec<_> = self.t().templates.scan_prefix(prefix.as_bytes()).keys().collect::<std::result::Result<_, _>>()?;
         for k in &keys {
-            self.templates.remove(k)?;
+            self.t().templates.remove(k)?;
         }
         Ok(keys.len())
     }
 
     /// Every (person, embedding), unsealed.
     pub fn templates(&self) -> Result<Vec<(String, Vec<f32>)>> {
-        self.open_templates(self.templates.iter())
+        self.open_templates(self.t().templates.iter())
     }
 
     /// One person's templates, unsealed.
     pub fn templates_of(&self, person: &str) -> Result<Vec<Vec<f32>>> {
         let prefix = format!("{person}\u{0}");
-        Ok(self.open_templates(self.templates.scan_prefix(prefix.as_bytes()))?.into_iter().map(|(_, e)| e).collect())
+        Ok(self.open_templates(self.t().templates.scan_prefix(prefix.as_bytes()))?.into_iter().map(|(_, e)| e).collect())
     }
 
     /// `person\0<id>`: one person's templates sort together.
@@ -197,7 +197,7 @@ impl Store {
     /// How many templates each person has (no key needed).
     pub fn template_counts(&self) -> Result<std::collections::HashMap<String, usize>> {
         let mut m = std::collections::HashMap::new();
-        for k in self.templates.iter().keys() {
+        for k in self.t().templates.iter().keys() {
             let k = k?;
             let person = String::from_utf8_lossy(&k).split('\u{0}').next().unwrap_or_default().to_string();
             *m.entry(person).or_insert(0) += 1;

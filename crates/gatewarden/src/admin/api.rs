@@ -263,9 +263,10 @@ async fn healthz(State(sh): S) -> Response {
     let cluster = sh.cluster.read().unwrap_or_else(|e| e.into_inner()).clone();
     let under_attack = sh.cfg.cluster.is_some() && cluster.under_attack(chrono::Utc::now().timestamp_millis());
     let clock = sh.clock_view.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let writable = sh.metrics.store_writable.get() == 1;
     let status = if !store_ok {
         "failing"
-    } else if !mqtt || failed > 0 || under_attack || clock.degraded(sh.clock.now()) {
+    } else if !mqtt || failed > 0 || under_attack || !writable || clock.degraded(sh.clock.now()) {
         "degraded"
     } else {
         "ok"
@@ -273,6 +274,8 @@ async fn healthz(State(sh): S) -> Response {
     let body = json!({
         "status": status,
         "store": store_ok,
+        "store_writable": writable,
+        "alerts_uncommitted": sh.metrics.alerts_uncommitted.get(),
         "mqtt_connected": mqtt,
         "outbox_pending": pending,
         "outbox_failed": failed,
@@ -574,7 +577,14 @@ async fn list_alerts(State(sh): S, Query(q): Query<AlertQuery>) -> R<Vec<domain:
 async fn do_ack(sh: &Shared, id: u64, by: String) -> Result<domain::alert::Alert, ApiError> {
     let (tx, rx) = oneshot::channel();
     sh.command(Command::Ack { id, by, reply: tx }).await?;
-    match rx.await.map_err(|_| anyhow::anyhow!("the daemon is shutting down"))? {
+    // Answered once stored; while the store refuses writes the answer waits.
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(10), rx).await.map_err(|_| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the acknowledgement is not stored yet: the box's store refuses writes (a full disk?). It is stored when the disk recovers unless the box restarts first; try again".into(),
+        )
+    })?;
+    match answer.map_err(|_| anyhow::anyhow!("the daemon is shutting down"))? {
         Ok(a) => Ok(a),
         Err(e @ AckError::NotFound(_)) => Err(ApiError(StatusCode::NOT_FOUND, e.to_string())),
         Err(e) => Err(ApiError(StatusCode::CONFLICT, e.to_string())),

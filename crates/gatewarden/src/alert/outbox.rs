@@ -4,7 +4,9 @@
 //! gateway and camera notifications into one digest, respects the service's
 //! rate limit by waiting (never by dropping), retries transient failures with
 //! exponential backoff and jitter under the injected clock, and parks
-//! permanent failures loudly for an operator.
+//! permanent failures loudly for an operator. An outcome the store refuses
+//! (a full disk) is kept in memory and recorded later: it is never sent again
+//! while the process lives.
 
 use super::channel::Sender;
 use crate::telemetry::Metrics;
@@ -41,7 +43,17 @@ impl Worker {
         let mut limit = RateLimit::new(self.sender.cfg.rate_per_minute());
         // When this worker first saw each pending device notification.
         let mut first_seen: HashMap<u64, Instant> = HashMap::new();
+        // Outcomes the store refused, by id: recorded before anything else is sent.
+        let mut unrecorded: HashMap<u64, Notification> = HashMap::new();
         loop {
+            unrecorded.retain(|_, n| self.store.update_notification(n).is_err());
+            if !unrecorded.is_empty() {
+                // The store refuses writes: send nothing more until it takes them again.
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
             let now = self.clock.now();
             let queue = match self.store.outbox_for_channel(&name) {
                 Ok(q) => q,
@@ -125,7 +137,10 @@ impl Worker {
                     }
                 }
                 if let Err(e) = self.store.update_notification(&n) {
-                    tracing::error!(channel = %name, error = %e, "cannot record a delivery attempt");
+                    tracing::error!(channel = %name, notification = n.id, error = %e, "cannot record a delivery attempt; kept in memory and recorded when the store takes writes");
+                    self.metrics.store_write_failures.inc();
+                    self.metrics.store_writable.set(0);
+                    unrecorded.insert(n.id, n);
                 }
             }
             if !pause.is_zero() {

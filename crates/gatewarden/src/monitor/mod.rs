@@ -15,14 +15,14 @@ mod upstream;
 use crate::alert::outbox::{Delivery, Notification};
 use crate::alert::AckLinks;
 use crate::gate::task::GateMsg;
-use crate::mqtt::{Acks, Inbound, Parsed};
+use crate::mqtt::{Acks, Inbound, Parsed, Receipt};
 use crate::telemetry::{AlertLabels, Metrics};
 use config::Config;
 use domain::alert::engine::{AckError, Action, Engine, Input, Watch};
 use domain::alert::{notify, Alert, AlertKind, AlertState, NoticeKind, Subject};
 use domain::clock::{chrono_dur, Clock, Timestamp};
 use domain::presence::{Elder, Observation, Presence, PresenceEvent};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use store::Store;
@@ -113,6 +113,21 @@ impl ClockView {
     }
 }
 
+/// Alert changes and their notifications that the store has not taken yet
+/// (a full disk). Held in order and retried; until stored, nothing in them is
+/// sent, published or acknowledged, and neither is any MQTT message read after
+/// them (QoS 1 acknowledgements go out in order).
+#[derive(Default)]
+struct Batch {
+    alerts: Vec<Alert>,
+    notes: Vec<Notification>,
+    /// An acknowledgement's reply, given once it is stored.
+    replies: Vec<(oneshot::Sender<Result<Alert, AckError>>, Alert)>,
+    receipts: Vec<Receipt>,
+}
+
+type AckReply = (oneshot::Sender<Result<Alert, AckError>>, Alert);
+
 /// The earliest plausible wall-clock time: a day before this binary was built.
 pub fn plausible_after() -> Timestamp {
     let built: i64 = env!("GATEWARDEN_BUILD_UNIX").parse().unwrap_or(0);
@@ -161,6 +176,10 @@ pub struct Monitor {
     steps: domain::clock::StepWatch,
     frame_since: Timestamp,
     last_step_check: Instant,
+    /// Oldest first; see `Batch`.
+    uncommitted: VecDeque<Batch>,
+    /// The store refused a write and has not taken one since.
+    store_failing: bool,
 }
 
 /// Wall-clock milliseconds for the cluster lease. Not the injectable clock:
@@ -191,6 +210,8 @@ impl Monitor {
             steps,
             frame_since,
             last_step_check: Instant::now(),
+            uncommitted: VecDeque::new(),
+            store_failing: false,
         };
         m.rebuild_engine(judging_from)?;
         // Nothing loaded may lie in the future (a clock that ran ahead before a restart).
@@ -418,13 +439,23 @@ impl Monitor {
                 self.io.metrics.store_flushes.inc();
                 self.gateways_written.extend(gateways);
             }
-            Err(e) => tracing::error!(error = %e, "cannot persist presence"),
+            Err(e) => {
+                // Handed back, so the next flush after the store recovers writes it.
+                self.presence.unwritten(dirty, unknown, removed);
+                self.store_failed(&e, "cannot persist presence; kept in memory and retried");
+            }
         };
     }
 
     /// Persist alert changes and their notifications in one transaction, fsync,
-    /// then wake the outbox. Nothing is sent that is not stored first.
+    /// then publish them and wake the outbox. Nothing is sent that is not
+    /// stored first; what the store refuses waits in `uncommitted`.
     fn apply(&mut self, actions: Vec<Action>) {
+        self.apply_then(actions, None);
+    }
+
+    /// `apply`, then answer an acknowledgement once it is stored.
+    fn apply_then(&mut self, actions: Vec<Action>, reply: Option<AckReply>) {
         if actions.is_empty() {
             return;
         }
@@ -433,31 +464,83 @@ impl Monitor {
             return;
         }
         let now = self.io.clock.now();
-        let mut alerts = Vec::new();
-        let mut notes = Vec::new();
+        let mut batch = Batch { replies: reply.into_iter().collect(), ..Batch::default() };
         for a in actions {
             match a {
                 Action::Save(alert) => {
                     let state = alert.state.as_str();
-                    self.publish_episode(&alert);
-                    if let Some(me) = self.box_id() {
-                        let e = domain::cluster::Episode { from: me.to_string(), alert: alert.clone() };
-                        self.publish_cluster(&format!("episode/{}", alert.id), true, serde_json::to_string(&e).expect("serializes"));
-                    }
                     self.io.metrics.alert_event(alert.kind.as_str(), state);
                     tracing::info!(alert = alert.id, kind = alert.kind.as_str(), subject = %alert.subject.id(), state, level = alert.level, "alert changed");
-                    alerts.push(alert);
+                    batch.alerts.push(alert);
                 }
-                Action::Notify { alert, levels, kind } => notes.extend(self.notifications(&alert, &levels, kind, now)),
+                Action::Notify { alert, levels, kind } => batch.notes.extend(self.notifications(&alert, &levels, kind, now)),
             }
         }
-        if let Err(e) = self.io.store.commit_alerts(&alerts, &mut notes) {
-            tracing::error!(error = %e, "CANNOT STORE ALERTS: notifications may be lost; check the disk");
-        }
-        if !notes.is_empty() {
-            self.io.outbox_wake.notify_waiters();
-        }
+        self.uncommitted.push_back(batch);
+        self.commit_pending();
         self.update_alert_gauges();
+    }
+
+    /// Store the held batches in order; each one stored is then published,
+    /// handed to the outbox, answered and acknowledged to the broker.
+    fn commit_pending(&mut self) {
+        while let Some(b) = self.uncommitted.front_mut() {
+            if let Err(e) = self.io.store.commit_alerts(&b.alerts, &mut b.notes) {
+                let held = self.uncommitted.iter().map(|b| b.alerts.len() + b.notes.len()).sum::<usize>();
+                self.store_failed(&e, "CANNOT STORE ALERTS: held in memory and retried every second, nothing is sent until stored; free disk space");
+                self.io.metrics.alerts_uncommitted.set(held as i64);
+                return;
+            }
+            let b = self.uncommitted.pop_front().expect("front exists");
+            for alert in &b.alerts {
+                self.publish_episode(alert);
+                if let Some(me) = self.box_id() {
+                    let e = domain::cluster::Episode { from: me.to_string(), alert: alert.clone() };
+                    self.publish_cluster(&format!("episode/{}", alert.id), true, serde_json::to_string(&e).expect("serializes"));
+                }
+            }
+            if !b.notes.is_empty() {
+                self.io.outbox_wake.notify_waiters();
+            }
+            for (tx, a) in b.replies {
+                let _ = tx.send(Ok(a));
+            }
+            if let Some(c) = &self.io.mqtt {
+                for r in b.receipts {
+                    self.acks.push(c, r);
+                }
+            }
+        }
+        self.io.metrics.alerts_uncommitted.set(0);
+    }
+
+    /// A write failed: count it, and say so once until the store recovers.
+    fn store_failed(&mut self, e: &store::StoreError, what: &str) {
+        self.io.metrics.store_write_failures.inc();
+        self.io.metrics.store_writable.set(0);
+        if !self.store_failing {
+            tracing::error!(error = %e, "{what}");
+        }
+        self.store_failing = true;
+    }
+
+    /// Every second while the store refuses writes: reopen it once the disk
+    /// takes writes again (`Store::recover`), then store what was held.
+    fn retry_store(&mut self) {
+        match self.io.store.recover() {
+            Ok(_) => {
+                if self.store_failing {
+                    tracing::warn!(held = self.uncommitted.len(), "the store takes writes again; storing what was held");
+                }
+                self.store_failing = false;
+                self.io.metrics.store_writable.set(1);
+                self.commit_pending();
+                if self.uncommitted.is_empty() {
+                    self.flush();
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "the store still refuses writes"),
+        }
     }
 
     /// Fetch who an alert reaches, plan the messages (`domain::alert::notify`)
@@ -556,8 +639,9 @@ impl Monitor {
                                 Action::Save(a) => Some(a.clone()),
                                 _ => None,
                             });
-                            self.apply(acts);
-                            Ok(alert.expect("ack saves the alert"))
+                            // Answered once stored (`commit_pending`).
+                            self.apply_then(acts, Some((reply, alert.expect("ack saves the alert"))));
+                            return Ok(());
                         }
                         Err(e) => Err(e),
                     };
@@ -594,8 +678,15 @@ impl Monitor {
     /// presence has it, an SOS once its alert is committed (`apply` fsyncs).
     fn on_inbound(&mut self, m: Inbound) {
         self.on_parsed(m.parsed);
-        if let (Some(r), Some(c)) = (m.receipt, &self.io.mqtt) {
-            self.acks.push(c, r);
+        let Some(r) = m.receipt else { return };
+        match self.uncommitted.back_mut() {
+            // In order: after whatever the store has not taken yet.
+            Some(b) => b.receipts.push(r),
+            None => {
+                if let Some(c) = &self.io.mqtt {
+                    self.acks.push(c, r);
+                }
+            }
         }
     }
 
@@ -614,6 +705,7 @@ impl Monitor {
             .map_or(Duration::from_secs(3600), |c| (c.lease_ttl.get() / 10).clamp(Duration::from_millis(100), Duration::from_secs(5)));
         let mut lease = tokio::time::interval(lease_every);
         let mut ack_retry = tokio::time::interval(Duration::from_millis(5));
+        let mut store_retry = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -626,6 +718,7 @@ impl Monitor {
                 _ = lease.tick(), if self.lease.is_some() => self.lease_tick(),
                 _ = watchdog.tick(), if wd.is_some() => crate::telemetry::sd_notify("WATCHDOG=1"),
                 _ = health.tick() => self.publish_health(),
+                _ = store_retry.tick(), if self.store_failing || !self.uncommitted.is_empty() => self.retry_store(),
                 _ = ack_retry.tick(), if !self.acks.is_empty() => {
                     if let Some(c) = &self.io.mqtt {
                         self.acks.drain(c);
@@ -640,6 +733,11 @@ impl Monitor {
         // Drain what the MQTT task already handed us, then persist everything.
         while let Ok(p) = mqtt.try_recv() {
             self.on_inbound(p);
+        }
+        self.commit_pending();
+        if !self.uncommitted.is_empty() {
+            // Never acknowledged to anyone; absence is judged again at start-up and the broker redelivers.
+            tracing::error!(held = self.uncommitted.len(), "stopping with alert changes the store refused");
         }
         self.flush();
         if let Err(e) = self.io.store.flush() {
