@@ -32,6 +32,14 @@ pub struct AccessConfig {
     /// the database, or keep it with them only encrypted.
     #[serde(default)]
     pub template_key_file: Option<PathBuf>,
+    /// One key per enrolled person, sealing their record, templates, vehicles
+    /// and entry-log reasons; `forget` deletes the key (crypto-shredding).
+    /// Created (mode 0600) on first start. Default: person.keys beside the
+    /// store. Keep it with the template key, out of database backups: a
+    /// backup restored elsewhere needs it, and a forgotten person's key is
+    /// gone from it for good.
+    #[serde(default)]
+    pub person_keys_file: Option<PathBuf>,
     /// Entry-log records older than this are purged (the hash chain continues from an anchor).
     #[serde(default = "AccessConfig::default_entry_log_retention")]
     pub entry_log_retention: Dur,

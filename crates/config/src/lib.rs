@@ -415,6 +415,11 @@ impl Config {
         self.access.template_key_file.clone().unwrap_or_else(|| self.admin_token_path().with_file_name("template.key"))
     }
 
+    /// Where the per-person keys live (`access.person_keys_file`): beside the template key.
+    pub fn person_keys_path(&self) -> PathBuf {
+        self.access.person_keys_file.clone().unwrap_or_else(|| self.admin_token_path().with_file_name("person.keys"))
+    }
+
     /// Where `gatewarden run` writes the admin token for the CLI.
     pub fn admin_token_path(&self) -> PathBuf {
         let p = &self.store.path;

@@ -87,6 +87,19 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
         // enrolled, a missing key file is an error, never a new key.
         None => key_file(&store, &cfg.admin_token_path().with_file_name("credential.key"), "credential_key", store.has_people())?.into_bytes(),
     };
+    let pk_file = cfg.person_keys_path();
+    if !pk_file.exists() && store.has_sealed_people()? {
+        anyhow::bail!(
+            "person key file {} is missing but the store holds personal data sealed under it: put the file back (from where you keep the template key),              or restore the backup that goes with the keys you have. A new key file would make every enrolled person unreadable",
+            pk_file.display()
+        );
+    }
+    let person_keys = store::PersonKeys::load_or_create(&pk_file).with_context(|| format!("person key file {}", pk_file.display()))?;
+    store.set_person_keys(person_keys);
+    let (sealed, dropped) = store.seal_personal_data()?;
+    if sealed > 0 || dropped > 0 {
+        tracing::info!(sealed, orphan_keys_dropped = dropped, "personal data sealed under per-person keys");
+    }
     let key_file = cfg.template_key_path();
     let keys = store::TemplateKeys::load_or_create(&key_file).with_context(|| format!("template key file {}", key_file.display()))?;
     let finish_rotation = keys.previous.is_some();

@@ -384,6 +384,25 @@ async fn forget_removes_every_trace_and_leaves_an_audit_entry_without_personal_d
     assert!(d.cli(&["log", "verify"]).status.success(), "the entry log still verifies after the erasure");
     let mut d = d;
     assert!(d.terminate().success());
+    // sled never overwrites in place: the old records are still in its files.
+    // Sealed under the person's key, which forget shredded, they read as noise.
+    let mut files = vec![dir.path().join("db")];
+    let mut control = false;
+    while let Some(p) = files.pop() {
+        if p.is_dir() {
+            files.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        let bytes = std::fs::read(&p).unwrap();
+        // A positive control: the passage's gate, stored in the clear, is found.
+        control |= bytes.windows(5).any(|w| w == b"north");
+        for needle in ["赵六", "9-909", "川A97531"] {
+            assert!(!bytes.windows(needle.len()).any(|w| w == needle.as_bytes()), "{needle:?} in the clear in {}", p.display());
+        }
+    }
+    assert!(control, "the scan reads sled's records (the gate name of the passage was not found)");
+    let keys = std::fs::read_to_string(dir.path().join("person.keys")).unwrap();
+    assert!(!keys.contains("\"R9\""), "the person's key is shredded: {keys}");
     let s = store::Store::open(&dir.path().join("db")).unwrap();
     assert!(s.template_counts().unwrap().is_empty(), "no face template left");
     assert!(s.get_person("R9").unwrap().is_none());

@@ -33,6 +33,8 @@ pub struct Consent {
 impl Store {
     /// Insert or replace; refuses a PIN, card or QR already used by someone else.
     pub fn put_person(&self, r: &PersonRecord, must_be_new: bool) -> Result<()> {
+        // The key is durable in its file before any record it seals.
+        let key = self.person_key(&r.person.id, true)?.expect("created");
         let _w = self.writing();
         let p = &r.person;
         if must_be_new && self.t().people.contains_key(p.id.as_bytes())? {
@@ -47,7 +49,7 @@ impl Store {
                 return Err(StoreError::Exists { what: "credential (PIN, card or QR) of person", id: o.id.clone() });
             }
         }
-        self.t().people.insert(p.id.as_bytes(), enc(r))?;
+        self.t().people.insert(p.id.as_bytes(), self.seal_person(r, &key))?;
         Ok(())
     }
 
@@ -56,17 +58,23 @@ impl Store {
     pub fn import_roster(&self, people: &[(PersonRecord, Vec<Vec<f32>>)], elders: &[Elder], vehicles: &[Vehicle]) -> Result<()> {
         let key = if people.iter().any(|(_, t)| !t.is_empty()) { Some(self.current_key()?) } else { None };
         // Ids before the transaction (a retried closure must not take new ones).
+        let ids: Vec<&str> = people.iter().map(|(r, _)| r.person.id.as_str()).collect();
+        let pkeys = self.person_keys_for(&ids, true)?;
         let mut sealed = Vec::new();
-        for (r, ts) in people {
+        let mut records = Vec::new();
+        for ((r, ts), pk) in people.iter().zip(&pkeys) {
+            let pk = pk.expect("created");
+            records.push((r.person.id.as_bytes(), self.seal_person(r, &pk)));
             for e in ts {
                 let k = self.template_key(&r.person.id)?;
-                sealed.push((k, seal(key.as_ref().expect("a key when templates exist"), &r.person.id, e)));
+                sealed.push((k, seal(&template_seal_key(key.as_ref().expect("a key when templates exist"), &pk), &r.person.id, e)));
             }
         }
+        let vehicles: Vec<(Vec<u8>, Vec<u8>)> = vehicles.iter().map(|v| Ok((self.vehicle_index(&v.plate)?, self.seal_vehicle(v)?))).collect::<Result<_>>()?;
         let _w = self.writing();
         let res = (&self.t().people, &self.t().templates, &self.t().elders, &self.t().bands, &self.t().vehicles).transaction(|(pt, tt, et, bt, vt)| {
-            for (r, _) in people {
-                pt.insert(r.person.id.as_bytes(), enc(r))?;
+            for (id, r) in &records {
+                pt.insert(*id, r.as_slice())?;
             }
             for (k, v) in &sealed {
                 tt.insert(k.as_bytes(), v.as_slice())?;
@@ -89,8 +97,8 @@ impl Store {
                 }
                 et.insert(e.id.as_bytes(), enc(e))?;
             }
-            for v in vehicles {
-                vt.insert(v.plate.as_bytes(), enc(v))?;
+            for (k, v) in &vehicles {
+                vt.insert(k.as_slice(), v.as_slice())?;
             }
             Ok(())
         });
@@ -101,19 +109,33 @@ impl Store {
     }
 
     pub fn get_person(&self, id: &str) -> Result<Option<PersonRecord>> {
-        self.t().people.get(id.as_bytes())?.map(|v| dec("people", &v)).transpose()
+        Ok(self.t().people.get(id.as_bytes())?.map(|v| self.open_person(id.as_bytes(), &v)).transpose()?.flatten())
     }
 
     pub fn list_people(&self) -> Result<Vec<PersonRecord>> {
-        all(&self.t().people, "people")
+        let mut out = Vec::new();
+        for kv in self.t().people.iter() {
+            let (k, v) = kv?;
+            out.extend(self.open_person(&k, &v)?);
+        }
+        Ok(out)
     }
 
-    /// Remove a person and every face template of theirs.
+    /// Remove a person with every face template and vehicle of theirs, make
+    /// that durable, then shred their key: what sled leaves behind in its
+    /// files can no longer be read (see `shred`).
     pub fn remove_person(&self, id: &str) -> Result<PersonRecord> {
-        let _w = self.writing();
         let r = self.get_person(id)?.ok_or_else(|| StoreError::NotFound { what: "person", id: id.into() })?;
-        self.remove_templates_locked(id)?;
-        self.t().people.remove(id.as_bytes())?;
+        let plates: Vec<String> = self.list_vehicles()?.into_iter().filter(|v| v.owner == id).map(|v| v.plate).collect();
+        {
+            let _w = self.writing();
+            self.remove_templates_locked(id)?;
+            for p in &plates {
+                self.t().vehicles.remove(self.vehicle_index(p)?)?;
+            }
+            self.t().people.remove(id.as_bytes())?;
+        }
+        self.forget_after_flush(id)?;
         Ok(r)
     }
 
@@ -124,33 +146,40 @@ impl Store {
                 return Err(StoreError::Exists { what: "vehicle (owned by someone else)", id: v.plate.clone() });
             }
         }
-        self.t().vehicles.insert(v.plate.as_bytes(), enc(v))?;
+        let (k, sealed) = (self.vehicle_index(&v.plate)?, self.seal_vehicle(v)?);
+        self.t().vehicles.insert(k, sealed)?;
         Ok(())
     }
 
     pub fn get_vehicle(&self, plate: &str) -> Result<Option<Vehicle>> {
-        self.t().vehicles.get(plate.as_bytes())?.map(|v| dec("vehicles", &v)).transpose()
+        Ok(self.t().vehicles.get(self.vehicle_index(plate)?)?.map(|v| self.open_vehicle(&v)).transpose()?.flatten())
     }
 
     pub fn list_vehicles(&self) -> Result<Vec<Vehicle>> {
-        all(&self.t().vehicles, "vehicles")
+        let mut out = Vec::new();
+        for v in self.t().vehicles.iter().values() {
+            out.extend(self.open_vehicle(&v?)?);
+        }
+        Ok(out)
     }
 
     pub fn remove_vehicle(&self, plate: &str) -> Result<Vehicle> {
+        let v = self.get_vehicle(plate)?.ok_or_else(|| StoreError::NotFound { what: "vehicle", id: plate.into() })?;
         let _w = self.writing();
-        let v = self.t().vehicles.remove(plate.as_bytes())?.ok_or_else(|| StoreError::NotFound { what: "vehicle", id: plate.into() })?;
-        dec("vehicles", &v)
+        self.t().vehicles.remove(self.vehicle_index(plate)?)?;
+        Ok(v)
     }
 
     /// Replace a person and all their templates (enrolment sync).
     pub fn replace_person(&self, r: &PersonRecord, templates: &[Vec<f32>]) -> Result<()> {
         let key = self.current_key()?;
+        let pk = self.person_key(&r.person.id, true)?.expect("created");
         let _w = self.writing();
         self.remove_templates_locked(&r.person.id)?;
-        self.t().people.insert(r.person.id.as_bytes(), enc(r))?;
+        self.t().people.insert(r.person.id.as_bytes(), self.seal_person(r, &pk))?;
         for e in templates {
             let k = self.template_key(&r.person.id)?;
-            self.t().templates.insert(k.as_bytes(), seal(&key, &r.person.id, e))?;
+            self.t().templates.insert(k.as_bytes(), seal(&template_seal_key(&key, &pk), &r.person.id, e))?;
         }
         Ok(())
     }

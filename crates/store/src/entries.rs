@@ -3,8 +3,11 @@
 use super::*;
 
 impl Store {
-    /// Append a decision to the hash chain (atomically with the head).
+    /// Append a decision to the hash chain (atomically with the head). The
+    /// chain covers the stored form, whose reason is sealed under the
+    /// person's key (`shred`); the returned record is that stored form.
     pub fn append_entry(&self, e: &Entry) -> Result<Chained> {
+        let e = &self.seal_reason(e)?;
         let _w = self.writing();
         let r = (&self.t().entries, &self.t().meta).transaction(|(ent, meta)| {
             let (seq, prev) = match meta.get("entry_log_head")? {
@@ -31,24 +34,40 @@ impl Store {
     /// keeps verifying and keeps no trace of who it was. Returns how many
     /// records named the person.
     pub fn erase_from_entries(&self, person: &str, replacement: &str) -> Result<usize> {
-        let _w = self.writing();
-        let all: Vec<Chained> = all(&self.t().entries, "entry_log")?;
-        let Some(first) = all.iter().position(|c| c.entry.person.as_deref() == Some(person)) else { return Ok(0) };
-        let mut prev =
-            if first == 0 { self.entry_anchor()?.map(|(_, h)| h).unwrap_or_else(|| entry_log::GENESIS.to_string()) } else { all[first - 1].hash.clone() };
-        let mut n = 0;
-        let mut rewritten = Vec::with_capacity(all.len() - first);
-        for c in &all[first..] {
-            let mut e = c.entry.clone();
+        let Some(first) = all::<Chained>(&self.t().entries, "entry_log")?.into_iter().find(|c| c.entry.person.as_deref() == Some(person)).map(|c| c.seq) else {
+            return Ok(0);
+        };
+        let n = std::cell::Cell::new(0);
+        self.rechain_from(first, |_, e| {
+            let mut e = e.clone();
             if e.person.as_deref() == Some(person) {
                 e.person = Some(replacement.to_string());
-                n += 1;
+                // The reason may name a plate: it goes too.
+                e.reason = "(forgotten)".into();
+                n.set(n.get() + 1);
             }
+            Ok(e)
+        })?;
+        Ok(n.get())
+    }
+
+    /// Rewrite every record from `first` on through `f` and re-chain them, in
+    /// one transaction with the head, so the log keeps verifying. Returns how
+    /// many records were rewritten.
+    pub(crate) fn rechain_from(&self, first: u64, f: impl Fn(&Store, &Entry) -> Result<Entry>) -> Result<usize> {
+        let all: Vec<Chained> = all(&self.t().entries, "entry_log")?;
+        let Some(first) = all.iter().position(|c| c.seq >= first) else { return Ok(0) };
+        let mut prev =
+            if first == 0 { self.entry_anchor()?.map(|(_, h)| h).unwrap_or_else(|| entry_log::GENESIS.to_string()) } else { all[first - 1].hash.clone() };
+        let mut rewritten = Vec::with_capacity(all.len() - first);
+        for c in &all[first..] {
+            let e = f(self, &c.entry)?;
             let hash = entry_log::hash(c.seq, &prev, &e);
             rewritten.push(Chained { seq: c.seq, prev: prev.clone(), hash: hash.clone(), entry: e });
             prev = hash;
         }
         let head = rewritten.last().map(|c| (c.seq, c.hash.clone()));
+        let _w = self.writing();
         let r = (&self.t().entries, &self.t().meta).transaction(|(ent, meta)| {
             for c in &rewritten {
                 ent.insert(&c.seq.to_be_bytes(), enc(c))?;
@@ -62,7 +81,7 @@ impl Store {
             TransactionError::Abort(e) => e,
             TransactionError::Storage(e) => StoreError::Sled(e),
         })?;
-        Ok(n)
+        Ok(rewritten.len())
     }
 
     pub fn entries(&self) -> Result<Vec<Chained>> {

@@ -17,7 +17,9 @@ use std::sync::{Arc, RwLock};
 /// Bumped whenever the layout changes; `open` migrates older stores forward.
 /// 1: first release. 2: face templates sealed with ChaCha20-Poly1305 (the
 /// daemon re-seals schema-1 templates at start-up, see `reseal_templates`).
-pub const SCHEMA_VERSION: u32 = 2;
+/// 3: people, vehicles, templates and entry-log reasons sealed per person
+/// (`shred`; the daemon seals older records at start-up).
+pub const SCHEMA_VERSION: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -48,6 +50,10 @@ pub enum StoreError {
     Unwritable { path: String, source: std::io::Error },
     #[error("the store at {path} could not be reopened after a write failure: {reason}. Restart gatewarden; if it does not start, restore the last backup")]
     Reopen { path: String, reason: String },
+    #[error("personal data is sealed per person and no person key file is loaded (access.person_keys_file)")]
+    NoPersonKeys,
+    #[error("the record of {person} cannot be opened with its key: the person key file does not belong to this store")]
+    PersonKey { person: String },
     #[error("template key file {path}: {source}")]
     KeyFile { path: String, source: std::io::Error },
 }
@@ -62,6 +68,7 @@ mod integrity;
 mod presence;
 mod retention;
 mod scheduled;
+mod shred;
 mod staff;
 mod sync;
 mod templates;
@@ -70,10 +77,12 @@ pub use access::{Consent, PersonRecord};
 pub use backup::{key_fingerprint, BackupError, BackupHeader};
 pub use console::{AuditEntry, User};
 pub use integrity::{Damage, Integrity, Manifest, TreeSum, MANIFEST};
+pub use shred::PersonKeys;
 pub use templates::{open_transfer, rotate_template_key, seal_for_transfer, TemplateKeys};
 
 // Helpers the table files share.
 use elders::band_key;
+use shred::template_seal_key;
 use templates::seal;
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -99,6 +108,8 @@ pub struct Store {
     /// The last history entry written per elder (time, place), to decide
     /// whether the next sighting is worth an entry (see `history_due`).
     history_last: Arc<std::sync::Mutex<std::collections::HashMap<String, (Timestamp, String)>>>,
+    /// Per-person keys, from a file outside sled (`shred`).
+    person_keys: Arc<std::sync::Mutex<Option<PersonKeys>>>,
 }
 
 /// One open sled database and its trees.
@@ -195,6 +206,7 @@ impl Store {
             path: path.to_owned(),
             trees: Arc::new(RwLock::new(Some(Arc::new(Trees::open(path)?)))),
             history_last: Default::default(),
+            person_keys: Default::default(),
         };
         s.migrate()?;
         let id_floor = s.t().meta.get("id_floor")?.map(|v| dec("meta", &v)).transpose()?.unwrap_or(0);
@@ -439,7 +451,8 @@ mod tests {
     #[test]
     fn templates_are_sealed_bound_to_their_person_and_survive_rotation() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
+        let s = Store::open(&dir.path().join("db")).unwrap();
+        s.set_person_keys(PersonKeys::load_or_create(&dir.path().join("person.keys")).unwrap());
         let e: Vec<f32> = (0..128).map(|i| i as f32 / 128.0).collect();
         assert!(matches!(s.add_template("R1", &e), Err(StoreError::NoTemplateKey)));
         let k1 = [7u8; 32];
@@ -474,6 +487,8 @@ mod tests {
         }
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+        let keys = tempfile::tempdir().unwrap();
+        s.set_person_keys(PersonKeys::load_or_create(&keys.path().join("person.keys")).unwrap());
         s.set_template_keys(TemplateKeys { current: [3u8; 32], previous: None });
         assert_eq!(s.reseal_templates().unwrap(), 1);
         assert_eq!(s.templates().unwrap(), vec![("R1".to_string(), e)]);
@@ -490,5 +505,50 @@ mod tests {
         }
         let err = Store::open(dir.path()).err().expect("refused");
         assert!(matches!(err, StoreError::TooNew { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_removed_persons_residue_cannot_be_opened_once_their_key_is_shredded() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db")).unwrap();
+        let kf = dir.path().join("person.keys");
+        s.set_person_keys(PersonKeys::load_or_create(&kf).unwrap());
+        s.set_template_keys(TemplateKeys { current: [5u8; 32], previous: None });
+        let person = Person {
+            id: "R7".into(),
+            name: "王秀英".into(),
+            kind: domain::gate::policy::PersonKind::Resident,
+            unit: "9-1203".into(),
+            elder: None,
+            pin_hash: None,
+            cards: vec![],
+            qr_hash: None,
+            valid_from: None,
+            valid_until: None,
+        };
+        s.put_person(
+            &PersonRecord { person, consent: None, id_masked: None, id_hash: None, host_unit: None, plate: None, created_at: chrono::Utc::now() },
+            true,
+        )
+        .unwrap();
+        s.put_vehicle(&Vehicle { plate: "沪A9Z123".into(), owner: "R7".into(), valid_until: None }).unwrap();
+        s.add_template("R7", &[0.25; 128]).unwrap();
+        s.flush().unwrap();
+        // Nothing of theirs is in any tree in the clear, keys included.
+        for needle in ["王秀英", "9-1203", "沪A9Z123"] {
+            assert!(s.contains_bytes(needle.as_bytes()).unwrap().is_empty(), "{needle} in the clear");
+        }
+        assert_eq!(s.get_vehicle("沪A9Z123").unwrap().unwrap().owner, "R7");
+        assert_eq!(s.get_person("R7").unwrap().unwrap().person.name, "王秀英");
+        let raw_person = s.t().people.get("R7").unwrap().unwrap().to_vec();
+        assert!(std::fs::read_to_string(&kf).unwrap().contains("R7"));
+        s.remove_person("R7").unwrap();
+        assert!(!std::fs::read_to_string(&kf).unwrap().contains("R7"), "the key is shredded");
+        assert!(s.get_vehicle("沪A9Z123").unwrap().is_none(), "vehicles go with their owner");
+        assert!(s.templates().unwrap().is_empty());
+        // The old bytes, as sled may still hold them, open under no key left.
+        assert!(s.open_person(b"R7", &raw_person).unwrap().is_none());
+        let reloaded = PersonKeys::load_or_create(&kf).unwrap();
+        assert!(reloaded.is_empty());
     }
 }

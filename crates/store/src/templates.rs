@@ -113,10 +113,29 @@ impl Store {
     }
 
     pub fn add_template(&self, person: &str, embedding: &[f32]) -> Result<()> {
+        let tk = self.current_key()?;
+        let pk = self.person_key(person, true)?.expect("created");
         let _w = self.writing();
         let key = self.template_key(person)?;
-        self.t().templates.insert(key.as_bytes(), seal(&self.current_key()?, person, embedding))?;
+        self.t().templates.insert(key.as_bytes(), seal(&template_seal_key(&tk, &pk), person, embedding))?;
         Ok(())
+    }
+
+    /// The keys that may open a person's template, newest first: the
+    /// template key mixed with the person's key (current, then previous
+    /// template key), then the template key alone (sealed before
+    /// crypto-shredding; `reseal_templates` upgrades those).
+    fn opening_keys(&self, keys: &TemplateKeys, person: &str) -> Result<Vec<[u8; 32]>> {
+        let pk = self.person_key(person, false)?;
+        let mut v = Vec::new();
+        for tk in std::iter::once(keys.current).chain(keys.previous) {
+            if let Some(pk) = &pk {
+                v.push(template_seal_key(&tk, pk));
+            }
+        }
+        v.push(keys.current);
+        v.extend(keys.previous);
+        Ok(v)
     }
 
     /// Re-seal every template under the current key: templates from before
@@ -130,15 +149,19 @@ impl Store {
             let (k, v) = kv?;
             let ks = String::from_utf8_lossy(&k).to_string();
             let person = ks.split('\u{0}').next().unwrap_or_default().to_string();
-            if unseal(&keys.current, &person, &v).is_some() {
+            let pk = self.person_key(&person, true)?.expect("created");
+            let target = template_seal_key(&keys.current, &pk);
+            if unseal(&target, &person, &v).is_some() {
                 continue;
             }
             let plain = match v.starts_with(SEALED) {
-                true => keys.previous.and_then(|p| unseal(&p, &person, &v)).ok_or(StoreError::TemplateKey { person: person.clone() })?,
+                true => {
+                    self.opening_keys(&keys, &person)?.iter().find_map(|k| unseal(k, &person, &v)).ok_or(StoreError::TemplateKey { person: person.clone() })?
+                }
                 // Schema 1 stored raw little-endian f32.
                 false => v.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
             };
-            self.t().templates.insert(k, seal(&keys.current, &person, &plain))?;
+            self.t().templates.insert(k, seal(&target, &person, &plain))?;
             n += 1;
         }
         self.flush()?;
@@ -186,9 +209,7 @@ impl Store {
         it.map(|kv| {
             let (k, v) = kv?;
             let person = String::from_utf8_lossy(&k).split('\u{0}').next().unwrap_or_default().to_string();
-            let e = unseal(&keys.current, &person, &v)
-                .or_else(|| keys.previous.and_then(|p| unseal(&p, &person, &v)))
-                .ok_or(StoreError::TemplateKey { person: person.clone() })?;
+            let e = self.opening_keys(&keys, &person)?.iter().find_map(|k| unseal(k, &person, &v)).ok_or(StoreError::TemplateKey { person: person.clone() })?;
             Ok((person, e))
         })
         .collect()

@@ -241,11 +241,12 @@ pub async fn list_people(State(sh): S) -> R<Vec<serde_json::Value>> {
 /// `forget`: every biometric and personal trace of the person goes.
 pub async fn forget(State(sh): S, Path(id): Path<String>) -> R<serde_json::Value> {
     super::api::writable(&sh)?;
+    let vehicles: Vec<String> = sh.store.list_vehicles()?.into_iter().filter(|v| v.owner == id).map(|v| v.plate).collect();
+    // Record, templates and vehicles go, then the person's key (crypto-shredding).
     let r = sh.store.remove_person(&id)?;
     sh.enrolment.changed(Changed::PersonRemoved(id.clone())).await?;
-    for v in sh.store.list_vehicles()?.into_iter().filter(|v| v.owner == id) {
-        sh.store.remove_vehicle(&v.plate)?;
-        sh.enrolment.changed(Changed::Vehicle(v.plate)).await?;
+    for plate in vehicles {
+        sh.enrolment.changed(Changed::Vehicle(plate)).await?;
     }
     // Their passages stay in the entry log (access records), no longer naming them.
     let passages = sh.store.erase_from_entries(&id, "(forgotten)")?;
@@ -359,6 +360,7 @@ pub async fn log(State(sh): S, Query(q): Query<LogQuery>) -> Result<Response, Ap
         .store
         .entries()?
         .into_iter()
+        .map(|c| sh.store.open_reason(c))
         .filter(|c| since.is_none_or(|s| c.entry.at >= s) && until.is_none_or(|u| c.entry.at < u))
         .filter(|c| q.person.as_ref().is_none_or(|p| c.entry.person.as_ref() == Some(p)))
         .filter(|c| q.gate.as_ref().is_none_or(|g| &c.entry.gate == g))

@@ -241,6 +241,11 @@ fn audit_target(sh: &Shared, method: &axum::http::Method, path: &str) -> String 
             let id = percent_encoding::percent_decode_str(id).decode_utf8_lossy();
             format!("person (forgotten) {}", crate::gate::task::secret_hash(&sh.credential_key, domain::gate::log::Credential::Pin, &format!("forget:{id}")))
         }
+        // A plate is personal data: keyed, like a forgotten person's id.
+        (_, ["vehicles", plate, ..]) => {
+            let plate = percent_encoding::percent_decode_str(plate).decode_utf8_lossy();
+            format!("vehicles {}", crate::gate::task::secret_hash(&sh.credential_key, domain::gate::log::Credential::Pin, &format!("plate:{plate}")))
+        }
         (_, [kind, id, ..]) => format!("{kind} {}", percent_encoding::percent_decode_str(id).decode_utf8_lossy()),
         (_, [kind]) => kind.to_string(),
         _ => String::new(),
