@@ -83,6 +83,13 @@ case "$cmd" in
     [ -n "$started_dockerd" ] && kill "$started_dockerd" 2>/dev/null
     exit "$status"
     ;;
+  soak)
+    # Not a CI test: ten minutes of kill -9, broker restarts and a failing
+    # receiver under 2,000 sightings/s; prints the table for BENCHMARKS.md.
+    apt_install "${BUILD_PKGS[@]}" "${TEST_PKGS[@]}"; ensure_rust
+    cargo build --release --locked -p gatewarden --bins
+    target/release/gatewarden-soak "$@"
+    ;;
   bench)
     apt_install "${BUILD_PKGS[@]}" "${TEST_PKGS[@]}"; ensure_rust
     bash deploy/fetch-models.sh
@@ -111,5 +118,5 @@ case "$cmd" in
     target/release/gatewarden-bench-store
     ;;
   *)
-    echo "usage: bash deploy/gw.sh demo|test|bench" >&2; exit 2 ;;
+    echo "usage: bash deploy/gw.sh demo|test|bench|soak" >&2; exit 2 ;;
 esac

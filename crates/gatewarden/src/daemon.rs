@@ -200,8 +200,9 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
     // Every long-running task, by name: none of them may end before shutdown.
     let mut tasks = tokio::task::JoinSet::new();
     let mut names: HashMap<tokio::task::Id, String> = HashMap::new();
+    let beats = metrics.clone();
     let mut spawn = |tasks: &mut tokio::task::JoinSet<()>, name: &str, f: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>| {
-        names.insert(tasks.spawn(f).id(), name.to_string());
+        names.insert(tasks.spawn(crate::telemetry::beating(beats.heartbeats.register(name), f)).id(), name.to_string());
     };
     spawn(&mut tasks, "monitor", Box::pin(monitor.run(mqtt_rx, cmd_rx, cancel.clone())));
     let snapshot_dir = cfg.access.snapshot_dir.clone().unwrap_or_else(|| cfg.admin_token_path().with_file_name("snapshots"));

@@ -8,7 +8,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tracing_subscriber::EnvFilter;
 
 pub fn init_logging(cfg: &LogConfig) {
@@ -84,6 +86,13 @@ pub struct Metrics {
     pub camera_reconnects: Family<CameraLabel, Gauge>,
     /// How long making a gate decision durable took (the fsync before the barrier moves).
     pub entry_sync_seconds: Histogram,
+    pub heartbeats: Heartbeats,
+    task_heartbeat_age: Family<TaskLabel, Gauge<f64, AtomicU64>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabel {
+    pub task: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -120,6 +129,8 @@ impl Metrics {
             registry: Registry::with_prefix("gatewarden"),
             hot_messages: Default::default(),
             hot_sightings: Default::default(),
+            heartbeats: Heartbeats::default(),
+            task_heartbeat_age: Family::default(),
             messages: Family::default(),
             rejected: Family::default(),
             sightings: Family::default(),
@@ -163,6 +174,11 @@ impl Metrics {
         r.register("clock_steps", "Wall-clock steps seen, by direction", m.clock_steps.clone());
         r.register("gateways_refused", "Messages from gateways beyond presence.gateways_max (ignored)", m.gateways_refused.clone());
         r.register("elders", "Elders enrolled", m.elders.clone());
+        r.register(
+            "task_heartbeat_age_seconds",
+            "Seconds since each long-running task last beat (stale after 10 s: the task is stuck)",
+            m.task_heartbeat_age.clone(),
+        );
         r.register("store_flushes", "Write-behind flushes of presence to the store", m.store_flushes.clone());
         r.register(
             "store_write_failures",
@@ -205,9 +221,69 @@ impl Metrics {
     }
 
     pub fn encode(&self) -> String {
+        for (task, age) in self.heartbeats.ages() {
+            self.task_heartbeat_age.get_or_create(&TaskLabel { task }).set(age);
+        }
         let mut s = String::new();
         prometheus_client::encoding::text::encode(&mut s, &self.registry).expect("encode metrics");
         s
+    }
+}
+
+/// A task whose last heartbeat is older than this is reported stale by /healthz.
+pub const STALE_AFTER: Duration = Duration::from_secs(10);
+
+/// Each supervised task's last heartbeat (see `beating`), for /healthz and
+/// `gatewarden_task_heartbeat_age_seconds`.
+pub struct Heartbeats {
+    epoch: Instant,
+    beats: std::sync::Mutex<std::collections::BTreeMap<String, Arc<AtomicU64>>>,
+}
+
+impl Default for Heartbeats {
+    fn default() -> Self {
+        Heartbeats { epoch: Instant::now(), beats: Default::default() }
+    }
+}
+
+impl Heartbeats {
+    pub fn register(&self, task: &str) -> Beat {
+        let at = Arc::new(AtomicU64::new(self.epoch.elapsed().as_millis() as u64));
+        self.beats.lock().unwrap_or_else(|e| e.into_inner()).insert(task.to_string(), at.clone());
+        Beat { at, epoch: self.epoch }
+    }
+
+    /// Seconds since each task's last heartbeat.
+    pub fn ages(&self) -> std::collections::BTreeMap<String, f64> {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.beats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(t, at)| (t.clone(), now.saturating_sub(at.load(Ordering::Relaxed)) as f64 / 1000.0))
+            .collect()
+    }
+}
+
+pub struct Beat {
+    at: Arc<AtomicU64>,
+    epoch: Instant,
+}
+
+/// Run a task with a heartbeat. Every second the wrapper records one, which
+/// it can do only while the task yields: a task stuck in blocking code (a
+/// hung native call, a busy loop, a lock never released) stops beating, and
+/// /healthz names it.
+pub async fn beating(beat: Beat, f: impl std::future::Future<Output = ()>) {
+    let mut f = std::pin::pin!(f);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut f => return,
+            _ = tick.tick() => beat.at.store(beat.epoch.elapsed().as_millis() as u64, Ordering::Relaxed),
+        }
     }
 }
 

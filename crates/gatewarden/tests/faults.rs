@@ -443,3 +443,29 @@ async fn a_full_disk_holds_alerts_until_space_returns_and_loses_none() {
     drop(d);
     drop(disk);
 }
+
+/// A task stuck in blocking code (here the monitor, its thread blocked as a
+/// hung native call would block it) stops beating: /healthz names it and says
+/// degraded, and the metric shows its age; once it runs again, ok. Before,
+/// /healthz had no view of the tasks at all.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stuck_task_is_named_in_healthz_until_it_runs_again() {
+    let World { _dir, broker: _broker, rx: _rx, d } = world(HOOK_LADDER).await;
+    let h = eventually("every task beating", 10, async || {
+        let h = d.health().await;
+        (h["status"] == "ok").then_some(h)
+    })
+    .await;
+    for t in ["monitor", "mqtt", "http", "outbox:hook", "retention", "upkeep"] {
+        assert!(h["tasks"][t]["heartbeat_age_s"].as_f64().is_some_and(|a| a < 5.0), "{t} beats: {h}");
+    }
+    d.post("/debug/hang", json!({"secs": 16})).await;
+    let h = eventually("the stuck monitor named in /healthz", 25, async || {
+        let h = d.health().await;
+        h["stale_tasks"].as_array().is_some_and(|s| s.iter().any(|t| t == "monitor")).then_some(h)
+    })
+    .await;
+    assert_eq!(h["status"], "degraded", "{h}");
+    assert!(d.metric(r#"gatewarden_task_heartbeat_age_seconds{task="monitor"}"#).await > 10.0);
+    eventually("ok once it runs again", 20, async || (d.health().await["status"] == "ok").then_some(())).await;
+}

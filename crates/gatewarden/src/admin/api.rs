@@ -108,6 +108,7 @@ pub fn router(sh: Arc<Shared>) -> Router {
         .route("/debug/clock", post(move_clock))
         .route("/debug/tick", post(tick))
         .route("/debug/panic", post(inject_panic))
+        .route("/debug/hang", post(inject_hang))
         .route_layer(axum::middleware::from_fn_with_state(sh.clone(), auth));
     Router::new()
         .route("/healthz", get(healthz))
@@ -269,9 +270,11 @@ async fn healthz(State(sh): S) -> Response {
     let under_attack = sh.cfg.cluster.is_some() && cluster.under_attack(chrono::Utc::now().timestamp_millis());
     let clock = sh.clock_view.read().unwrap_or_else(|e| e.into_inner()).clone();
     let writable = sh.metrics.store_writable.get() == 1;
+    let tasks = sh.metrics.heartbeats.ages();
+    let stale: Vec<&String> = tasks.iter().filter(|(_, age)| **age > crate::telemetry::STALE_AFTER.as_secs_f64()).map(|(t, _)| t).collect();
     let status = if !store_ok {
         "failing"
-    } else if !mqtt || failed > 0 || under_attack || !writable || clock.degraded(sh.clock.now()) {
+    } else if !mqtt || failed > 0 || under_attack || !writable || !stale.is_empty() || clock.degraded(sh.clock.now()) {
         "degraded"
     } else {
         "ok"
@@ -281,6 +284,8 @@ async fn healthz(State(sh): S) -> Response {
         "store": store_ok,
         "store_writable": writable,
         "alerts_uncommitted": sh.metrics.alerts_uncommitted.get(),
+        "tasks": tasks.iter().map(|(t, age)| (t.clone(), json!({ "heartbeat_age_s": (age * 10.0).round() / 10.0 }))).collect::<serde_json::Map<_, _>>(),
+        "stale_tasks": stale,
         "mqtt_connected": mqtt,
         "outbox_pending": pending,
         "outbox_failed": failed,
@@ -707,6 +712,20 @@ async fn inject_panic(State(sh): S) -> R<serde_json::Value> {
     }
     sh.command(Command::Panic).await?;
     Ok(Json(json!({ "injected": "monitor" })))
+}
+
+#[derive(serde::Deserialize)]
+struct HangInput {
+    secs: u64,
+}
+
+/// Fault injection for tests: block the monitor's thread, as a hung native call would.
+async fn inject_hang(State(sh): S, Json(i): Json<HangInput>) -> R<serde_json::Value> {
+    if !sh.clock.is_adjustable() {
+        return Err(ApiError(StatusCode::FORBIDDEN, "fault injection is for tests; set [debug] manual_clock = true".into()));
+    }
+    sh.command(Command::Hang(std::time::Duration::from_secs(i.secs.min(120)))).await?;
+    Ok(Json(json!({ "injected": "monitor", "secs": i.secs.min(120) })))
 }
 
 async fn tick(State(sh): S) -> R<serde_json::Value> {

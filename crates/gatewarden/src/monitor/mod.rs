@@ -47,6 +47,8 @@ pub enum Command {
     Flush(oneshot::Sender<()>),
     /// Fault injection for tests (`[debug] manual_clock` only): panic the monitor.
     Panic,
+    /// Fault injection for tests: block the monitor's thread this long.
+    Hang(Duration),
     /// Raise or clear an alert from elsewhere in the box (gates, cameras).
     Alert {
         kind: AlertKind,
@@ -652,6 +654,10 @@ impl Monitor {
                     let _ = reply.send(());
                 }
                 Command::Panic => panic!("monitor panic injected through /api/v1/debug/panic"),
+                Command::Hang(d) => {
+                    tracing::warn!(secs = d.as_secs(), "monitor hang injected through /api/v1/debug/hang");
+                    std::thread::sleep(d);
+                }
                 Command::Flush(reply) => {
                     self.flush();
                     let _ = reply.send(());
