@@ -19,6 +19,18 @@ pub struct AccessConfig {
     /// One person at one gate opens it at most once per cooldown.
     #[serde(default = "AccessConfig::default_cooldown")]
     pub cooldown: Dur,
+    /// Wrong PINs at one keypad before it stops taking PINs for `pin_lockout`.
+    #[serde(default = "AccessConfig::default_pin_max_failures")]
+    pub pin_max_failures: u32,
+    #[serde(default = "AccessConfig::default_pin_lockout")]
+    pub pin_lockout: Dur,
+    /// Wrong PINs across every keypad within `pin_site_window` before PIN
+    /// entry stops at every gate for `pin_lockout`, with an alert (a guesser
+    /// spreading tries over the keypads stays under each one's limit).
+    #[serde(default = "AccessConfig::default_pin_site_max_failures")]
+    pub pin_site_max_failures: u32,
+    #[serde(default = "AccessConfig::default_pin_site_window")]
+    pub pin_site_window: Dur,
     #[serde(default)]
     pub anti_passback: bool,
     /// Snapshots of unknown faces are deleted after this.
@@ -74,6 +86,18 @@ impl AccessConfig {
     }
     fn default_cooldown() -> Dur {
         Dur::secs(10)
+    }
+    fn default_pin_max_failures() -> u32 {
+        5
+    }
+    fn default_pin_lockout() -> Dur {
+        Dur::secs(300)
+    }
+    fn default_pin_site_max_failures() -> u32 {
+        15
+    }
+    fn default_pin_site_window() -> Dur {
+        Dur::secs(600)
     }
     fn default_unknown_retention() -> Dur {
         Dur::secs(7 * 24 * 3600)

@@ -39,6 +39,11 @@ pub struct GateConfig {
     #[serde(default)]
     pub resident_hours: Option<String>,
     pub actuator: ActuatorConfig,
+    /// A token for this gate's HTTP keypads and card readers: it presents
+    /// credentials at this gate (`POST /api/v1/gates/<name>/credential`) and
+    /// nothing else. Never give a device the admin token. At least 16 characters.
+    #[serde(default)]
+    pub device_token_file: Option<std::path::PathBuf>,
 }
 impl GateConfig {
     fn default_direction() -> GateDirection {

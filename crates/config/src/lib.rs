@@ -196,6 +196,20 @@ impl Config {
                 bad("cluster.claim_settle".into(), "must be under a third of cluster.lease_ttl".into());
             }
         }
+        if self.mqtt.client_cert_file.is_some() != self.mqtt.client_key_file.is_some() {
+            bad("mqtt.client_cert_file".into(), "give client_cert_file and client_key_file together".into());
+        }
+        for (k, f) in
+            [("mqtt.ca_file", &self.mqtt.ca_file), ("mqtt.client_cert_file", &self.mqtt.client_cert_file), ("mqtt.client_key_file", &self.mqtt.client_key_file)]
+        {
+            if let Some(f) = f {
+                if !self.mqtt.tls() {
+                    bad(k.into(), "only means something with an mqtts:// broker".into());
+                } else if let Err(e) = std::fs::metadata(f) {
+                    bad(k.into(), format!("{}: {e}", f.display()));
+                }
+            }
+        }
         if self.mqtt.topics.is_empty() {
             bad("mqtt.topics".into(), "at least one topic filter is needed".into());
         }
@@ -297,6 +311,15 @@ impl Config {
             if g.max_fps.is_nan() || g.max_fps <= 0.0 {
                 bad(key("max_fps"), "must be greater than 0".into());
             }
+            if let Some(f) = &g.device_token_file {
+                match Self::secret_from(&None, &Some(f.clone()), "") {
+                    Err(e) => bad(key("device_token_file"), e.to_string()),
+                    Ok(t) if t.is_some() && t.as_deref() == self.admin_token().ok().flatten().as_deref() => {
+                        bad(key("device_token_file"), "is the admin token: a device gets a token of its own".into())
+                    }
+                    Ok(_) => {}
+                }
+            }
             if let ActuatorConfig::Http { url, .. } = &g.actuator {
                 if url::Url::parse(url).is_err() {
                     bad(key("actuator.url"), format!("invalid URL {url:?}"));
@@ -350,6 +373,12 @@ impl Config {
         if self.store.backup_keep == 0 {
             bad("store.backup_keep".into(), "must be at least 1 (turn scheduled backups off with store.backup_every = \"0s\")".into());
         }
+        if self.access.pin_max_failures == 0 {
+            bad("access.pin_max_failures".into(), "must be at least 1".into());
+        }
+        if self.access.pin_site_max_failures == 0 {
+            bad("access.pin_site_max_failures".into(), "must be at least 1".into());
+        }
         if self.console.login_max_failures == 0 {
             bad("console.login_max_failures".into(), "must be at least 1".into());
         }
@@ -388,6 +417,11 @@ impl Config {
         Ok(Some(value))
     }
 
+    /// Each gate's device token (`gates[].device_token_file`), by gate.
+    pub fn device_tokens(&self) -> Vec<(String, String)> {
+        self.gates.iter().filter_map(|g| Some((g.name.clone(), Self::secret_from(&None, &g.device_token_file.clone(), "").ok()??))).collect()
+    }
+
     /// The admin API token: GATEWARDEN_ADMIN_TOKEN, then the file, then inline.
     pub fn admin_token(&self) -> Result<Option<String>, SecretError> {
         Self::secret_from(&self.http.admin_token, &self.http.admin_token_file, "GATEWARDEN_ADMIN_TOKEN")
@@ -413,6 +447,11 @@ impl Config {
     /// Where the face-template key lives: outside the database, beside it.
     pub fn template_key_path(&self) -> PathBuf {
         self.access.template_key_file.clone().unwrap_or_else(|| self.admin_token_path().with_file_name("template.key"))
+    }
+
+    /// The key that seals unknown-face snapshots: beside the template key.
+    pub fn snapshot_key_path(&self) -> PathBuf {
+        self.admin_token_path().with_file_name("snapshot.key")
     }
 
     /// Where the per-person keys live (`access.person_keys_file`): beside the template key.
@@ -520,5 +559,14 @@ mod tests {
         assert_eq!(c.mqtt.external_addr().unwrap(), Some(("10.0.0.2".into(), 1884)));
         c.mqtt.broker = "amqp://x".into();
         assert!(c.mqtt.external_addr().is_err());
+        c.mqtt.broker = "mqtts://10.0.0.2".into();
+        assert_eq!(c.mqtt.external_addr().unwrap(), Some(("10.0.0.2".into(), 8883)), "mqtts defaults to 8883");
+        assert!(c.mqtt.tls());
+        // TLS files with a plain broker, or half a client identity, are named.
+        c.mqtt.broker = "mqtt://10.0.0.2".into();
+        c.mqtt.ca_file = Some("/etc/hostname".into());
+        c.mqtt.client_cert_file = Some("/etc/hostname".into());
+        let keys: Vec<String> = c.validate().into_iter().map(|p| p.key).collect();
+        assert!(keys.contains(&"mqtt.ca_file".to_string()) && keys.contains(&"mqtt.client_cert_file".to_string()), "{keys:?}");
     }
 }

@@ -5,7 +5,7 @@ use crate::Dur;
 /// `mqtt.broker` that is not a broker address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BrokerUrlError {
-    #[error("{0:?} must be \"embedded\" or \"mqtt://host:port\"")]
+    #[error("{0:?} must be \"embedded\", \"mqtt://host:port\" or \"mqtts://host:port\" (TLS)")]
     Scheme(String),
     #[error("bad port in {0:?}")]
     Port(String),
@@ -47,6 +47,16 @@ pub struct MqttConfig {
     pub reconnect_min: Dur,
     #[serde(default = "MqttConfig::default_reconnect_max")]
     pub reconnect_max: Dur,
+    /// With `mqtts://`: the CA (PEM) that signed the broker's certificate,
+    /// e.g. the site CA of `deploy/mosquitto`. Without it, the public web roots.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// With `mqtts://`: a client certificate and its key (PEM), when the
+    /// broker asks for one (`require_certificate true`). Both or neither.
+    #[serde(default)]
+    pub client_cert_file: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub client_key_file: Option<std::path::PathBuf>,
 }
 impl MqttConfig {
     fn default_broker() -> String {
@@ -71,17 +81,25 @@ impl MqttConfig {
     fn default_reconnect_max() -> Dur {
         Dur::secs(60)
     }
+    /// Whether the broker is reached over TLS (`mqtts://`).
+    pub fn tls(&self) -> bool {
+        self.broker.starts_with("mqtts://") || self.broker.starts_with("ssl://")
+    }
+
     /// (host, port) of an external broker, or None for the embedded one.
     pub fn external_addr(&self) -> Result<Option<(String, u16)>, BrokerUrlError> {
         if self.broker == "embedded" {
             return Ok(None);
         }
-        let rest =
-            self.broker.strip_prefix("mqtt://").or_else(|| self.broker.strip_prefix("tcp://")).ok_or_else(|| BrokerUrlError::Scheme(self.broker.clone()))?;
+        let (rest, default_port) = match self.broker.split_once("://") {
+            Some(("mqtt" | "tcp", r)) => (r, 1883),
+            Some(("mqtts" | "ssl", r)) => (r, 8883),
+            _ => return Err(BrokerUrlError::Scheme(self.broker.clone())),
+        };
         let rest = rest.trim_end_matches('/');
         let (host, port) = match rest.rsplit_once(':') {
             Some((h, p)) => (h, p.parse::<u16>().map_err(|_| BrokerUrlError::Port(self.broker.clone()))?),
-            None => (rest, 1883),
+            None => (rest, default_port),
         };
         if host.is_empty() {
             return Err(BrokerUrlError::NoHost(self.broker.clone()));

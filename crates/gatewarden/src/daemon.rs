@@ -71,7 +71,7 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
     let senders: HashMap<String, Sender> = cfg.alert.channels.iter().map(|c| (c.name.clone(), Sender::new(c.clone(), timeout))).collect();
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let (mqtt_tx, mqtt_rx) = mpsc::channel(4096);
-    let (mqtt_client, mqtt_loop) = crate::mqtt::connect(&cfg);
+    let (mqtt_client, mqtt_loop) = crate::mqtt::connect(&cfg)?;
     let sync = match cfg.cluster.as_ref().and_then(|c| c.enrolment.zip(c.sync_key_file.clone())) {
         Some((role, file)) => {
             let keys = crate::cluster::sync::SyncKeys::load(&file).with_context(|| format!("cluster.sync_key_file {}", file.display()))?;
@@ -87,6 +87,15 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
         // enrolled, a missing key file is an error, never a new key.
         None => key_file(&store, &cfg.admin_token_path().with_file_name("credential.key"), "credential_key", store.has_people())?.into_bytes(),
     };
+    // The entry log's chain key: lost, the chain can no longer be verified, so
+    // with a keyed log a missing file is an error, never a new key.
+    let entry_key = key_file(&store, &cfg.admin_token_path().with_file_name("entry.key"), "entry_key", store.entry_log_keyed()?)?;
+    store.set_entry_key(entry_key.into_bytes());
+    let rechained = store.key_entry_log()?;
+    if rechained > 0 {
+        tracing::info!(rechained, "entry log re-chained under its key (entry.key)");
+    }
+    let snapshot_key = key_file(&store, &cfg.snapshot_key_path(), "snapshot_key", false)?.into_bytes();
     let pk_file = cfg.person_keys_path();
     if !pk_file.exists() && store.has_sealed_people()? {
         anyhow::bail!(
@@ -159,6 +168,7 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
         senders,
         ack_secret,
         admin_token,
+        device_tokens: cfg.device_tokens(),
         started: Instant::now(),
         gates,
         vision,
@@ -261,6 +271,7 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
             cameras: cfg.gates.iter().filter(|g| g.camera.is_some()).map(|g| g.name.clone()).collect(),
             camera_stats: camera_stats.clone(),
             snapshot_dir,
+            snapshot_key: snapshot_key.clone(),
             credential_key,
         };
         spawn(&mut tasks, "gate", Box::pin(task.run(gate_rx, cancel.clone())));
@@ -273,12 +284,13 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
         anyhow::ensure!(binary.exists(), "{} is missing: it is built and installed with gatewarden", binary.display());
         let sup = crate::gate::task::VisionSupervisor {
             binary,
-            config: std::fs::canonicalize(config_path).with_context(|| format!("cannot find {}", config_path.display()))?,
+            config: vision_config(config_path, &cfg)?,
             store: store.clone(),
             gates: gate_tx.clone(),
             stats: camera_stats.clone(),
             metrics: metrics.clone(),
             heartbeat_timeout: cfg.vision.heartbeat_timeout.get(),
+            secret_env: cfg.mqtt.password_env.iter().cloned().collect(),
         };
         spawn(&mut tasks, "vision-supervisor", Box::pin(sup.run(vision_rx, cancel.clone())));
     }
@@ -388,6 +400,47 @@ pub fn verify_store(store: &Store, cfg: &Config) -> anyhow::Result<()> {
 /// A secret in its own file (0600, the service user's), outside the store:
 /// read it; else move it out of the store, where versions before key files
 /// kept it; else make one, unless `needed` says records already depend on it.
+/// What the vision process may know: its own section, the cameras and
+/// logging, written to `vision.toml` (0600) beside the store. Never the admin
+/// token, the store, channel or actuator secrets, or the keys.
+fn vision_config(config_path: &std::path::Path, cfg: &Config) -> anyhow::Result<std::path::PathBuf> {
+    let text = std::fs::read_to_string(config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
+    let full: toml::Table = text.parse().with_context(|| format!("{}", config_path.display()))?;
+    let mut t = toml::Table::new();
+    t.insert("site".into(), toml::Value::String(cfg.site.clone()));
+    // Required by the schema; the child never opens a store.
+    t.insert(
+        "store".into(),
+        toml::Value::Table(toml::Table::from_iter([("path".to_string(), toml::Value::String("/nonexistent/gatewarden-vision-has-no-store".into()))])),
+    );
+    for section in ["log", "vision"] {
+        if let Some(v) = full.get(section) {
+            t.insert(section.into(), v.clone());
+        }
+    }
+    const CAMERA_KEYS: [&str; 8] = ["name", "camera", "direction", "read_faces", "read_plates", "max_fps", "open_timeout", "read_timeout"];
+    let gates: Vec<toml::Value> = full
+        .get("gates")
+        .and_then(|g| g.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|g| g.as_table())
+        .map(|g| {
+            let mut n: toml::Table = g.iter().filter(|(k, _)| CAMERA_KEYS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
+            // Required by the schema; the child never drives a gate.
+            n.insert("actuator".into(), toml::Value::Table(toml::Table::from_iter([("kind".to_string(), toml::Value::String("log".into()))])));
+            toml::Value::Table(n)
+        })
+        .collect();
+    if !gates.is_empty() {
+        t.insert("gates".into(), toml::Value::Array(gates));
+    }
+    let path = cfg.admin_token_path().with_file_name("vision.toml");
+    let body = format!("# Written by gatewarden run for the vision process: cameras and models only.\n{}", toml::to_string(&t)?);
+    store::write_private(&path, body.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(std::fs::canonicalize(&path)?)
+}
+
 fn key_file(store: &Store, path: &std::path::Path, legacy: &str, needed: bool) -> anyhow::Result<String> {
     match std::fs::read_to_string(path) {
         Ok(s) if s.trim().chars().count() >= config::MIN_SECRET_CHARS => {
@@ -404,7 +457,7 @@ fn key_file(store: &Store, path: &std::path::Path, legacy: &str, needed: bool) -
             v
         }
         None if needed => anyhow::bail!(
-            "the key file {} is missing, but the store holds records keyed with it (PIN, card, QR and ID-number hashes). \
+            "the key file {} is missing, but the store holds records keyed or sealed with it. \
              A new key would silently lock everyone out: copy the file back from where this box's keys are kept (README: Keys and backups)",
             path.display()
         ),

@@ -42,6 +42,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: StoreCmd,
     },
+    /// Unknown-face snapshots (sealed at rest).
+    Snapshot {
+        #[command(subcommand)]
+        cmd: SnapshotCmd,
+    },
     /// Elders under wristband watch.
     Elder {
         #[command(flatten)]
@@ -219,6 +224,19 @@ enum ConfigCmd {
 }
 
 #[derive(Subcommand, Debug)]
+enum SnapshotCmd {
+    /// Decrypt one sealed snapshot to a JPEG (reads `snapshot.key`; run on the box).
+    Open {
+        #[arg(long, short, env = "GATEWARDEN_CONFIG", default_value = "/etc/gatewarden/gatewarden.toml")]
+        config: PathBuf,
+        /// A `*.jpg.sealed` file from the snapshot directory.
+        file: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum StoreCmd {
     /// Read every record, compare the critical trees with the integrity
     /// manifest, and list the scheduled backups. Exit 0 when whole, 1 when damaged.
@@ -278,6 +296,16 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             });
         }
         Cmd::Store { cmd: StoreCmd::Check { config } } => return store_check(&config),
+        Cmd::Snapshot { cmd: SnapshotCmd::Open { config, file, out } } => {
+            let cfg = load(&config)?;
+            let key = std::fs::read_to_string(cfg.snapshot_key_path()).map_err(|e| anyhow::anyhow!("{}: {e}", cfg.snapshot_key_path().display()))?;
+            let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let sealed = std::fs::read(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let jpeg = store::open_blob(key.trim().as_bytes(), &name, &sealed)
+                .ok_or_else(|| anyhow::anyhow!("{} does not open with this box's snapshot key (another box's, renamed, or damaged)", file.display()))?;
+            store::write_private(&out, &jpeg)?;
+            println!("{} → {} ({} bytes)", file.display(), out.display(), jpeg.len());
+        }
         Cmd::Elder { conn, cmd } => cli::elder(&client(&conn)?, cmd).await?,
         Cmd::Staff { conn, cmd } => cli::staff(&client(&conn)?, cmd).await?,
         Cmd::Escalation { conn, cmd } => cli::escalation(&client(&conn)?, cmd).await?,

@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use serde_json::json;
 use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
 
 async fn enroll(d: &Daemon, id: &str, band: &str) {
     d.post("/elders", json!({"id": id, "name": format!("老人{id}"), "building": "3栋", "room": "401", "bands": [band]})).await;
@@ -126,6 +127,60 @@ async fn hostile_roster_files_are_refused_and_the_daemon_stays_up() {
     assert_eq!(code, 400, "{v}");
     // Still up, still alerting.
     assert_eq!(w.d.health().await["store"], true);
+    sos_reaches_staff(&w, "E1", "c3a1f0001101").await;
+}
+
+/// Photos whose headers claim more pixels than any face photo has (a 25,000
+/// × 25,000 PNG of a few hundred bytes took the vision process to 2 GB) are
+/// refused by their header, before anything decodes them; other formats and
+/// torn headers too. The vision process stays up: a real photo still enrols,
+/// and alerts still go out.
+#[tokio::test(flavor = "multi_thread")]
+async fn photos_that_claim_huge_dimensions_are_refused_before_decoding() {
+    use base64::Engine;
+    let Some(faces) = shared_testdata("faces/people") else { return };
+    let w = world(&format!("{HOOK_LADDER}{}", vision_and_north_gate())).await;
+    enroll(&w.d, "E1", "c3a1f0001101").await;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let mut jpeg = std::fs::read(faces.join("img1.jpg")).unwrap();
+    // The same JPEG with its frame header rewritten to 30,000 × 30,000.
+    let mut sof = 2;
+    while !(0xC0..=0xC2).contains(&jpeg[sof + 1]) {
+        sof += 2 + u16::from_be_bytes([jpeg[sof + 2], jpeg[sof + 3]]) as usize;
+    }
+    jpeg[sof + 5..sof + 9].copy_from_slice(&[0x75, 0x30, 0x75, 0x30]);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("png 25000²", vision_protocol::image::png_header(25_000, 25_000), "pixels"),
+        ("jpeg 30000²", jpeg, "pixels"),
+        ("bmp", b"BM\x36\x00\x00\x00\x00\x00".to_vec(), "not a JPEG or PNG"),
+        ("torn png", vision_protocol::image::png_header(640, 480)[..19].to_vec(), "truncated or corrupt"),
+    ];
+    for (what, bytes, want) in cases {
+        let (code, v) =
+            w.d.api(
+                reqwest::Method::POST,
+                "/residents",
+                Some(json!({"name": "攻击", "unit": "1-1", "photos": [b64(&bytes)], "consent": {"by": "x", "how": "form"}})),
+            )
+            .await;
+        assert_eq!(code, 400, "{what}: {v}");
+        assert!(v.to_string().contains(want), "{what}: a clear reason: {v}");
+    }
+    assert!(w.d.get("/people").await.as_array().unwrap().is_empty(), "nothing enrolled");
+    // The vision process, which decodes what the daemon hands it, is told
+    // only its own section and the cameras: no store, no channels, no tokens.
+    let vision = std::fs::read_to_string(w._dir.path().join("vision.toml")).unwrap();
+    assert!(vision.contains("[vision]"), "{vision}");
+    let db = w._dir.path().join("db").display().to_string();
+    for secret in [db.as_str(), "[alert", "hook", "admin_token", "[http]"] {
+        assert!(!vision.contains(secret), "{secret} in the vision process's config:\n{vision}");
+    }
+    // Still up: a real photo enrols, and an SOS still reaches staff.
+    let real = b64(&std::fs::read(faces.join("img1.jpg")).unwrap());
+    let (code, v) =
+        w.d.api(reqwest::Method::POST, "/residents", Some(json!({"name": "真人", "unit": "1-1", "photos": [real], "consent": {"by": "x", "how": "form"}})))
+            .await;
+    assert_eq!(code, 200, "{v}");
     sos_reaches_staff(&w, "E1", "c3a1f0001101").await;
 }
 
@@ -374,7 +429,9 @@ async fn a_cross_origin_write_on_a_console_session_is_refused() {
     let c = reqwest::Client::new();
     let r = c.post(format!("http://127.0.0.1:{http}/console/login")).json(&json!({"user": "admin", "password": "correct-horse-battery"})).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let cookie = r.headers().get("set-cookie").unwrap().to_str().unwrap().split(';').next().unwrap().to_string();
+    let set = r.headers().get("set-cookie").unwrap().to_str().unwrap().to_string();
+    assert!(!set.contains("Secure"), "plain-HTTP console: a Secure cookie would never come back: {set}");
+    let cookie = set.split(';').next().unwrap().to_string();
     let write = async |origin: Option<&str>, id: &str| {
         let mut req = c.post(format!("http://127.0.0.1:{http}/api/v1/elders")).header("cookie", &cookie).json(&json!({"id": id, "name": "老人", "bands": []}));
         if let Some(o) = origin {
@@ -395,4 +452,193 @@ async fn a_cross_origin_write_on_a_console_session_is_refused() {
     assert_eq!(page.headers().get("x-frame-options").unwrap(), "DENY");
     enroll(&w.d, "E2", "c3a1f0000002").await;
     sos_reaches_staff(&w, "E2", "c3a1f0000002").await;
+}
+
+/// A guesser who spreads wrong PINs over the site's keypads stays under each
+/// keypad's own limit. Counted across the site, the run is caught: PIN entry
+/// stops at every gate, staff get one alert, and the right PIN is refused
+/// until the lockout ends. Alerts still go out.
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_pins_spread_over_the_keypads_are_caught_as_one_guessing_run() {
+    let mut gates = String::from("[access]\ncooldown = \"1ms\"\npin_site_max_failures = 12\n");
+    for g in ["north", "south", "east", "west"] {
+        gates.push_str(&format!("[[gates]]\nname = \"{g}\"\nactuator = {{ kind = \"log\" }}\n"));
+    }
+    let w = world(&(HOOK_LADDER.to_string() + &gates)).await;
+    w.d.post("/residents", json!({"id": "R1", "name": "张三", "unit": "3-401", "pin": "246810"})).await;
+    let p = w.broker.publisher().await;
+    // Three a keypad (each keypad's own limit is five), over MQTT like a real keypad.
+    for i in 0..12 {
+        let gate = ["north", "south", "east", "west"][i % 4];
+        p.publish(&format!("gatewarden/t/gate/{gate}/credential"), format!(r#"{{"kind":"pin","value":"{:06}"}}"#, 100_000 + i)).await;
+    }
+    let alert = eventually("one guessing alert", 20, async || w.rx.accepted("/hook").into_iter().find(|r| r.text().contains("guessing"))).await;
+    assert!(alert.text().contains("12 wrong PINs across 4 keypads"), "{}", alert.text());
+    for gate in ["north", "west"] {
+        let r = w.d.post(&format!("/gates/{gate}/credential"), json!({"kind": "pin", "value": "246810"})).await;
+        assert_eq!(r["opened"], false, "{gate}: the right PIN waits out the lockout: {r}");
+    }
+    let log = w.d.get("/log").await;
+    assert!(log.as_array().unwrap().iter().any(|e| e["entry"]["reason"].as_str().unwrap_or_default().contains("every gate")), "{log}");
+    enroll(&w.d, "E1", "c3a1f0000009").await;
+    sos_reaches_staff(&w, "E1", "c3a1f0000009").await;
+}
+
+/// A keypad at the north gate holds a device token, not the admin token. It
+/// presents credentials at its own gate; at any other gate, and on every
+/// other route, it is refused (and counted). A stolen keypad cannot enrol,
+/// read the roster or open another gate.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_token_presents_credentials_at_its_own_gate_only() {
+    let keys = tempfile::tempdir().unwrap();
+    let token = "north-keypad-0123456789abcdef";
+    std::fs::write(keys.path().join("north.token"), token).unwrap();
+    let gates = format!(
+        "[access]\ncooldown = \"1ms\"\n[[gates]]\nname = \"north\"\nactuator = {{ kind = \"log\" }}\ndevice_token_file = \"{}\"\n[[gates]]\nname = \"south\"\nactuator = {{ kind = \"log\" }}\n",
+        keys.path().join("north.token").display()
+    );
+    let w = world(&(HOOK_LADDER.to_string() + &gates)).await;
+    w.d.post("/residents", json!({"id": "R1", "name": "张三", "unit": "3-401", "pin": "246810"})).await;
+    let c = reqwest::Client::new();
+    let url = |p: &str| format!("http://127.0.0.1:{}/api/v1{p}", w.d.http_port);
+    let call = async |m: reqwest::Method, p: &str, body: Option<serde_json::Value>, tok: &str| {
+        let mut r = c.request(m, url(p)).bearer_auth(tok);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().await.unwrap();
+        (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap_or_default())
+    };
+    let pin = json!({"kind": "pin", "value": "246810"});
+    let (code, v) = call(reqwest::Method::POST, "/gates/north/credential", Some(pin.clone()), token).await;
+    assert_eq!((code, v["opened"].clone()), (200, json!(true)), "its own gate: {v}");
+    let (code, v) = call(reqwest::Method::POST, "/gates/south/credential", Some(pin.clone()), token).await;
+    assert_eq!(code, 403, "another gate: {v}");
+    for (m, p, b) in [
+        (reqwest::Method::GET, "/people", None),
+        (reqwest::Method::POST, "/residents", Some(json!({"name": "入侵", "unit": "1-1", "pin": "111111"}))),
+        (reqwest::Method::GET, "/log", None),
+        (reqwest::Method::POST, "/backup", None),
+    ] {
+        let (code, v) = call(m.clone(), p, b, token).await;
+        assert_eq!(code, 403, "{m} {p}: {v}");
+    }
+    let (code, _) = call(reqwest::Method::POST, "/gates/north/credential", Some(pin), "north-keypad-0123456789abcdeX").await;
+    assert_eq!(code, 401, "a wrong token is not a device token");
+    assert!(w.d.metric("gatewarden_mqtt_rejected_total{reason=\"device_token_scope\"}").await >= 5.0);
+    assert_eq!(w.d.get("/people").await.as_array().unwrap().len(), 1, "nothing enrolled by the keypad");
+    enroll(&w.d, "E1", "c3a1f0000009").await;
+    sos_reaches_staff(&w, "E1", "c3a1f0000009").await;
+}
+
+/// Make a CA, and certificates it signs, with the openssl CLI: (ca, cert, key) paths.
+fn tls_files(dir: &std::path::Path, ca: &str, name: &str, ext: &str) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl(1)");
+        assert!(o.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    if !dir.join(format!("{ca}.crt")).exists() {
+        run(&[&["req", "-x509"][..], &ec, &["-keyout", &format!("{ca}.key"), "-out", &format!("{ca}.crt"), "-days", "2", "-subj", &format!("/CN={ca}")]]
+            .concat());
+    }
+    run(&[&["req"][..], &ec, &["-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", &format!("/CN={name}")]].concat());
+    std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &format!("{name}.csr"),
+        "-CA",
+        &format!("{ca}.crt"),
+        "-CAkey",
+        &format!("{ca}.key"),
+        "-CAcreateserial",
+        "-out",
+        &format!("{name}.crt"),
+        "-days",
+        "2",
+        "-extfile",
+        &format!("{name}.ext"),
+    ]);
+    (dir.join(format!("{ca}.crt")), dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")))
+}
+
+/// The daemon reaches a TLS-only broker listener (`mqtts://`, the shipped
+/// mosquitto's LAN listener) with the site CA and a client certificate, and
+/// alerts through it. A broker whose certificate another CA signed (a
+/// man in the middle) is refused: the daemon never connects to it.
+#[tokio::test(flavor = "multi_thread")]
+async fn mqtts_with_the_site_ca_and_a_client_certificate_and_no_other_ca() {
+    let pki = tempfile::tempdir().unwrap();
+    let (ca, srv, srv_key) = tls_files(pki.path(), "site-ca", "broker", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n");
+    let (_, cli, cli_key) = tls_files(pki.path(), "site-ca", "gatewarden", "extendedKeyUsage=clientAuth\n");
+    let (evil_ca, _, _) = tls_files(pki.path(), "evil-ca", "evil", "subjectAltName=DNS:localhost\n");
+    // mosquitto, started as root, drops to its own user: let it read its files.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for e in std::fs::read_dir(pki.path()).unwrap() {
+            std::fs::set_permissions(e.unwrap().path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        std::fs::set_permissions(pki.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let tls = free_port();
+    let broker = Mosquitto::start_with(&format!(
+        "listener {tls} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+        ca.display(),
+        srv.display(),
+        srv_key.display()
+    ));
+    let rx = Receiver::start().await;
+    let mqtts = |ca: &std::path::Path| {
+        format!(
+            "[mqtt]\nbroker = \"mqtts://localhost:{tls}\"\nca_file = \"{}\"\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"\nreconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n",
+            ca.display(),
+            cli.display(),
+            cli_key.display()
+        )
+    };
+    let with_tls = |dir: &std::path::Path, http: u16, ca: &std::path::Path| {
+        let base = config(dir, broker.port, http, &HOOK_LADDER.replace("{R}", &rx.url("")));
+        // Replace the plain [mqtt] section with the TLS one.
+        let start = base.find("[mqtt]").unwrap();
+        let end = start + base[start..].find("[presence]").unwrap();
+        format!("{}{}{}", &base[..start], mqtts(ca), &base[end..])
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let http = free_port();
+    let d = Daemon::start(dir.path(), &with_tls(dir.path(), http, &ca), http).await;
+    eventually("connected over TLS", 15, async || (d.health().await["mqtt_connected"] == true).then_some(())).await;
+    enroll(&d, "E1", "c3a1f0000009").await;
+    broker.publisher().await.publish("gatewarden/t/sighting", r#"{"band":"c3a1f0000009","gateway":"b3","sos":true}"#).await;
+    eventually("the SOS through the TLS listener", 15, async || rx.accepted("/hook").iter().any(|r| r.text().contains("SOS")).then_some(())).await;
+
+    // The same daemon configuration trusting another CA: never connected.
+    let dir2 = tempfile::tempdir().unwrap();
+    let http2 = free_port();
+    let d2 = Daemon::start_unconnected(dir2.path(), &with_tls(dir2.path(), http2, &evil_ca), http2).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(d2.health().await["mqtt_connected"], false, "connected to a broker it cannot verify");
+    assert!(d2.log().to_lowercase().contains("certificate") || d2.log().contains("UnknownIssuer"), "the log says why:\n{}", d2.log());
+}
+
+/// Behind the TLS proxy the README recommends (`http.public_url` is https),
+/// the session cookie is `Secure`: a browser never sends it over plain HTTP.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_console_cookie_is_secure_behind_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start();
+    let http = free_port();
+    let text = config(dir.path(), broker.port, http, "").replace("[http]\n", "[http]\npublic_url = \"https://gate.example\"\n");
+    let d = Daemon::start(dir.path(), &text, http).await;
+    d.post("/users", json!({"name": "admin", "role": "admin", "password": "correct-horse-battery"})).await;
+    let r = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{http}/console/login"))
+        .json(&json!({"user": "admin", "password": "correct-horse-battery"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let set = r.headers().get("set-cookie").unwrap().to_str().unwrap();
+    assert!(set.contains("; Secure") && set.contains("HttpOnly") && set.contains("SameSite=Strict"), "{set}");
 }

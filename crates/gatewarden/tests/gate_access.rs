@@ -213,8 +213,20 @@ actuator = {{ kind = "log" }}
     assert!(!east.is_empty() && east.iter().all(|e| e["opened"] == false), "the photo never opens: {east:?}");
     assert!(east.iter().any(|e| e["reason"].as_str().unwrap().contains("liveness")), "{east:?}");
     assert!(d.log().contains("DRY RUN: gate would open"));
-    // An unknown face leaves a snapshot (kept for access.unknown_retention).
-    assert!(std::fs::read_dir(dir.path().join("snapshots")).unwrap().count() >= 1);
+    // An unknown face leaves a snapshot (kept for access.unknown_retention),
+    // sealed: no JPEG on disk, and only this box's key opens it.
+    let snap = std::fs::read_dir(dir.path().join("snapshots")).unwrap().next().expect("a snapshot").unwrap().path();
+    assert!(snap.to_string_lossy().ends_with(".jpg.sealed"), "{}", snap.display());
+    let raw = std::fs::read(&snap).unwrap();
+    assert!(!raw.starts_with(&[0xFF, 0xD8]) && !raw.windows(4).any(|w| w == b"JFIF"), "a JPEG in the clear");
+    let opened = dir.path().join("opened.jpg");
+    let o = d.cli(&["snapshot", "open", snap.to_str().unwrap(), "--out", opened.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(std::fs::read(&opened).unwrap().starts_with(&[0xFF, 0xD8]), "it opens to a JPEG");
+    let renamed = dir.path().join("south-19700101T000000.000.jpg.sealed");
+    std::fs::copy(&snap, &renamed).unwrap();
+    let o = d.cli(&["snapshot", "open", renamed.to_str().unwrap(), "--out", opened.to_str().unwrap()]);
+    assert!(!o.status.success(), "a sealed snapshot is bound to its name");
     // The chain is intact, and CSV export carries the decisions.
     let o = d.cli(&["log", "verify"]);
     assert!(o.status.success() && out(&o).contains("intact"), "{}", out(&o));

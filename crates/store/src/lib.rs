@@ -50,6 +50,8 @@ pub enum StoreError {
     Unwritable { path: String, source: std::io::Error },
     #[error("the store at {path} could not be reopened after a write failure: {reason}. Restart gatewarden; if it does not start, restore the last backup")]
     Reopen { path: String, reason: String },
+    #[error("the entry log is chained under a key and none is loaded (entry.key)")]
+    NoEntryKey,
     #[error("personal data is sealed per person and no person key file is loaded (access.person_keys_file)")]
     NoPersonKeys,
     #[error("the record of {person} cannot be opened with its key: the person key file does not belong to this store")]
@@ -77,7 +79,7 @@ pub use access::{Consent, PersonRecord};
 pub use backup::{key_fingerprint, BackupError, BackupHeader};
 pub use console::{AuditEntry, User};
 pub use integrity::{Damage, Integrity, Manifest, TreeSum, MANIFEST};
-pub use shred::PersonKeys;
+pub use shred::{open_blob, seal_blob, PersonKeys};
 pub use templates::{open_transfer, rotate_template_key, seal_for_transfer, TemplateKeys};
 
 // Helpers the table files share.
@@ -110,6 +112,8 @@ pub struct Store {
     history_last: Arc<std::sync::Mutex<std::collections::HashMap<String, (Timestamp, String)>>>,
     /// Per-person keys, from a file outside sled (`shred`).
     person_keys: Arc<std::sync::Mutex<Option<PersonKeys>>>,
+    /// The entry-log chain's HMAC key (`entry.key`, outside sled).
+    entry_key: Arc<RwLock<Option<Vec<u8>>>>,
 }
 
 /// One open sled database and its trees.
@@ -207,6 +211,7 @@ impl Store {
             trees: Arc::new(RwLock::new(Some(Arc::new(Trees::open(path)?)))),
             history_last: Default::default(),
             person_keys: Default::default(),
+            entry_key: Default::default(),
         };
         s.migrate()?;
         let id_floor = s.t().meta.get("id_floor")?.map(|v| dec("meta", &v)).transpose()?.unwrap_or(0);

@@ -91,6 +91,22 @@ fn open_bytes(key: &[u8; 32], aad: &str, sealed: &[u8]) -> Option<Vec<u8>> {
     chacha20poly1305::ChaCha20Poly1305::new(key.into()).decrypt(nonce.into(), Payload { msg: ct, aad: aad.as_bytes() }).ok()
 }
 
+/// Seal a file's bytes (an unknown-face snapshot) under a key file's secret,
+/// bound to the file's name: a sealed file cannot be passed off as another.
+pub fn seal_blob(secret: &[u8], name: &str, plain: &[u8]) -> Vec<u8> {
+    seal_bytes(&blob_key(secret), name, plain)
+}
+
+/// Open what `seal_blob` sealed under this name; None for another key or name.
+pub fn open_blob(secret: &[u8], name: &str, sealed: &[u8]) -> Option<Vec<u8>> {
+    open_bytes(&blob_key(secret), name, sealed)
+}
+
+fn blob_key(secret: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::new().chain_update(b"gatewarden blob v1").chain_update(secret).finalize().into()
+}
+
 /// The key that seals one person's face templates: both the template key
 /// (rotated for the whole site) and the person's own key (shredded on forget).
 pub(crate) fn template_seal_key(template_key: &[u8; 32], person_key: &[u8; 32]) -> [u8; 32] {

@@ -3,6 +3,7 @@
 //! cannot take the alerting daemon down, and the daemon does not map the
 //! ~240 shared libraries OpenCV pulls in (55 MB of RSS). One JSON object per line.
 
+pub mod image;
 pub mod models;
 
 /// A visitor pass in a QR code: this prefix, then the pass token.

@@ -12,9 +12,8 @@ pub fn load(path: &Path) -> Result<Mat> {
 
 /// Decode JPEG/PNG bytes to a BGR image.
 pub fn decode(bytes: &[u8], what: &str) -> Result<Mat> {
-    if bytes.is_empty() {
-        return Err(VisionError::Image { what: what.into(), reason: "the file is empty".into() });
-    }
+    // Dimensions from the header first: the decoder allocates what it claims.
+    vision_protocol::image::check(bytes).map_err(|e| VisionError::Image { what: what.into(), reason: e.to_string() })?;
     let buf = Vector::<u8>::from_slice(bytes);
     let m = opencv::imgcodecs::imdecode(&buf, opencv::imgcodecs::IMREAD_COLOR)?;
     if m.empty() || m.cols() < 16 || m.rows() < 16 {

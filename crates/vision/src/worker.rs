@@ -25,7 +25,11 @@ pub fn decode_qr(bgr: &opencv::core::Mat) -> Vec<String> {
     let (w, h) = (grey.cols() as usize, grey.rows() as usize);
     let Ok(px) = grey.data_bytes() else { return vec![] };
     let mut img = rqrr::PreparedImage::prepare_from_greyscale(w, h, |x, y| px[y * w + x]);
-    img.detect_grids().into_iter().filter_map(|g| g.decode().ok().map(|(_, s)| s)).filter(|s| s.starts_with(QR_PREFIX)).collect()
+    img.detect_grids()
+        .into_iter()
+        .filter_map(|g| g.decode().ok().map(|(_, s)| s))
+        .filter(|s| s.starts_with(QR_PREFIX) && s.len() <= vision_protocol::image::MAX_QR_PAYLOAD)
+        .collect()
 }
 
 fn send(out: &mut impl Write, m: &FromVision) -> bool {

@@ -1,10 +1,13 @@
 //! The entry log: every gate decision, append-only, each record chained to
-//! the previous one by SHA-256, so that an edit or a deletion anywhere is
-//! found by `gatewarden log verify`.
+//! the previous one by HMAC-SHA256 under a key kept outside the database
+//! (`entry.key`), so that an edit or a deletion anywhere is found by
+//! `gatewarden log verify`, even by someone who can write the database: they
+//! cannot recompute the chain without the key.
 
 use crate::clock::Timestamp;
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "snake_case")]
@@ -63,12 +66,12 @@ pub struct Chained {
 
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-pub fn hash(seq: u64, prev: &str, e: &Entry) -> String {
-    let mut h = Sha256::new();
-    h.update(seq.to_be_bytes());
+pub fn hash(key: &[u8], seq: u64, prev: &str, e: &Entry) -> String {
+    let mut h = Hmac::<Sha256>::new_from_slice(key).expect("any key length");
+    h.update(&seq.to_be_bytes());
     h.update(prev.as_bytes());
-    h.update(serde_json::to_vec(e).expect("entry serializes"));
-    hex::encode(h.finalize())
+    h.update(&serde_json::to_vec(e).expect("entry serializes"));
+    hex::encode(h.finalize().into_bytes())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -86,7 +89,12 @@ pub enum ChainError {
 /// Check a whole chain in order against the recorded head. `anchor` is the
 /// (seq, hash) of the last record removed by the retention purge, if any: the
 /// chain then starts right after it.
-pub fn verify<'a>(records: impl IntoIterator<Item = &'a Chained>, head: Option<(u64, &str)>, anchor: Option<(u64, &str)>) -> Result<u64, ChainError> {
+pub fn verify<'a>(
+    key: &[u8],
+    records: impl IntoIterator<Item = &'a Chained>,
+    head: Option<(u64, &str)>,
+    anchor: Option<(u64, &str)>,
+) -> Result<u64, ChainError> {
     let (start, mut prev_hash) = anchor.map_or((1u64, GENESIS.to_string()), |(s, h)| (s + 1, h.to_string()));
     let mut expected = start;
     for r in records {
@@ -96,7 +104,7 @@ pub fn verify<'a>(records: impl IntoIterator<Item = &'a Chained>, head: Option<(
         if r.prev != prev_hash {
             return Err(ChainError::Broken { seq: r.seq, prev_seq: r.seq - 1 });
         }
-        if hash(r.seq, &r.prev, &r.entry) != r.hash {
+        if hash(key, r.seq, &r.prev, &r.entry) != r.hash {
             return Err(ChainError::Altered { seq: r.seq });
         }
         prev_hash = r.hash.clone();
@@ -161,12 +169,14 @@ mod tests {
         }
     }
 
+    const KEY: &[u8] = b"this box's entry-log key";
+
     fn chain(n: u32) -> Vec<Chained> {
         let mut prev = GENESIS.to_string();
         (1..=n)
             .map(|i| {
                 let e = entry(i);
-                let h = hash(i as u64, &prev, &e);
+                let h = hash(KEY, i as u64, &prev, &e);
                 let c = Chained { seq: i as u64, prev: prev.clone(), hash: h.clone(), entry: e };
                 prev = h;
                 c
@@ -177,27 +187,45 @@ mod tests {
     #[test]
     fn an_intact_chain_verifies() {
         let c = chain(5);
-        assert_eq!(verify(&c, Some((5, &c[4].hash)), None), Ok(5));
+        assert_eq!(verify(KEY, &c, Some((5, &c[4].hash)), None), Ok(5));
         // After a retention purge of the first two, the rest verifies from the anchor.
-        assert_eq!(verify(&c[2..], Some((5, &c[4].hash)), Some((2, &c[1].hash))), Ok(3));
-        assert!(verify(&c[3..], Some((5, &c[4].hash)), Some((2, &c[1].hash))).is_err(), "a gap after the anchor is found");
+        assert_eq!(verify(KEY, &c[2..], Some((5, &c[4].hash)), Some((2, &c[1].hash))), Ok(3));
+        assert!(verify(KEY, &c[3..], Some((5, &c[4].hash)), Some((2, &c[1].hash))).is_err(), "a gap after the anchor is found");
     }
 
     #[test]
     fn an_edit_a_deletion_or_a_truncation_is_found() {
         let mut c = chain(5);
         c[2].entry.opened = false;
-        assert_eq!(verify(&c, None, None), Err(ChainError::Altered { seq: 3 }));
+        assert_eq!(verify(KEY, &c, None, None), Err(ChainError::Altered { seq: 3 }));
         let mut c = chain(5);
         c.remove(2);
-        assert_eq!(verify(&c, None, None), Err(ChainError::Missing { seq: 4, expected: 3 }));
+        assert_eq!(verify(KEY, &c, None, None), Err(ChainError::Missing { seq: 4, expected: 3 }));
         let c = chain(5);
         let head = c[4].hash.clone();
-        assert!(matches!(verify(&c[..4], Some((5, &head)), None), Err(ChainError::Truncated { .. })));
+        assert!(matches!(verify(KEY, &c[..4], Some((5, &head)), None), Err(ChainError::Truncated { .. })));
         // Rewriting one record's hash to match its edit still breaks the link to the next.
         let mut c = chain(5);
         c[1].entry.reason = "forged".into();
-        c[1].hash = hash(2, &c[1].prev, &c[1].entry);
-        assert_eq!(verify(&c, None, None), Err(ChainError::Broken { seq: 3, prev_seq: 2 }));
+        c[1].hash = hash(KEY, 2, &c[1].prev, &c[1].entry);
+        assert_eq!(verify(KEY, &c, None, None), Err(ChainError::Broken { seq: 3, prev_seq: 2 }));
+    }
+
+    #[test]
+    fn a_chain_rewritten_without_the_key_does_not_verify() {
+        // Whoever can write the database rewrites a record and re-chains every
+        // record after it, with any key but the box's own.
+        let mut c = chain(5);
+        c[1].entry.opened = false;
+        let mut prev = c[0].hash.clone();
+        for r in c.iter_mut().skip(1) {
+            r.prev = prev.clone();
+            r.hash = hash(b"a guessed key", r.seq, &r.prev, &r.entry);
+            prev = r.hash.clone();
+        }
+        let head = c[4].hash.clone();
+        assert_eq!(verify(KEY, &c, Some((5, &head)), None), Err(ChainError::Altered { seq: 2 }));
+        let anchor = c[0].hash.clone();
+        assert_eq!(verify(b"a guessed key", &c[1..], Some((5, &head)), Some((1, &anchor))), Ok(4), "the forgery holds only under its own key");
     }
 }

@@ -105,6 +105,11 @@ pub struct Settings {
     /// Wrong PINs at one gate before it stops taking PINs for `pin_lockout`.
     pub pin_max_failures: u32,
     pub pin_lockout: Duration,
+    /// Wrong PINs across every keypad of the site within `pin_site_window`
+    /// before PIN entry stops at every gate for `pin_lockout`, with an alert:
+    /// a guesser who spreads tries over the keypads stays under each one's limit.
+    pub pin_site_max_failures: u32,
+    pub pin_site_window: Duration,
     /// A plate is confirmed after this many identical reads, or one read this sure.
     pub plate_votes: usize,
     pub plate_sure: f32,
@@ -127,6 +132,8 @@ impl Default for Settings {
             spoof_window: Duration::minutes(10),
             pin_max_failures: 5,
             pin_lockout: Duration::minutes(5),
+            pin_site_max_failures: 15,
+            pin_site_window: Duration::minutes(10),
             plate_votes: 3,
             plate_sure: 0.97,
             plate_gone_after: Duration::seconds(30),
@@ -165,9 +172,22 @@ pub struct Vehicle {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum GateAlert {
-    SpoofAttempts { gate: String, count: u32 },
-    DenyListed { gate: String, person: String },
-    PinLockout { gate: String },
+    SpoofAttempts {
+        gate: String,
+        count: u32,
+    },
+    DenyListed {
+        gate: String,
+        person: String,
+    },
+    PinLockout {
+        gate: String,
+    },
+    /// Wrong PINs across the site's keypads: someone is guessing; PIN entry is locked everywhere.
+    PinGuessing {
+        failures: u32,
+        gates: usize,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -213,6 +233,9 @@ pub struct Policy {
     state: HashMap<String, GateState>,
     /// Anti-passback: the direction of each person's last passage.
     last_direction: HashMap<String, Direction>,
+    /// Wrong PINs across the site (time, gate), and the site-wide lock.
+    site_pin_failures: VecDeque<(Timestamp, String)>,
+    site_pin_locked_until: Option<Timestamp>,
     vehicles: HashMap<String, Vehicle>,
     voter: super::plate::Voter,
 }
@@ -226,6 +249,8 @@ impl Policy {
             by_secret: HashMap::new(),
             state: HashMap::new(),
             last_direction: HashMap::new(),
+            site_pin_failures: VecDeque::new(),
+            site_pin_locked_until: None,
             vehicles: HashMap::new(),
             voter: super::plate::Voter::new(settings.plate_votes, settings.plate_sure, settings.plate_gone_after),
         }
@@ -378,6 +403,10 @@ impl Policy {
             out.push(self.log(&gate, kind, None, "unknown", None, None, false, "PIN entry locked after repeated wrong PINs", now));
             return;
         }
+        if kind == Credential::Pin && self.site_pin_locked_until.is_some_and(|t| now < t) {
+            out.push(self.log(&gate, kind, None, "unknown", None, None, false, "PIN entry locked at every gate: wrong PINs across the site", now));
+            return;
+        }
         match self.by_secret.get(&(kind, secret_hash)).cloned() {
             Some(p) => self.decide(&gate, &p, kind, None, None, now, out),
             None => {
@@ -390,6 +419,18 @@ impl Policy {
                         st.pin_locked_until = Some(now + s.pin_lockout);
                         st.pin_failures.clear();
                         out.push(Action::Alert(GateAlert::PinLockout { gate: gate.clone() }));
+                    }
+                    let site = &mut self.site_pin_failures;
+                    site.push_back((now, gate.clone()));
+                    // Bounded by the window, and by the limit itself.
+                    while site.front().is_some_and(|(t, _)| now - *t > s.pin_site_window) || site.len() > s.pin_site_max_failures.max(1) as usize {
+                        site.pop_front();
+                    }
+                    if site.len() as u32 >= s.pin_site_max_failures.max(1) {
+                        let gates = site.iter().map(|(_, g)| g).collect::<std::collections::HashSet<_>>().len();
+                        self.site_pin_locked_until = Some(now + s.pin_lockout);
+                        out.push(Action::Alert(GateAlert::PinGuessing { failures: site.len() as u32, gates }));
+                        site.clear();
                     }
                 }
                 out.push(self.log(&gate, kind, None, "unknown", None, None, false, &format!("unknown {}", kind.as_str()), now));
@@ -630,6 +671,38 @@ mod tests {
         assert_eq!(opens(&a), 0, "locked even for a right PIN");
         let a = p.handle(Input::Credential { gate: "north".into(), kind: Credential::Pin, secret_hash: "pin-R1".into() }, t(400));
         assert_eq!(opens(&a), 1);
+    }
+
+    #[test]
+    fn wrong_pins_spread_over_the_keypads_lock_every_gate_and_alert() {
+        let mut p = policy();
+        let gates = ["north", "south", "east", "west"];
+        let mut all = Vec::new();
+        // Four a gate: under each keypad's limit of five.
+        for i in 0..15 {
+            let gate = gates[i % 4];
+            all.extend(p.handle(Input::Credential { gate: gate.into(), kind: Credential::Pin, secret_hash: format!("guess{i}") }, t(i as i64)));
+        }
+        assert!(!all.iter().any(|a| matches!(a, Action::Alert(GateAlert::PinLockout { .. }))), "no keypad reached its own limit");
+        assert!(all.contains(&Action::Alert(GateAlert::PinGuessing { failures: 15, gates: 4 })), "{all:?}");
+        for gate in gates {
+            let a = p.handle(Input::Credential { gate: gate.into(), kind: Credential::Pin, secret_hash: "pin-R1".into() }, t(20));
+            assert_eq!(opens(&a), 0, "locked at {gate} even for a right PIN");
+            assert!(logs(&a)[0].reason.contains("every gate"));
+        }
+        // Cards still work: only PIN entry is locked.
+        let a = p.handle(Input::Credential { gate: "north".into(), kind: Credential::Card, secret_hash: "card-R1".into() }, t(21));
+        assert_eq!(opens(&a), 1);
+        let a = p.handle(Input::Credential { gate: "south".into(), kind: Credential::Pin, secret_hash: "pin-R1".into() }, t(400));
+        assert_eq!(opens(&a), 1, "open again after the lockout");
+        // Slow guessing, under the site rate, never trips it.
+        let mut slow = Vec::new();
+        for i in 0..40 {
+            slow.extend(
+                p.handle(Input::Credential { gate: gates[i % 4].into(), kind: Credential::Pin, secret_hash: format!("slow{i}") }, t(1000 + i as i64 * 60)),
+            );
+        }
+        assert!(!slow.iter().any(|a| matches!(a, Action::Alert(GateAlert::PinGuessing { .. }))));
     }
 
     #[test]

@@ -116,7 +116,9 @@ async fn templates(sh: &Shared, photos: &[String]) -> Result<Vec<Vec<f32>>, ApiE
     let v = sh.vision.as_ref().ok_or_else(|| bad("face enrolment needs the face models: set [vision] enabled = true"))?;
     let mut out = Vec::new();
     for (i, p) in photos.iter().enumerate() {
-        base64::engine::general_purpose::STANDARD.decode(p.trim()).map_err(|e| bad(format!("photo {}: not base64 ({e})", i + 1)))?;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(p.trim()).map_err(|e| bad(format!("photo {}: not base64 ({e})", i + 1)))?;
+        // Refused here, before the vision process allocates what the header claims.
+        vision_protocol::image::check(&bytes).map_err(|e| bad(format!("photo {}: {e}", i + 1)))?;
         let (tx, rx) = oneshot::channel();
         v.send(VisionCmd::Enrol { image: p.clone(), reply: tx }).await.map_err(|_| anyhow::anyhow!("the vision process is not running"))?;
         match rx.await.map_err(|_| anyhow::anyhow!("the vision process is not running"))? {
@@ -378,12 +380,7 @@ pub async fn log(State(sh): S, Query(q): Query<LogQuery>) -> Result<Response, Ap
 }
 
 pub async fn verify_log(State(sh): S) -> Result<Response, ApiError> {
-    let entries = sh.store.entries()?;
-    let head = sh.store.entry_head()?;
-    let anchor = sh.store.entry_anchor()?;
-    // A crash mid-purge can leave the anchor past a record still present: skip those.
-    let entries: Vec<_> = entries.into_iter().filter(|c| anchor.as_ref().is_none_or(|(a, _)| c.seq > *a)).collect();
-    match elog::verify(&entries, head.as_ref().map(|(s, h)| (*s, h.as_str())), anchor.as_ref().map(|(s, h)| (*s, h.as_str()))) {
+    match sh.store.verify_entries()? {
         Ok(n) => Ok(Json(json!({ "ok": true, "records": n })).into_response()),
         Err(e) => Ok((StatusCode::CONFLICT, Json(json!({ "ok": false, "error": e.to_string() }))).into_response()),
     }

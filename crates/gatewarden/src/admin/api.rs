@@ -170,6 +170,14 @@ async fn auth(State(sh): S, headers: HeaderMap, mut req: axum::extract::Request,
         use subtle_eq::ct_eq;
         ct_eq(g.as_bytes(), sh.admin_token.as_bytes())
     });
+    // A keypad's or reader's token: credentials at its own gate, nothing else.
+    if let Some((gate, _)) = given.filter(|_| !by_token).and_then(|g| sh.device_tokens.iter().find(|(_, t)| subtle_eq::ct_eq(g.as_bytes(), t.as_bytes()))) {
+        if req.method() == axum::http::Method::POST && req.uri().path() == format!("/gates/{gate}/credential") {
+            return next.run(req).await;
+        }
+        sh.metrics.reject("device_token_scope");
+        return ApiError(StatusCode::FORBIDDEN, format!("this device token presents credentials at gate {gate} only")).into_response();
+    }
     let actor = match by_token {
         true => Some(Actor { name: "admin-token".into(), role: Role::Admin }),
         false => super::console::session_cookie(&headers).and_then(|t| sh.sessions.actor(&t, sh.clock.now())),

@@ -210,7 +210,7 @@ pub async fn login(State(sh): S, super::server::ClientIp(client): super::server:
     let ttl = c.session_ttl.get();
     let token = sh.sessions.open(&user, role, now, now + domain::clock::chrono_dur(ttl));
     tracing::info!(user = %user.name, role = role.as_str(), "console login");
-    let cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}", ttl.as_secs());
+    let cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}", ttl.as_secs(), secure(&sh));
     ([(header::SET_COOKIE, cookie)], Json(json!({ "user": user.name, "role": role.as_str() }))).into_response()
 }
 
@@ -219,7 +219,17 @@ pub async fn logout(State(sh): S, headers: HeaderMap) -> Response {
     if let Some(t) = session_cookie(&headers) {
         sh.sessions.close(&t);
     }
-    ([(header::SET_COOKIE, format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"))], Json(json!({ "ok": true }))).into_response()
+    ([(header::SET_COOKIE, format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{}", secure(&sh)))], Json(json!({ "ok": true }))).into_response()
+}
+
+/// Behind the TLS proxy (`http.public_url` is https) the browser must never
+/// send the session cookie over plain HTTP.
+fn secure(sh: &Shared) -> &'static str {
+    if sh.cfg.public_url().starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    }
 }
 
 /// What staff (as opposed to admins) may do: read the operational pages,

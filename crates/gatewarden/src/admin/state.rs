@@ -27,6 +27,8 @@ pub struct Shared {
     pub senders: HashMap<String, Sender>,
     pub ack_secret: Vec<u8>,
     pub admin_token: String,
+    /// (gate, token): device tokens that present credentials at their own gate only.
+    pub device_tokens: Vec<(String, String)>,
     pub started: Instant,
     /// The gate task, when gates are configured.
     pub gates: Option<mpsc::Sender<crate::gate::task::GateMsg>>,

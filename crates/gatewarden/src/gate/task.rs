@@ -88,6 +88,8 @@ pub struct VisionSupervisor {
     pub metrics: Arc<Metrics>,
     /// No heartbeat answered for this long: kill and restart the process.
     pub heartbeat_timeout: Duration,
+    /// Environment variables that carry secrets (`mqtt.password_env`), kept from the child.
+    pub secret_env: Vec<String>,
 }
 
 impl VisionSupervisor {
@@ -95,9 +97,19 @@ impl VisionSupervisor {
         let mut backoff = Duration::from_secs(1);
         let mut next_id = 1u64;
         loop {
-            let child = tokio::process::Command::new(&self.binary)
+            let mut cmd = tokio::process::Command::new(&self.binary);
+            // No secret reaches the child through its environment either.
+            for (k, _) in std::env::vars_os() {
+                let k = k.to_string_lossy().into_owned();
+                if k.starts_with("GATEWARDEN_") || self.secret_env.contains(&k) {
+                    cmd.env_remove(&k);
+                }
+            }
+            let child = cmd
                 .arg("--config")
                 .arg(&self.config)
+                // OpenCV's own cap, behind the header check in `vision_protocol::image`.
+                .env("OPENCV_IO_MAX_IMAGE_PIXELS", vision_protocol::image::MAX_IMAGE_PIXELS.to_string())
                 .stdin(std::process::Stdio::piped())
                 .stdout(std::process::Stdio::piped())
                 .kill_on_drop(true)
@@ -229,6 +241,8 @@ pub struct GateTask {
     pub cameras: Vec<String>,
     pub camera_stats: CameraStats,
     pub snapshot_dir: std::path::PathBuf,
+    /// Seals unknown-face snapshots (`snapshot.key`, beside the store).
+    pub snapshot_key: Vec<u8>,
     pub credential_key: Vec<u8>,
 }
 
@@ -355,9 +369,11 @@ impl GateTask {
                 }
                 Action::Snapshot { gate } => {
                     if let Some(jpeg) = snapshot {
-                        let name = format!("{gate}-{}.jpg", self.clock.now().format("%Y%m%dT%H%M%S%.3f"));
+                        // A face is personal data: sealed at rest, opened with `gatewarden snapshot open`.
+                        let name = format!("{gate}-{}.jpg.sealed", self.clock.now().format("%Y%m%dT%H%M%S%.3f"));
                         let _ = std::fs::create_dir_all(&self.snapshot_dir);
-                        if let Err(e) = std::fs::write(self.snapshot_dir.join(name), jpeg) {
+                        let sealed = store::seal_blob(&self.snapshot_key, &name, jpeg);
+                        if let Err(e) = store::write_private(&self.snapshot_dir.join(&name), &sealed) {
                             tracing::warn!(error = %e, "cannot keep the unknown-face snapshot");
                         }
                     }
@@ -367,6 +383,12 @@ impl GateTask {
                         GateAlert::SpoofAttempts { gate, count } => (AlertKind::SpoofAttempts, gate, format!("{count} liveness failures")),
                         GateAlert::DenyListed { gate, person } => (AlertKind::DenyListed, gate, format!("deny-listed person {person}")),
                         GateAlert::PinLockout { gate } => (AlertKind::PinLockout, gate, "too many wrong PINs".into()),
+                        // One alert for the site, under a subject no gate can be named.
+                        GateAlert::PinGuessing { failures, gates } => (
+                            AlertKind::PinLockout,
+                            "(all gates)".to_string(),
+                            format!("{failures} wrong PINs across {gates} keypads: someone is guessing; PIN entry is locked at every gate"),
+                        ),
                     };
                     self.alert(kind, &gate, detail, true).await;
                 }

@@ -117,7 +117,7 @@ impl Acks {
     }
 }
 
-pub fn options(cfg: &Config) -> MqttOptions {
+pub fn options(cfg: &Config) -> anyhow::Result<MqttOptions> {
     let (host, port) = match cfg.mqtt.external_addr() {
         Ok(Some(hp)) => hp,
         _ => (cfg.mqtt.embedded_listen.ip().to_string(), cfg.mqtt.embedded_listen.port()),
@@ -133,12 +133,50 @@ pub fn options(cfg: &Config) -> MqttOptions {
     if let Some(u) = &cfg.mqtt.username {
         o.set_credentials(u.clone(), cfg.mqtt_password().unwrap_or_default());
     }
-    o
+    if cfg.mqtt.tls() {
+        o.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::new(tls_config(cfg)?))));
+    }
+    Ok(o)
+}
+
+/// rustls with the ring provider: the CA from `mqtt.ca_file` (else the public
+/// web roots), and a client certificate when one is configured.
+fn tls_config(cfg: &Config) -> anyhow::Result<rustls::ClientConfig> {
+    use anyhow::Context;
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let m = &cfg.mqtt;
+    let mut roots = rustls::RootCertStore::empty();
+    match &m.ca_file {
+        Some(f) => {
+            for c in CertificateDer::pem_file_iter(f).with_context(|| format!("mqtt.ca_file {}", f.display()))? {
+                roots
+                    .add(c.with_context(|| format!("mqtt.ca_file {}: not a PEM certificate", f.display()))?)
+                    .with_context(|| format!("mqtt.ca_file {}", f.display()))?;
+            }
+            anyhow::ensure!(!roots.is_empty(), "mqtt.ca_file {}: no certificate in it", f.display());
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let b = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_root_certificates(roots);
+    Ok(match (&m.client_cert_file, &m.client_key_file) {
+        (Some(c), Some(k)) => {
+            let certs = CertificateDer::pem_file_iter(c)
+                .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+                .with_context(|| format!("mqtt.client_cert_file {}", c.display()))?;
+            let key = PrivateKeyDer::from_pem_file(k).with_context(|| format!("mqtt.client_key_file {}", k.display()))?;
+            b.with_client_auth_cert(certs, key).context("mqtt.client_cert_file and client_key_file do not make a pair")?
+        }
+        _ => b.with_no_client_auth(),
+    })
 }
 
 /// The client (for publishing events and relay commands) and its event loop.
-pub fn connect(cfg: &Config) -> (AsyncClient, rumqttc::EventLoop) {
-    AsyncClient::new(options(cfg), 256)
+pub fn connect(cfg: &Config) -> anyhow::Result<(AsyncClient, rumqttc::EventLoop)> {
+    Ok(AsyncClient::new(options(cfg)?, 256))
 }
 
 /// Receive, parse and forward. The channel to the monitor is bounded and this

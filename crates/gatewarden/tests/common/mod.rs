@@ -88,14 +88,22 @@ pub struct Mosquitto {
     pub port: u16,
     child: Child,
     dir: tempfile::TempDir,
+    /// More mosquitto.conf lines (a TLS listener).
+    extra: String,
 }
 
 impl Mosquitto {
     pub fn start() -> Mosquitto {
+        Self::start_with("")
+    }
+
+    /// A broker with more configuration (e.g. a TLS listener); the plain
+    /// loopback listener on `port` stays, for the tests' own publishers.
+    pub fn start_with(extra: &str) -> Mosquitto {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let child = Self::spawn(&dir, port);
-        Mosquitto { port, child, dir }
+        let child = Self::spawn(&dir, port, extra);
+        Mosquitto { port, child, dir, extra: extra.to_string() }
     }
 
     /// Kill the broker (as a crash would) and start a new one on the same port.
@@ -103,10 +111,10 @@ impl Mosquitto {
         let _ = self.child.kill();
         let _ = self.child.wait();
         std::thread::sleep(Duration::from_millis(500));
-        self.child = Self::spawn(&self.dir, self.port);
+        self.child = Self::spawn(&self.dir, self.port, &self.extra);
     }
 
-    fn spawn(dir: &tempfile::TempDir, port: u16) -> Child {
+    fn spawn(dir: &tempfile::TempDir, port: u16, extra: &str) -> Child {
         let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
@@ -114,7 +122,7 @@ impl Mosquitto {
         let conf = dir.path().join("m.conf");
         std::fs::write(
             &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\nlog_dest stderr\nlog_type error\n"),
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\nlog_dest stderr\nlog_type error\n{extra}"),
         )
         .unwrap();
         let child = Command::new(bin).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
@@ -316,6 +324,8 @@ pub struct Daemon {
     http: reqwest::Client,
     /// Where the next start's test clock begins (`restart_at`).
     clock_at: Option<String>,
+    /// Whether a start waits for the MQTT session (not for a broker it must refuse).
+    wait_for_mqtt: bool,
 }
 
 pub fn bin() -> &'static str {
@@ -372,7 +382,18 @@ impl Daemon {
     pub async fn start(dir: &std::path::Path, config_text: &str, http_port: u16) -> Daemon {
         let config = dir.join("gatewarden.toml");
         std::fs::write(&config, config_text).unwrap();
-        let mut d = Daemon { dir: dir.to_owned(), config, http_port, child: None, token: None, http: reqwest::Client::new(), clock_at: None };
+        let mut d =
+            Daemon { dir: dir.to_owned(), config, http_port, child: None, token: None, http: reqwest::Client::new(), clock_at: None, wait_for_mqtt: true };
+        d.restart().await;
+        d
+    }
+
+    /// Start without waiting for the MQTT session (a broker it must refuse).
+    pub async fn start_unconnected(dir: &std::path::Path, config_text: &str, http_port: u16) -> Daemon {
+        let config = dir.join("gatewarden.toml");
+        std::fs::write(&config, config_text).unwrap();
+        let mut d =
+            Daemon { dir: dir.to_owned(), config, http_port, child: None, token: None, http: reqwest::Client::new(), clock_at: None, wait_for_mqtt: false };
         d.restart().await;
         d
     }
@@ -427,7 +448,7 @@ impl Daemon {
         self.token = Some(std::fs::read_to_string(self.dir.join("admin.token")).unwrap().trim().to_string());
         // Wait until the MQTT session is up so nothing published next is missed.
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.health().await["mqtt_connected"].as_bool().unwrap_or(false) {
+        while self.wait_for_mqtt && !self.health().await["mqtt_connected"].as_bool().unwrap_or(false) {
             assert!(Instant::now() < deadline, "daemon did not connect to MQTT; log:\n{}", self.log());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

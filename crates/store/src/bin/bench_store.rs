@@ -20,6 +20,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let store = Store::open(&dir.path().join("db"))?;
     store.set_template_keys(TemplateKeys { current: rand::random(), previous: None });
+    store.set_person_keys(gatewarden_store::PersonKeys::load_or_create(&dir.path().join("person.keys"))?);
+    store.set_entry_key(rand::random::<[u8; 32]>().to_vec());
     let now = chrono::Utc::now();
     let t = Instant::now();
     for i in 0..n_elders {
