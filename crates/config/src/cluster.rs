@@ -31,6 +31,17 @@ pub struct ClusterConfig {
     /// transit, and keys credential hashes so a PIN works at every box.
     #[serde(default)]
     pub sync_key_file: Option<PathBuf>,
+    /// The source box's ed25519 signing key for enrolment records, made on
+    /// its first start (mode 0600; the public half is written beside it as
+    /// `.pub` and logged). Only the source holds it. Default: sync-signing.key
+    /// beside the store.
+    #[serde(default)]
+    pub sync_signing_key_file: Option<PathBuf>,
+    /// On a replica: the source's public key (64 hex characters, from the
+    /// source's `sync-signing.key.pub`). Records signed by anything else are
+    /// refused, so a replica, which holds the shared sync key, cannot forge.
+    #[serde(default)]
+    pub sync_public_key: Option<String>,
     /// The site's key for cluster messages (lease, shared sightings, mirrored
     /// episodes, forwarded alerts), at least 16 characters, the same file on
     /// every box of the site (`openssl rand -hex 32`). Required: an unsigned

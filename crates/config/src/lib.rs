@@ -192,6 +192,15 @@ impl Config {
             if c.enrolment.is_some() && c.sync_key_file.is_none() {
                 bad("cluster.sync_key_file".into(), "is required with cluster.enrolment (the same key file on every box)".into());
             }
+            if c.enrolment == Some(domain::cluster::EnrolmentRole::Replica) {
+                match &c.sync_public_key {
+                    None => bad("cluster.sync_public_key".into(), "is required on a replica: the source's public key, from its sync-signing.key.pub".into()),
+                    Some(k) if k.trim().len() != 64 || !k.trim().chars().all(|ch| ch.is_ascii_hexdigit()) => {
+                        bad("cluster.sync_public_key".into(), "must be 64 hex characters (an ed25519 public key)".into())
+                    }
+                    Some(_) => {}
+                }
+            }
             if c.claim_settle.get() * 3 > c.lease_ttl.get() {
                 bad("cluster.claim_settle".into(), "must be under a third of cluster.lease_ttl".into());
             }
@@ -452,6 +461,11 @@ impl Config {
     /// The key that seals unknown-face snapshots: beside the template key.
     pub fn snapshot_key_path(&self) -> PathBuf {
         self.admin_token_path().with_file_name("snapshot.key")
+    }
+
+    /// The enrolment source's ed25519 signing key (`cluster.sync_signing_key_file`).
+    pub fn sync_signing_key_path(&self) -> PathBuf {
+        self.cluster.as_ref().and_then(|c| c.sync_signing_key_file.clone()).unwrap_or_else(|| self.admin_token_path().with_file_name("sync-signing.key"))
     }
 
     /// Where the per-person keys live (`access.person_keys_file`): beside the template key.

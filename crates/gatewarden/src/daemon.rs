@@ -47,7 +47,7 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
     let store = Store::open(&cfg.store.path)?;
     // Before anything reads a secret (or would make a new one over a damaged
     // store): is this the store that ran here, whole?
-    verify_store(&store, &cfg)?;
+    let fresh_store = verify_store(&store, &cfg)?;
     // Secrets live in key files beside the store, never in it (nor in its backups).
     let admin_token = match cfg.admin_token()? {
         Some(t) => t,
@@ -72,13 +72,29 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let (mqtt_tx, mqtt_rx) = mpsc::channel(4096);
     let (mqtt_client, mqtt_loop) = crate::mqtt::connect(&cfg)?;
+    use crate::cluster::sync::SyncKeys;
     let sync = match cfg.cluster.as_ref().and_then(|c| c.enrolment.zip(c.sync_key_file.clone())) {
-        Some((role, file)) => {
-            let keys = crate::cluster::sync::SyncKeys::load(&file).with_context(|| format!("cluster.sync_key_file {}", file.display()))?;
-            Some((role, keys))
+        Some((EnrolmentRole::Source, file)) => {
+            let signing = cfg.sync_signing_key_path();
+            let keys = SyncKeys::load_source(&file, &signing).with_context(|| format!("cluster.sync_key_file {} / {}", file.display(), signing.display()))?;
+            tracing::info!(public_key = %keys.public_hex(), file = %signing.display(), "enrolment source: give replicas this public key (cluster.sync_public_key)");
+            Some((EnrolmentRole::Source, keys))
+        }
+        Some((EnrolmentRole::Replica, file)) => {
+            let public = cfg.cluster.as_ref().and_then(|c| c.sync_public_key.clone()).unwrap_or_default();
+            let keys = SyncKeys::load_replica(&file, &public).with_context(|| format!("cluster.sync_key_file {}", file.display()))?;
+            Some((EnrolmentRole::Replica, keys))
         }
         None => None,
     };
+    // A new or restored source store starts a new epoch: its versions may be
+    // behind what the replicas hold, and they must not ignore it silently.
+    let mut epoch = store.sync_epoch()?;
+    if matches!(sync, Some((EnrolmentRole::Source, _))) && (epoch == 0 || fresh_store) {
+        epoch = (chrono::Utc::now().timestamp_millis() as u64).max(epoch + 1);
+        store.set_sync_epoch(epoch)?;
+        tracing::warn!(epoch, "enrolment source: a new epoch (a new or restored store); replicas will take its records");
+    }
     // With enrolment sync, credential hashes are keyed from the site's sync key
     // so a PIN enrolled on the source opens every box's gates.
     let credential_key = match &sync {
@@ -157,6 +173,7 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
         vision: vision.clone(),
         mqtt: Some(mqtt_client.clone()),
         sync: sync.clone(),
+        epoch,
     };
     let sh = Arc::new(Shared {
         cfg: cfg.clone(),
@@ -222,7 +239,7 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
         clock: clock.clone(),
         metrics: metrics.clone(),
         snapshot_dir: snapshot_dir.clone(),
-        gates: sh.gates.clone(),
+        enrolment: enrolment.clone(),
     };
     spawn(&mut tasks, "retention", Box::pin(retention.run(cancel.clone())));
     let upkeep = crate::upkeep::Upkeep { cfg: cfg.clone(), store: store.clone(), clock: clock.clone(), metrics: metrics.clone() };
@@ -371,12 +388,17 @@ pub async fn run(cfg: Config, config_path: &std::path::Path, cancel: Cancellatio
 /// Refuse to start on a store that is not the one that ran here, or that
 /// lost records (see `store::integrity`). The fix is a restore, never a
 /// fresh start: that would page nobody for the elders it forgot.
-pub fn verify_store(store: &Store, cfg: &Config) -> anyhow::Result<()> {
+/// Returns whether the store is new or restored (no manifest yet).
+pub fn verify_store(store: &Store, cfg: &Config) -> anyhow::Result<bool> {
+    let mut fresh = false;
     match store.check_integrity()? {
-        Ok(store::Integrity::Unrecorded) => tracing::info!("no integrity manifest yet (a new or restored store): recording one"),
+        Ok(store::Integrity::Unrecorded) => {
+            fresh = true;
+            tracing::info!("no integrity manifest yet (a new or restored store): recording one")
+        }
         Ok(store::Integrity::Exact) => {
             tracing::info!("store matches its integrity manifest");
-            return Ok(());
+            return Ok(false);
         }
         Ok(store::Integrity::Newer { writes_since }) => tracing::info!(writes_since, "store is newer than its integrity manifest (not rolled back)"),
         Err(damage) => {
@@ -394,12 +416,9 @@ pub fn verify_store(store: &Store, cfg: &Config) -> anyhow::Result<()> {
         }
     }
     store.write_manifest(chrono::Utc::now().timestamp(), false)?;
-    Ok(())
+    Ok(fresh)
 }
 
-/// A secret in its own file (0600, the service user's), outside the store:
-/// read it; else move it out of the store, where versions before key files
-/// kept it; else make one, unless `needed` says records already depend on it.
 /// What the vision process may know: its own section, the cameras and
 /// logging, written to `vision.toml` (0600) beside the store. Never the admin
 /// token, the store, channel or actuator secrets, or the keys.
@@ -441,6 +460,9 @@ fn vision_config(config_path: &std::path::Path, cfg: &Config) -> anyhow::Result<
     Ok(std::fs::canonicalize(&path)?)
 }
 
+/// A secret in its own file (0600, the service user's), outside the store:
+/// read it; else move it out of the store, where versions before key files
+/// kept it; else make one, unless `needed` says records already depend on it.
 fn key_file(store: &Store, path: &std::path::Path, legacy: &str, needed: bool) -> anyhow::Result<String> {
     match std::fs::read_to_string(path) {
         Ok(s) if s.trim().chars().count() >= config::MIN_SECRET_CHARS => {

@@ -66,6 +66,8 @@ pub struct Fanout {
     pub mqtt: Option<rumqttc::AsyncClient>,
     /// Enrolment sync, when `cluster.enrolment` is set.
     pub sync: Option<(EnrolmentRole, SyncKeys)>,
+    /// On the source: its store's epoch (see `cluster::sync`).
+    pub epoch: u64,
 }
 
 impl Fanout {
@@ -127,8 +129,9 @@ impl Fanout {
         let (Some(m), Ok(record)) = (&self.mqtt, sync::current(&self.store, keys, kind, id)) else {
             return tracing::error!(kind, id, "cannot read an enrolment record to publish");
         };
-        let change = sync::Change { site: self.cfg.site.clone(), version, published_at: self.clock.now(), record, kind: kind.into(), id: id.into() };
-        let _ = self.store.set_sync_version(kind, id, version);
+        let change =
+            sync::Change { site: self.cfg.site.clone(), epoch: self.epoch, version, published_at: self.clock.now(), record, kind: kind.into(), id: id.into() };
+        let _ = self.store.set_sync_version(self.epoch, kind, id, version);
         if let Err(e) = m.publish(sync::topic(&self.cfg.site, kind, id), rumqttc::QoS::AtLeastOnce, true, keys.sign(&change)).await {
             tracing::error!(error = %e, kind, id, "cannot publish an enrolment change");
         }
@@ -141,7 +144,7 @@ impl Fanout {
         let Some((EnrolmentRole::Source, keys)) = &self.sync else { return Ok(0) };
         let ids = sync::all_ids(&self.store)?;
         for (kind, id) in &ids {
-            let v = match self.store.sync_version(kind, id)? {
+            let v = match self.store.sync_version(self.epoch, kind, id)? {
                 0 => self.store.next_id()?,
                 v => v,
             };

@@ -5,7 +5,6 @@
 //! recorded for the compliance report. One task, so no two places disagree
 //! on what is kept.
 
-use crate::gate::task::GateMsg;
 use crate::telemetry::{KindLabel, Metrics};
 use config::Config;
 use domain::clock::{chrono_dur, Clock, Timestamp};
@@ -14,7 +13,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use store::{Store, StoreError};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub struct Retention {
@@ -24,8 +22,10 @@ pub struct Retention {
     pub metrics: Arc<Metrics>,
     /// Unknown-face snapshots (`access.snapshot_dir`).
     pub snapshot_dir: PathBuf,
-    /// Told when a visitor is purged, so the gate forgets them too.
-    pub gates: Option<mpsc::Sender<GateMsg>>,
+    /// Told when a visitor is purged: the gate and the gallery forget them,
+    /// and on an enrolment source a tombstone replaces their retained record
+    /// on the broker (no visitor data stays there).
+    pub enrolment: crate::enrolment::Fanout,
 }
 
 impl Retention {
@@ -98,16 +98,15 @@ impl Retention {
             if p.kind != PersonKind::Visitor || !expired {
                 continue;
             }
-            for v in self.store.list_vehicles().unwrap_or_default().into_iter().filter(|v| v.owner == p.id) {
-                let _ = self.store.remove_vehicle(&v.plate);
-            }
+            let plates: Vec<String> = self.store.list_vehicles().unwrap_or_default().into_iter().filter(|v| v.owner == p.id).map(|v| v.plate).collect();
+            // Their vehicles go with them (and their key: `Store::remove_person`).
             if let Err(e) = self.store.remove_person(&p.id) {
                 tracing::error!(error = %e, "cannot purge a visitor");
                 continue;
             }
-            if let Some(g) = &self.gates {
-                // A reload of a person who is gone removes them from the policy.
-                let _ = g.send(GateMsg::Reload(p.id.clone())).await;
+            let _ = self.enrolment.changed(crate::enrolment::Changed::PersonRemoved(p.id.clone())).await;
+            for plate in plates {
+                let _ = self.enrolment.changed(crate::enrolment::Changed::Vehicle(plate)).await;
             }
             n += 1;
             tracing::info!(visitor = %p.id, "expired visitor purged");

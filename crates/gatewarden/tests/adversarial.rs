@@ -152,7 +152,7 @@ async fn photos_that_claim_huge_dimensions_are_refused_before_decoding() {
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("png 25000²", vision_protocol::image::png_header(25_000, 25_000), "pixels"),
         ("jpeg 30000²", jpeg, "pixels"),
-        ("bmp", b"BM\x36\x00\x00\x00\x00\x00".to_vec(), "not a JPEG or PNG"),
+        ("tiff", b"II*\x00\x08\x00\x00\x00".to_vec(), "not a JPEG, PNG, WebP or BMP"),
         ("torn png", vision_protocol::image::png_header(640, 480)[..19].to_vec(), "truncated or corrupt"),
     ];
     for (what, bytes, want) in cases {

@@ -166,9 +166,11 @@ box_id = "{BOX}"
 key_file = "{CKEY}"
 enrolment = "{ROLE}"
 sync_key_file = "{KEY}"
+{PUBLIC}
 "#;
 
-async fn sync_box(name: &str, role: &str, broker: &Mosquitto, key: &std::path::Path) -> Box {
+/// A box of an enrolment-synced site; a replica is given the source's public key.
+async fn sync_box(name: &str, role: &str, broker: &Mosquitto, key: &std::path::Path, public: Option<&str>) -> Box {
     let dir = tempfile::tempdir().unwrap();
     let http = free_port();
     let extra = SYNC
@@ -176,6 +178,7 @@ async fn sync_box(name: &str, role: &str, broker: &Mosquitto, key: &std::path::P
         .replace("{ROLE}", role)
         .replace("{KEY}", &key.display().to_string())
         .replace("{CKEY}", &cluster_key().display().to_string())
+        .replace("{PUBLIC}", &public.map(|p| format!("sync_public_key = \"{p}\"")).unwrap_or_default())
         + &vision_and_north_gate();
     let d = Daemon::start(dir.path(), &config(dir.path(), broker.port, http, &extra), http).await;
     Box { _dir: dir, d }
@@ -193,8 +196,11 @@ async fn a_replica_that_was_offline_catches_up_with_signed_enrolment_and_refuses
     let keydir = tempfile::tempdir().unwrap();
     let key = keydir.path().join("sync.key");
     std::fs::write(&key, "5f0c3e9a7b1d2468ace0135797531bdf2468ace013579bdf").unwrap();
-    let source = sync_box("admin", "source", &broker, &key).await;
-    let mut replica = sync_box("gate-b", "replica", &broker, &key).await;
+    let source = sync_box("admin", "source", &broker, &key, None).await;
+    // The source made its ed25519 key pair; replicas get only the public half.
+    let public = std::fs::read_to_string(source._dir.path().join("sync-signing.key.pub")).unwrap();
+    assert!(source.d.log().contains(public.trim()), "the source logs the public key to give replicas");
+    let mut replica = sync_box("gate-b", "replica", &broker, &key, Some(public.trim())).await;
 
     // Online: an elder enrolled on the source appears on the replica.
     source.d.post("/elders", json!({"id": "E1", "name": "老人E1", "bands": ["c3a1f0001101"]})).await;
@@ -226,6 +232,22 @@ async fn a_replica_that_was_offline_catches_up_with_signed_enrolment_and_refuses
     let forged = json!({"change": json!({"site": "t", "version": 999999, "published_at": "2026-11-23T00:00:00Z", "kind": "elder", "id": "EVIL",
         "record": {"type": "elder", "id": "EVIL", "name": "伪造", "bands": [], "enrolled_at": "2026-11-23T00:00:00Z"}}).to_string(), "sig": "00".repeat(32)});
     p.publish(&format!("gatewarden/t/enrolment/elder/{}", "4556494c"), forged.to_string()).await;
+    // A forgery by a box that holds the shared sync key but not the source's
+    // signing key (a stolen replica) is refused too.
+    let secret = std::fs::read_to_string(&key).unwrap();
+    let thief = gatewarden::cluster::sync::SyncKeys::source(secret.trim().as_bytes(), ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]));
+    let elder: domain::presence::Elder =
+        serde_json::from_value(json!({"id": "EVIL2", "name": "伪造", "bands": [], "enrolled_at": "2026-11-23T00:00:00Z"})).unwrap();
+    let change = gatewarden::cluster::sync::Change {
+        site: "t".into(),
+        epoch: u64::MAX,
+        version: 1,
+        published_at: chrono::Utc::now(),
+        record: Some(gatewarden::cluster::sync::Record::Elder(elder)),
+        kind: "elder".into(),
+        id: "EVIL2".into(),
+    };
+    p.publish(&format!("gatewarden/t/enrolment/elder/{}", hex::encode("EVIL2")), thief.sign(&change)).await;
 
     // Back online, it catches up from the retained records.
     replica.d.restart().await;
@@ -245,8 +267,9 @@ async fn a_replica_that_was_offline_catches_up_with_signed_enrolment_and_refuses
     // The PIN enrolled on the source opens the replica's gate.
     let opened = replica.d.post("/gates/north/credential", json!({"kind": "pin", "value": "246810"})).await;
     assert_eq!(opened["opened"], true, "{opened}");
-    assert!(replica.d.metric("gatewarden_mqtt_rejected_total{reason=\"bad_signature\"}").await >= 1.0);
+    assert!(replica.d.metric("gatewarden_mqtt_rejected_total{reason=\"bad_signature\"}").await >= 2.0);
     assert_eq!(replica.d.api(reqwest::Method::GET, "/elders/EVIL", None).await.0, 404);
+    assert_eq!(replica.d.api(reqwest::Method::GET, "/elders/EVIL2", None).await.0, 404);
 }
 
 /// The attack that once worked: a retained, unsigned `cluster/lease` naming a

@@ -17,6 +17,9 @@ pub const MAX_QR_PAYLOAD: usize = 256;
 pub enum Format {
     Jpeg,
     Png,
+    /// Phones save WebP under a .jpg name.
+    Webp,
+    Bmp,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,7 +28,7 @@ pub enum ImageRefusal {
     Empty,
     #[error("{0} bytes is more than the {MAX_IMAGE_BYTES} accepted")]
     TooManyBytes(usize),
-    #[error("not a JPEG or PNG image")]
+    #[error("not a JPEG, PNG, WebP or BMP image")]
     NotJpegOrPng,
     #[error("the {0:?} header is truncated or corrupt")]
     BadHeader(Format),
@@ -48,7 +51,41 @@ pub fn dimensions(b: &[u8]) -> Result<(Format, u32, u32), ImageRefusal> {
     if b.starts_with(&[0xFF, 0xD8]) {
         return jpeg(b).map(|(w, h)| (Format::Jpeg, w, h)).ok_or(ImageRefusal::BadHeader(Format::Jpeg));
     }
+    if b.len() >= 12 && &b[0..4] == b"RIFF" && &b[8..12] == b"WEBP" {
+        return webp(b).map(|(w, h)| (Format::Webp, w, h)).ok_or(ImageRefusal::BadHeader(Format::Webp));
+    }
+    if b.starts_with(b"BM") {
+        if b.len() < 26 {
+            return Err(ImageRefusal::BadHeader(Format::Bmp));
+        }
+        let le = |i: usize| i32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        // A negative height is a top-down bitmap.
+        return Ok((Format::Bmp, le(18).unsigned_abs(), le(22).unsigned_abs()));
+    }
     Err(ImageRefusal::NotJpegOrPng)
+}
+
+/// The canvas size from the first chunk: lossy (VP8), lossless (VP8L) or extended (VP8X).
+fn webp(b: &[u8]) -> Option<(u32, u32)> {
+    let at = |i: usize| b.get(i).copied().map(u32::from);
+    match b.get(12..16)? {
+        b"VP8 " => {
+            // Frame tag (3), start code 9d 01 2a, then 14-bit width and height.
+            if b.get(23..26)? != [0x9d, 0x01, 0x2a] {
+                return None;
+            }
+            Some(((at(26)? | at(27)? << 8) & 0x3fff, (at(28)? | at(29)? << 8) & 0x3fff))
+        }
+        b"VP8L" => {
+            if at(20)? != 0x2f {
+                return None;
+            }
+            let bits = at(21)? | at(22)? << 8 | at(23)? << 16 | at(24)? << 24;
+            Some(((bits & 0x3fff) + 1, ((bits >> 14) & 0x3fff) + 1))
+        }
+        b"VP8X" => Some(((at(24)? | at(25)? << 8 | at(26)? << 16) + 1, (at(27)? | at(28)? << 8 | at(29)? << 16) + 1)),
+        _ => None,
+    }
 }
 
 /// Walk the JPEG segments to the first frame header (SOFn).
@@ -158,9 +195,28 @@ mod tests {
     }
 
     #[test]
+    fn webp_and_bmp_headers_are_read_too() {
+        // An extended WebP declaring 30,000 × 20,000, and a lossy one of 1350 × 1800.
+        let mut x = b"RIFF\0\0\0\0WEBPVP8X\x0a\0\0\0\0\0\0\0".to_vec();
+        x.extend_from_slice(&[(29_999u32 & 0xff) as u8, (29_999u32 >> 8 & 0xff) as u8, 0, (19_999u32 & 0xff) as u8, (19_999u32 >> 8 & 0xff) as u8, 0]);
+        assert_eq!(check(&x), Err(ImageRefusal::TooLarge { w: 30_000, h: 20_000 }));
+        let mut l = b"RIFF\0\0\0\0WEBPVP8 \0\0\0\0\x90\xec\x13\x9d\x01\x2a".to_vec();
+        l.extend_from_slice(&1350u16.to_le_bytes());
+        l.extend_from_slice(&1800u16.to_le_bytes());
+        assert_eq!(check(&l), Ok((Format::Webp, 1350, 1800)));
+        let mut bmp = b"BM".to_vec();
+        bmp.extend_from_slice(&[0; 16]);
+        bmp.extend_from_slice(&25_000i32.to_le_bytes());
+        bmp.extend_from_slice(&(-25_000i32).to_le_bytes());
+        assert_eq!(check(&bmp), Err(ImageRefusal::TooLarge { w: 25_000, h: 25_000 }), "a top-down bitmap counts too");
+    }
+
+    #[test]
     fn other_formats_and_torn_headers_are_refused() {
         assert_eq!(check(b""), Err(ImageRefusal::Empty));
-        assert_eq!(check(b"BM\x36\x00\x00\x00"), Err(ImageRefusal::NotJpegOrPng));
+        assert_eq!(check(b"II*\x00\x08\x00\x00\x00"), Err(ImageRefusal::NotJpegOrPng), "TIFF");
+        assert_eq!(check(b"BM\x36\x00\x00\x00"), Err(ImageRefusal::BadHeader(Format::Bmp)));
+        assert_eq!(check(b"RIFF\0\0\0\0WEBPVP8 "), Err(ImageRefusal::BadHeader(Format::Webp)));
         assert_eq!(check(&png_header(100, 100)[..20]), Err(ImageRefusal::BadHeader(Format::Png)));
         let j = jpeg_header(100, 100);
         for cut in 2..j.len() - 10 {

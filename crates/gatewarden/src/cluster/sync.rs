@@ -3,13 +3,24 @@
 //!
 //! Every record (elder, staff, ladder, leave, person with face templates,
 //! vehicle) is published **retained**, QoS 1, on its own topic
-//! `gatewarden/<site>/enrolment/<kind>/<hex id>`, signed with HMAC-SHA256
-//! under the site's sync key, with a version number. Deletions are signed
-//! tombstones. The retained set *is* the snapshot: a box that was offline,
-//! or is new, receives all of it when it subscribes and applies each record
-//! newer than what it holds. Face templates travel sealed
-//! (ChaCha20-Poly1305) under a key derived from the sync key and are
-//! re-sealed under the receiving box's own template key.
+//! `gatewarden/<site>/enrolment/<kind>/<hex id>`, signed with the source's
+//! **ed25519** key (only the source holds the private half; replicas are
+//! configured with the public one, `cluster.sync_public_key`, so a replica
+//! cannot forge), with an epoch and a version. Deletions (a forget, a visitor
+//! purge) are signed tombstones, which replace the retained record on the
+//! broker. The retained set *is* the snapshot: a box that was offline, or is
+//! new, receives all of it when it subscribes and applies each record newer
+//! than what it holds; an older one is a replay, refused and counted.
+//!
+//! The **epoch** is the source's store generation: a new or restored source
+//! store starts a new epoch (its versions may be behind what replicas hold).
+//! A replica that sees a newer epoch says so loudly and takes the new epoch's
+//! records as they come; records of an older epoch are refused.
+//!
+//! The shared sync key (`sync_key_file`) only keeps secrets in transit: face
+//! templates travel sealed (ChaCha20-Poly1305) under a key derived from it and
+//! are re-sealed under the receiving box's own template key, and credential
+//! hashes are keyed from it so a PIN works at every box.
 
 use crate::enrolment::{Changed, Fanout};
 use crate::telemetry::Metrics;
@@ -18,7 +29,7 @@ use domain::alert::{Level, Staff};
 use domain::clock::Timestamp;
 use domain::gate::policy::Vehicle;
 use domain::presence::{Elder, Leave};
-use hmac::{Hmac, Mac};
+use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -30,8 +41,10 @@ pub use domain::cluster::EnrolmentRole;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
-    #[error("bad signature: not signed with this site's sync key")]
+    #[error("bad signature: not signed by this site's enrolment source")]
     BadSignature,
+    #[error("a replay: version {version} of epoch {epoch} is older than what this box holds")]
+    Replay { epoch: u64, version: u64 },
     #[error("malformed enrolment message: {0}")]
     Malformed(String),
     #[error("for site {0:?}, not this one")]
@@ -44,6 +57,9 @@ pub enum SyncError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Change {
     pub site: String,
+    /// The source store's generation (see the module comment).
+    #[serde(default)]
+    pub epoch: u64,
     pub version: u64,
     pub published_at: Timestamp,
     /// None: the record was deleted.
@@ -70,52 +86,96 @@ struct Envelope {
     sig: String,
 }
 
-/// Keys derived from the site's sync key (a file shared by the site's boxes).
+/// The source's signing key, or a replica's copy of its public half, and the
+/// secrets derived from the site's shared sync key.
 #[derive(Clone)]
 pub struct SyncKeys {
-    sign: Vec<u8>,
+    /// Only on the source.
+    signing: Option<SigningKey>,
+    verifying: VerifyingKey,
     templates: [u8; 32],
     /// Credential hashes (PIN, card, QR, ID number) must match on every box.
     pub credentials: Vec<u8>,
 }
 
+/// The shared secret's derived keys (transit sealing, credential hashes).
+fn derived(secret: &[u8]) -> ([u8; 32], Vec<u8>) {
+    let derive = |label: &str| -> [u8; 32] { Sha256::new().chain_update(label.as_bytes()).chain_update([0]).chain_update(secret).finalize().into() };
+    (derive("gatewarden sync templates"), hex::encode(derive("gatewarden credentials")).into_bytes())
+}
+
+fn read_secret(path: &std::path::Path) -> std::io::Result<String> {
+    let text = std::fs::read_to_string(path)?;
+    let t = text.trim();
+    if t.len() < 32 {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "the sync key must be at least 32 characters (e.g. `openssl rand -hex 32`)"));
+    }
+    Ok(t.to_string())
+}
+
 impl SyncKeys {
-    pub fn from_secret(secret: &[u8]) -> SyncKeys {
-        let derive = |label: &str| -> [u8; 32] { Sha256::new().chain_update(label.as_bytes()).chain_update([0]).chain_update(secret).finalize().into() };
-        SyncKeys {
-            sign: derive("gatewarden sync sign").to_vec(),
-            templates: derive("gatewarden sync templates"),
-            credentials: hex::encode(derive("gatewarden credentials")).into_bytes(),
-        }
+    /// A source: signs with `signing`.
+    pub fn source(secret: &[u8], signing: SigningKey) -> SyncKeys {
+        let (templates, credentials) = derived(secret);
+        SyncKeys { verifying: signing.verifying_key(), signing: Some(signing), templates, credentials }
     }
 
-    pub fn load(path: &std::path::Path) -> std::io::Result<SyncKeys> {
-        let text = std::fs::read_to_string(path)?;
-        let t = text.trim();
-        if t.len() < 32 {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "the sync key must be at least 32 characters (e.g. `openssl rand -hex 32`)"));
-        }
-        Ok(SyncKeys::from_secret(t.as_bytes()))
+    /// A replica: verifies with the source's public key, cannot sign.
+    pub fn replica(secret: &[u8], verifying: VerifyingKey) -> SyncKeys {
+        let (templates, credentials) = derived(secret);
+        SyncKeys { signing: None, verifying, templates, credentials }
     }
 
-    fn mac(&self, text: &str) -> String {
-        let mut m = Hmac::<Sha256>::new_from_slice(&self.sign).expect("any key length");
-        m.update(text.as_bytes());
-        hex::encode(m.finalize().into_bytes())
+    /// The source: the shared secret, and its signing key file (made, mode
+    /// 0600, with the public half beside it as `.pub`, when missing).
+    pub fn load_source(secret_file: &std::path::Path, signing_file: &std::path::Path) -> std::io::Result<SyncKeys> {
+        let secret = read_secret(secret_file)?;
+        let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {why}", signing_file.display()));
+        let signing = match std::fs::read_to_string(signing_file) {
+            Ok(t) => SigningKey::from_bytes(
+                &hex::decode(t.trim()).ok().and_then(|b| <[u8; 32]>::try_from(b).ok()).ok_or_else(|| bad("not a 32-byte hex ed25519 key"))?,
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let k = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
+                store::write_private(signing_file, hex::encode(k.to_bytes()).as_bytes())?;
+                k
+            }
+            Err(e) => return Err(e),
+        };
+        let public = hex::encode(signing.verifying_key().to_bytes());
+        let mut pub_file = signing_file.as_os_str().to_owned();
+        pub_file.push(".pub");
+        std::fs::write(&pub_file, format!("{public}\n"))?;
+        Ok(SyncKeys::source(secret.as_bytes(), signing))
+    }
+
+    /// A replica: the shared secret, and the source's public key (hex).
+    pub fn load_replica(secret_file: &std::path::Path, public_hex: &str) -> std::io::Result<SyncKeys> {
+        let secret = read_secret(secret_file)?;
+        let vk = hex::decode(public_hex.trim())
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .and_then(|b| VerifyingKey::from_bytes(&b).ok())
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "cluster.sync_public_key is not an ed25519 public key"))?;
+        Ok(SyncKeys::replica(secret.as_bytes(), vk))
+    }
+
+    /// The public key replicas must be configured with.
+    pub fn public_hex(&self) -> String {
+        hex::encode(self.verifying.to_bytes())
     }
 
     pub fn sign(&self, c: &Change) -> String {
         let change = serde_json::to_string(c).expect("serializes");
-        let sig = self.mac(&change);
+        let signing = self.signing.as_ref().expect("only the source signs");
+        let sig = hex::encode(signing.sign(change.as_bytes()).to_bytes());
         serde_json::to_string(&Envelope { change, sig }).expect("serializes")
     }
 
     pub fn verify(&self, payload: &[u8], site: &str) -> Result<Change, SyncError> {
         let env: Envelope = serde_json::from_slice(payload).map_err(|e| SyncError::Malformed(e.to_string()))?;
-        let want = self.mac(&env.change);
-        // Constant-time compare.
-        let ok = want.len() == env.sig.len() && want.bytes().zip(env.sig.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-        if !ok {
+        let sig = hex::decode(&env.sig).ok().and_then(|b| <[u8; 64]>::try_from(b).ok()).ok_or(SyncError::BadSignature)?;
+        if self.verifying.verify_strict(env.change.as_bytes(), &ed25519_dalek::Signature::from_bytes(&sig)).is_err() {
             return Err(SyncError::BadSignature);
         }
         let c: Change = serde_json::from_str(&env.change).map_err(|e| SyncError::Malformed(e.to_string()))?;
@@ -189,7 +249,12 @@ pub enum Applied {
 
 /// Apply a verified change on a replica, if it is newer than what it holds.
 pub fn apply(store: &Store, keys: &SyncKeys, c: &Change) -> Result<Applied, SyncError> {
-    if store.sync_version(&c.kind, &c.id)? >= c.version {
+    let held = store.sync_version(c.epoch, &c.kind, &c.id)?;
+    if held > c.version {
+        return Err(SyncError::Replay { epoch: c.epoch, version: c.version });
+    }
+    if held == c.version {
+        // The retained copy again (every subscribe): nothing new.
         return Ok(Applied::Stale);
     }
     let applied = match (&c.record, c.kind.as_str()) {
@@ -258,7 +323,7 @@ pub fn apply(store: &Store, keys: &SyncKeys, c: &Change) -> Result<Applied, Sync
         }
         (None, other) => return Err(SyncError::Malformed(format!("unknown kind {other:?}"))),
     };
-    store.set_sync_version(&c.kind, &c.id, c.version)?;
+    store.set_sync_version(c.epoch, &c.kind, &c.id, c.version)?;
     Ok(applied)
 }
 
@@ -273,17 +338,38 @@ fn ignore_missing(r: Result<(), StoreError>) -> Result<(), StoreError> {
 /// enrolment fan-out (a replica never republishes).
 pub async fn run_replica(fanout: Fanout, metrics: Arc<Metrics>, mut rx: mpsc::Receiver<Vec<u8>>, cancel: CancellationToken) {
     let Some((_, keys)) = fanout.sync.clone() else { return };
+    let mut epoch = fanout.store.sync_epoch().unwrap_or(0);
     loop {
         let raw = tokio::select! {
             _ = cancel.cancelled() => break,
             r = rx.recv() => match r { Some(r) => r, None => break },
         };
-        let res = keys.verify(&raw, &fanout.cfg.site).and_then(|c| apply(&fanout.store, &keys, &c).map(|a| (c, a)));
+        let res = keys.verify(&raw, &fanout.cfg.site).and_then(|c| {
+            if c.epoch < epoch {
+                // A record of a source store that has since been replaced.
+                return Err(SyncError::Replay { epoch: c.epoch, version: c.version });
+            }
+            if c.epoch > epoch && epoch == 0 {
+                tracing::info!(epoch = c.epoch, "following the enrolment source");
+                fanout.store.set_sync_epoch(c.epoch)?;
+                epoch = c.epoch;
+            } else if c.epoch > epoch {
+                tracing::warn!(
+                    from = epoch,
+                    to = c.epoch,
+                    "ENROLMENT SOURCE EPOCH CHANGED: the source's store is new or was restored; its records now replace what this box holds"
+                );
+                fanout.store.set_sync_epoch(c.epoch)?;
+                epoch = c.epoch;
+            }
+            apply(&fanout.store, &keys, &c).map(|a| (c, a))
+        });
         let (c, applied) = match res {
             Ok(x) => x,
             Err(e) => {
                 let reason = match e {
                     SyncError::BadSignature => "bad_signature",
+                    SyncError::Replay { .. } => "enrolment_replay",
                     _ => "enrolment",
                 };
                 metrics.reject(reason);
@@ -316,7 +402,13 @@ mod tests {
     use super::*;
 
     fn change(record: Option<Record>, version: u64) -> Change {
-        Change { site: "t".into(), version, published_at: chrono::Utc::now(), record, kind: "staff".into(), id: "S1".into() }
+        Change { site: "t".into(), epoch: 1, version, published_at: chrono::Utc::now(), record, kind: "staff".into(), id: "S1".into() }
+    }
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn source() -> SyncKeys {
+        SyncKeys::source(SECRET, SigningKey::from_bytes(&[7u8; 32]))
     }
 
     fn staff(name: &str) -> Record {
@@ -325,29 +417,37 @@ mod tests {
 
     #[test]
     fn signed_changes_verify_and_tampered_or_foreign_ones_do_not() {
-        let k = SyncKeys::from_secret(b"0123456789abcdef0123456789abcdef");
+        let k = source();
+        let replica = SyncKeys::replica(SECRET, k.verifying);
         let signed = k.sign(&change(Some(staff("李")), 1));
-        assert_eq!(k.verify(signed.as_bytes(), "t").unwrap().version, 1);
+        assert_eq!(replica.verify(signed.as_bytes(), "t").unwrap().version, 1);
         let tampered = signed.replace("李", "王");
-        assert!(matches!(k.verify(tampered.as_bytes(), "t"), Err(SyncError::BadSignature)));
-        let other = SyncKeys::from_secret(b"another key, also 32 characters long");
-        assert!(matches!(other.verify(signed.as_bytes(), "t"), Err(SyncError::BadSignature)));
-        assert!(matches!(k.verify(signed.as_bytes(), "elsewhere"), Err(SyncError::OtherSite(_))));
-        assert!(matches!(k.verify(b"{", "t"), Err(SyncError::Malformed(_))));
+        assert!(matches!(replica.verify(tampered.as_bytes(), "t"), Err(SyncError::BadSignature)));
+        // Another box of the site holds the same shared secret, but not the source's key.
+        let other = SyncKeys::source(SECRET, SigningKey::from_bytes(&[8u8; 32]));
+        let forged = other.sign(&change(Some(staff("伪")), 99));
+        assert!(matches!(replica.verify(forged.as_bytes(), "t"), Err(SyncError::BadSignature)), "a replica cannot forge");
+        assert!(matches!(replica.verify(signed.as_bytes(), "elsewhere"), Err(SyncError::OtherSite(_))));
+        assert!(matches!(replica.verify(b"{", "t"), Err(SyncError::Malformed(_))));
     }
 
     #[test]
     fn a_replica_applies_newer_versions_only_and_tombstones_delete() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db")).unwrap();
-        let k = SyncKeys::from_secret(b"0123456789abcdef0123456789abcdef");
+        let k = source();
         assert_eq!(apply(&store, &k, &change(Some(staff("李")), 5)).unwrap(), Applied::Staff);
-        assert_eq!(apply(&store, &k, &change(Some(staff("旧")), 4)).unwrap(), Applied::Stale);
+        assert_eq!(apply(&store, &k, &change(Some(staff("李")), 5)).unwrap(), Applied::Stale, "the retained copy again");
+        assert!(matches!(apply(&store, &k, &change(Some(staff("旧")), 4)), Err(SyncError::Replay { .. })), "a superseded record is a replay");
         assert_eq!(store.get_staff("S1").unwrap().unwrap().name, "李");
         apply(&store, &k, &change(None, 6)).unwrap();
         assert!(store.get_staff("S1").unwrap().is_none());
         // A late, older re-delivery does not bring it back.
-        assert_eq!(apply(&store, &k, &change(Some(staff("李")), 5)).unwrap(), Applied::Stale);
+        assert!(apply(&store, &k, &change(Some(staff("李")), 5)).is_err());
         assert!(store.get_staff("S1").unwrap().is_none());
+        // A new epoch (a restored source) starts its versions afresh.
+        let mut c = change(Some(staff("新")), 2);
+        c.epoch = 2;
+        assert_eq!(apply(&store, &k, &c).unwrap(), Applied::Staff);
     }
 }
