@@ -59,8 +59,14 @@ fn payload() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
+/// The suite's bounded run; `GATEWARDEN_FUZZ_SCALE=N` multiplies every
+/// target's cases for the long run recorded in BENCHMARKS.md.
+fn cases(n: u32) -> u32 {
+    n.saturating_mul(std::env::var("GATEWARDEN_FUZZ_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(1))
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(4000), ..ProptestConfig::default() })]
 
     #[test]
     fn mqtt_payload_parser_never_panics(t in topic(), p in payload()) {
@@ -74,7 +80,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1500, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(1500), ..ProptestConfig::default() })]
 
     #[test]
     fn a_mutated_ack_token_never_verifies(flip in 0usize..200, to in any::<u8>()) {

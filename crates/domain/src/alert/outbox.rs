@@ -43,6 +43,16 @@ pub struct Notification {
 }
 
 impl Notification {
+    /// The same on every attempt of this notification (a retry, a resend
+    /// after a crash, a standby box resending the mirrored outbox), and
+    /// different for any other: a receiver may drop what it has seen.
+    pub fn idempotency_key(&self) -> String {
+        match self.alert_id {
+            Some(a) => format!("a{a}-l{}-{}-{}", self.level, self.kind.as_str(), self.created_at.timestamp_millis()),
+            None => format!("n{}-{}", self.id, self.created_at.timestamp_millis()),
+        }
+    }
+
     /// Lower goes first. Test messages and old records rank with absence.
     pub fn priority(&self) -> u8 {
         self.alert_kind.map_or(1, AlertKind::priority)
@@ -74,7 +84,11 @@ pub fn next_batch<'a>(due: &[&'a Notification], ready: &[&'a Notification], max:
 /// cameras going offline and back), listing each one's title and text.
 pub fn digest(batch: &[&Notification], lang: Language, now: Timestamp) -> Message {
     if let [one] = batch {
-        return one.message.clone();
+        let mut m = one.message.clone();
+        if m.idempotency_key.is_empty() {
+            m.idempotency_key = one.idempotency_key();
+        }
+        return m;
     }
     let offline = batch.iter().filter(|n| n.message.status == "firing").count();
     let title = match lang {
@@ -181,6 +195,20 @@ mod tests {
             delivery: Delivery::Pending,
             delivered_at: None,
         }
+    }
+
+    #[test]
+    fn every_notification_carries_a_stable_idempotency_key_of_its_own() {
+        let mut a = note(1, AlertKind::Sos);
+        a.message.idempotency_key.clear();
+        let mut b = a.clone();
+        b.kind = NoticeKind::Reminder;
+        let t = a.created_at;
+        let ka = digest(&[&a], Language::Zh, t).idempotency_key;
+        assert!(!ka.is_empty());
+        a.attempts = 3;
+        assert_eq!(digest(&[&a], Language::Zh, t + chrono::Duration::hours(1)).idempotency_key, ka, "the same on every attempt");
+        assert_ne!(digest(&[&b], Language::Zh, t).idempotency_key, ka, "another notice of the same alert is another key");
     }
 
     #[test]
