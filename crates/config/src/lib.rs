@@ -219,8 +219,21 @@ impl Config {
                 }
             }
         }
-        if self.mqtt.topics.is_empty() {
-            bad("mqtt.topics".into(), "at least one topic filter is needed".into());
+        if self.mqtt.topics.is_empty() && self.mqtt.sources.is_empty() {
+            bad("mqtt.topics".into(), "at least one topic filter is needed (mqtt.topics or [[mqtt.sources]])".into());
+        }
+        for (i, t) in self.mqtt.topics.iter().enumerate() {
+            if let Some(p) = mqtt::filter_problem(t) {
+                bad(format!("mqtt.topics[{i}]"), format!("{t:?}: {p}"));
+            }
+        }
+        for (i, s) in self.mqtt.sources.iter().enumerate() {
+            if let Some(p) = mqtt::filter_problem(&s.topic) {
+                bad(format!("mqtt.sources[{i}].topic"), format!("{:?}: {p}", s.topic));
+            }
+            if s.gateway.as_deref().is_some_and(|g| g.trim().is_empty() || g.len() > 64) {
+                bad(format!("mqtt.sources[{i}].gateway"), "must be 1..64 characters".into());
+            }
         }
         if self.mqtt.max_payload_bytes == 0 {
             bad("mqtt.max_payload_bytes".into(), "must be greater than 0".into());

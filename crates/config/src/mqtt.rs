@@ -41,6 +41,12 @@ pub struct MqttConfig {
     /// cover ESPresense, OpenMQTTGateway, Theengs and gatewarden's own format.
     #[serde(default = "MqttConfig::default_topics")]
     pub topics: Vec<String>,
+    /// Where sightings come from and in what shape, one `[[mqtt.sources]]`
+    /// each. Every source's topic filter is subscribed too. A message is read
+    /// by the first source whose filter matches its topic; `topics` and any
+    /// topic no source matches are read with `auto`.
+    #[serde(default)]
+    pub sources: Vec<MqttSource>,
     #[serde(default = "MqttConfig::default_max_payload_bytes")]
     pub max_payload_bytes: usize,
     #[serde(default = "MqttConfig::default_reconnect_min")]
@@ -58,7 +64,126 @@ pub struct MqttConfig {
     #[serde(default)]
     pub client_key_file: Option<std::path::PathBuf>,
 }
+/// One `[[mqtt.sources]]` entry.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSource {
+    /// An MQTT topic filter (`+` and `#` wildcards).
+    pub topic: String,
+    #[serde(default)]
+    pub format: SourceFormat,
+    /// The gateway every message on this topic comes from, when neither the
+    /// topic nor the payload names it (or to override both).
+    #[serde(default)]
+    pub gateway: Option<String>,
+}
+
+/// The shape a source publishes. `auto` recognises all of the others from the
+/// topic and the payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceFormat {
+    #[default]
+    Auto,
+    /// ESPresense: `espresense/devices/<id>/<room>`, and the older `espresense/rooms/<room>`.
+    Espresense,
+    /// OpenMQTTGateway and Theengs Gateway: `home/<gw>/BTtoMQTT/<MAC or beacon uuid>`.
+    #[serde(alias = "omg", alias = "theengs")]
+    Openmqttgateway,
+    /// Home Assistant's `mqtt_room`: `{"id":…,"name":…,"distance":…}` on a room topic.
+    #[serde(alias = "mqtt_room", alias = "home_assistant")]
+    HaRoom,
+    /// gatewarden's own `{"band":…,"gateway":…}`.
+    Gatewarden,
+    /// April Brother: the iBeacon receiver's `raw_beacons_data`, and the BLE
+    /// Gateway V4's `devices` of raw advertisements (JSON or MessagePack).
+    #[serde(alias = "april_brother")]
+    Aprilbrother,
+    /// Ingics iGS01/iGS02/iGS03: `$GPRP,<tag>,<gateway>,<rssi>,<raw>[,<ts>]` lines.
+    Ingics,
+    /// Minew G1/MG3: a JSON array, the gateway first, then one object per device.
+    Minew,
+    /// Cassia: scan data with `bdaddrs` and `adData`, alone or in its MQTT envelope.
+    Cassia,
+}
+
+impl SourceFormat {
+    pub const ALL: [SourceFormat; 9] = [
+        SourceFormat::Auto,
+        SourceFormat::Espresense,
+        SourceFormat::Openmqttgateway,
+        SourceFormat::HaRoom,
+        SourceFormat::Gatewarden,
+        SourceFormat::Aprilbrother,
+        SourceFormat::Ingics,
+        SourceFormat::Minew,
+        SourceFormat::Cassia,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceFormat::Auto => "auto",
+            SourceFormat::Espresense => "espresense",
+            SourceFormat::Openmqttgateway => "openmqttgateway",
+            SourceFormat::HaRoom => "ha_room",
+            SourceFormat::Gatewarden => "gatewarden",
+            SourceFormat::Aprilbrother => "aprilbrother",
+            SourceFormat::Ingics => "ingics",
+            SourceFormat::Minew => "minew",
+            SourceFormat::Cassia => "cassia",
+        }
+    }
+}
+
+/// Why a topic filter is not one: `+` and `#` fill a whole level, `#` only last.
+pub fn filter_problem(filter: &str) -> Option<&'static str> {
+    if filter.is_empty() {
+        return Some("is empty");
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    for (i, l) in levels.iter().enumerate() {
+        if l.contains('#') && (*l != "#" || i + 1 != levels.len()) {
+            return Some("`#` must be a whole level and the last one");
+        }
+        if l.contains('+') && *l != "+" {
+            return Some("`+` must be a whole level");
+        }
+    }
+    None
+}
+
+/// Whether `topic` matches the MQTT topic filter `filter`.
+pub fn filter_matches(filter: &str, topic: &str) -> bool {
+    let mut t = topic.split('/');
+    for f in filter.split('/') {
+        match f {
+            "#" => return true,
+            "+" => {
+                if t.next().is_none() {
+                    return false;
+                }
+            }
+            lit => {
+                if t.next() != Some(lit) {
+                    return false;
+                }
+            }
+        }
+    }
+    t.next().is_none()
+}
+
 impl MqttConfig {
+    /// Every filter to subscribe for sightings and gateway status, once each.
+    pub fn subscriptions(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for t in self.topics.iter().chain(self.sources.iter().map(|s| &s.topic)) {
+            if !out.contains(t) {
+                out.push(t.clone());
+            }
+        }
+        out
+    }
+
     fn default_broker() -> String {
         "embedded".into()
     }

@@ -7,6 +7,7 @@
 //! or ort (deploy/check-deps.sh refuses it).
 
 pub mod alert;
+pub mod ble;
 pub mod clock;
 pub mod cluster;
 pub mod gate;

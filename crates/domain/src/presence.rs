@@ -11,16 +11,18 @@ use std::str::FromStr;
 
 pub type ElderId = String;
 
-/// A wristband's identity: its MAC address or its iBeacon (uuid, major, minor).
-/// Compared without regard to case or separators.
+/// A wristband's identity: its MAC address, its iBeacon (uuid, major, minor)
+/// or its Eddystone-UID (namespace, instance). A band is matched by any one
+/// it carries. Compared without regard to case or separators.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum BandId {
     Mac([u8; 6]),
     IBeacon { uuid: u128, major: u16, minor: u16 },
+    Eddystone { namespace: [u8; 10], instance: [u8; 6] },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid wristband id {input:?}: {reason}. Use a MAC (C3:A1:F0:00:11:01) or an iBeacon (ibeacon:<uuid>:<major>:<minor>)")]
+#[error("invalid wristband id {input:?}: {reason}. Use a MAC (C3:A1:F0:00:11:01), an iBeacon (ibeacon:<uuid>:<major>:<minor>) or an Eddystone-UID (eddystone:<namespace>:<instance>)")]
 pub struct BandIdError {
     pub input: String,
     pub reason: &'static str,
@@ -53,6 +55,14 @@ impl BandId {
         Some(BandId::IBeacon { uuid: u128::from_str_radix(&h, 16).ok()?, major, minor })
     }
 
+    /// Eddystone-UID: a 10-byte namespace and a 6-byte instance, as hex in
+    /// any case, with or without separators (32 digits in all).
+    pub fn eddystone(hex: &str) -> Option<BandId> {
+        let b = crate::ble::hex(hex)?;
+        let b: [u8; 16] = b.try_into().ok()?;
+        Some(BandId::Eddystone { namespace: b[..10].try_into().ok()?, instance: b[10..].try_into().ok()? })
+    }
+
     /// ESPresense's fingerprint: "iBeacon:<uuid with dashes>-<major>-<minor>".
     pub fn from_espresense_id(id: &str) -> Option<BandId> {
         let rest = id.strip_prefix("iBeacon:").or_else(|| id.strip_prefix("ibeacon:"))?;
@@ -82,6 +92,9 @@ impl FromStr for BandId {
                 _ => Err(err("expected ibeacon:<uuid>:<major>:<minor>")),
             };
         }
+        if let Some(rest) = lower.strip_prefix("eddystone:") {
+            return BandId::eddystone(rest).ok_or_else(|| err("an Eddystone-UID has 32 hex digits: namespace (20) and instance (12)"));
+        }
         if let Some(rest) = lower.strip_prefix("mac:") {
             return BandId::mac_from_str(rest).ok_or_else(|| err("a MAC has 12 hex digits"));
         }
@@ -96,6 +109,12 @@ impl fmt::Display for BandId {
             BandId::IBeacon { uuid, major, minor } => {
                 let h = format!("{uuid:032x}");
                 write!(f, "ibeacon:{}-{}-{}-{}-{}:{major}:{minor}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+            }
+            BandId::Eddystone { namespace, instance } => {
+                f.write_str("eddystone:")?;
+                namespace.iter().try_for_each(|b| write!(f, "{b:02x}"))?;
+                f.write_str(":")?;
+                instance.iter().try_for_each(|b| write!(f, "{b:02x}"))
             }
         }
     }
@@ -574,11 +593,17 @@ mod tests {
         assert_eq!(i, "iBeacon:e5b9e3a6-27e2-4c36-a257-7698da5fc140-1-101".parse().unwrap());
         assert_eq!(i.to_string().parse::<BandId>().unwrap(), i);
         assert_eq!(a.to_string(), "C3:A1:F0:00:11:01");
+        let e: BandId = "Eddystone:0102030405060708090A-0B0C0D0E0F10".parse().unwrap();
+        assert_eq!(e, "eddystone:0102030405060708090a0b0c0d0e0f10".parse().unwrap());
+        assert_eq!(e.to_string(), "eddystone:0102030405060708090a:0b0c0d0e0f10");
+        assert_eq!(e.to_string().parse::<BandId>().unwrap(), e);
     }
 
     #[test]
     fn malformed_band_ids_are_rejected_with_a_reason() {
-        for bad in ["", "c3a1f000110", "zz:a1:f0:00:11:01", "ibeacon:1234:1:2", "ibeacon:e5b9e3a627e24c36a2577698da5fc140:1:99999"] {
+        for bad in
+            ["", "c3a1f000110", "zz:a1:f0:00:11:01", "ibeacon:1234:1:2", "ibeacon:e5b9e3a627e24c36a2577698da5fc140:1:99999", "eddystone:0102", "eddystone:zz"]
+        {
             let e = bad.parse::<BandId>().unwrap_err();
             assert!(!e.reason.is_empty(), "{bad}");
         }

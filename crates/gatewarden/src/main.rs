@@ -132,6 +132,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: VisitorCmd,
     },
+    /// MQTT tools: `mqtt sniff` shows what the gateways publish and whether it is read.
+    Mqtt {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        cmd: MqttCmd,
+    },
     /// The entry log.
     Log {
         #[command(flatten)]
@@ -214,6 +221,20 @@ enum GateCmd {
         /// A plate typed in by the guard (or sent by an external plate camera).
         #[arg(long, group = "cred")]
         plate: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum MqttCmd {
+    /// Listen to the configured broker and print, per topic: messages, the
+    /// format detected (or why none), band identities and whether each is enrolled.
+    Sniff {
+        /// How long to listen.
+        #[arg(long = "for", default_value = "30s", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+        /// Also listen to this topic filter (repeatable), e.g. '#'.
+        #[arg(long)]
+        topic: Vec<String>,
     },
 }
 
@@ -317,6 +338,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Resident { conn, cmd } => cli::resident(&client(&conn)?, cmd).await?,
         Cmd::Visitor { conn, cmd } => cli::visitor(&client(&conn)?, cmd).await?,
         Cmd::Log { conn, cmd } => cli::log(&client(&conn)?, cmd).await?,
+        Cmd::Mqtt { conn, cmd: MqttCmd::Sniff { duration, topic } } => mqtt_sniff(&conn, duration, &topic).await?,
         Cmd::Vehicle { conn, cmd } => cli::vehicle(&client(&conn)?, cmd).await?,
         Cmd::Keys { conn, cmd } => cli::keys(&client(&conn)?, cmd).await?,
         Cmd::Backup { conn, out } => {
@@ -343,6 +365,24 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
 }
 
 /// `gatewarden store check`: offline, read-only apart from sled's own recovery.
+async fn mqtt_sniff(conn: &Conn, duration: std::time::Duration, extra: &[String]) -> anyhow::Result<()> {
+    use gatewarden::mqtt::sniff;
+    let cfg = Config::load(&conn.config)?;
+    // The roster comes from the daemon (sled is single-process); without it
+    // the report still shows formats and identities.
+    let enrolled = match Client::new(conn) {
+        Ok(c) => c.call(reqwest::Method::GET, "/elders", None).await.ok().map(|v| sniff::enrolled_from(&v)),
+        Err(_) => None,
+    };
+    let report = sniff::listen(&cfg, duration, extra).await?;
+    if conn.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render(enrolled.as_ref()));
+    }
+    Ok(())
+}
+
 fn store_check(config: &std::path::Path) -> anyhow::Result<ExitCode> {
     let cfg = load(config)?;
     anyhow::ensure!(cfg.store.path.exists(), "there is no store at {} (store.path)", cfg.store.path.display());

@@ -60,6 +60,9 @@ pub struct Metrics {
     /// lookup allocates its label and takes a lock, for every message.
     hot_messages: [std::sync::OnceLock<Counter>; HOT_MESSAGES.len()],
     hot_sightings: [std::sync::OnceLock<Counter>; HOT_SIGHTINGS.len()],
+    hot_formats: [std::sync::OnceLock<Counter>; HOT_FORMATS.len()],
+    /// MQTT messages by the gateway format they were read as.
+    pub formats: Family<KindLabel, Counter>,
     pub messages: Family<KindLabel, Counter>,
     pub rejected: Family<ReasonLabel, Counter>,
     pub sightings: Family<KindLabel, Counter>,
@@ -108,6 +111,7 @@ impl Default for Metrics {
 
 const HOT_MESSAGES: [&str; 6] = ["sighting", "status", "ignored", "credential", "cluster", "enrolment"];
 const HOT_SIGHTINGS: [&str; 3] = ["wristband", "face", "check_in"];
+const HOT_FORMATS: [&str; 8] = ["espresense", "openmqttgateway", "ha_room", "gatewarden", "aprilbrother", "ingics", "minew", "cassia"];
 
 /// The counter for `label` in `family`, through a slot of `cache` when the label is a hot one.
 fn hot_counter<L: Clone + std::hash::Hash + Eq, const N: usize>(
@@ -129,6 +133,8 @@ impl Metrics {
             registry: Registry::with_prefix("gatewarden"),
             hot_messages: Default::default(),
             hot_sightings: Default::default(),
+            hot_formats: Default::default(),
+            formats: Family::default(),
             heartbeats: Heartbeats::default(),
             task_heartbeat_age: Family::default(),
             messages: Family::default(),
@@ -161,6 +167,7 @@ impl Metrics {
         r.register("entry_sync_seconds", "Time to make a gate decision durable before the barrier moves", m.entry_sync_seconds.clone());
         r.register("mqtt_messages", "MQTT messages received, by what they were", m.messages.clone());
         r.register("mqtt_rejected", "MQTT messages rejected, by reason", m.rejected.clone());
+        r.register("mqtt_formats", "MQTT messages by the gateway format they were read as", m.formats.clone());
         r.register("sightings", "Sightings of enrolled elders, by source", m.sightings.clone());
         r.register("unknown_band_sightings", "Sightings of wristbands nobody is enrolled with", m.unknown_band_sightings.clone());
         r.register("alerts", "Alerts currently open, by kind and state", m.alerts.clone());
@@ -205,6 +212,10 @@ impl Metrics {
     /// A sighting of an enrolled elder, by source ("wristband", "face", "check_in").
     pub fn sighting(&self, source: &str) {
         hot_counter(&self.sightings, &self.hot_sightings, &HOT_SIGHTINGS, source, |k| KindLabel { kind: k.into() });
+    }
+    /// A message read as this gateway format (`config::SourceFormat::as_str`).
+    pub fn format(&self, format: &str) {
+        hot_counter(&self.formats, &self.hot_formats, &HOT_FORMATS, format, |k| KindLabel { kind: k.into() });
     }
     pub fn reject(&self, reason: &str) {
         self.rejected.get_or_create(&ReasonLabel { reason: reason.into() }).inc();

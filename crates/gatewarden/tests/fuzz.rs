@@ -59,6 +59,18 @@ fn payload() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
+/// One documented report of every gateway format `auto` reads, to mutate.
+const VENDOR_SAMPLES: [(&str, &[u8]); 8] = [
+    ("aprilbrother/r", br#"{"id":"ABCDEF123456","raw_beacons_data":"F4B85ED84CB7123456781234123412341234123412347DAD33B1C6FF41;0117C538C0CF23A01AF0232A45189C0E323FB773F5EF00100020B3FFB2;"}"#),
+    ("abgw/up", br#"{"v":"1.5.9","mac":"AABBCCDDEEFF","devices":["02C8FD1949A530CE0201061AFF4C000215EB6D469624BE4663B15230D46B0E9CC9000D002AC0"]}"#),
+    ("abgw/up", &[0x82, 0xa3, b'm', b'a', b'c', 0xa2, b'A', b'B', 0xa7, b'd', b'e', b'v', b'i', b'c', b'e', b's', 0x91, 0xc4, 0x0c, 0x02, 0xC8, 0xFD, 0x19, 0x49, 0xA5, 0x30, 0xCE, 0x02, 0x01, 0x06, 0x00]),
+    ("ingics/gw", b"$GPRP,0C61CFC1452E,E7DAE08E6FC3,-44,0201061AFF4C000215B9A5D27D56CC4E3AAB511F2153BCB9670001452ED6\r\n$HBRP,FECE97089146,FECE97089146,-127,00000000"),
+    ("minew/gw", br#"[{"type":"Gateway","mac":"AC233FC0ABCD"},{"type":"iBeacon","mac":"AC233F261234","rssi":-62,"ibeaconUuid":"E2C56DB5DFFB48D2B060D0F5A71096E0","ibeaconMajor":10,"ibeaconMinor":7,"battery":87},{"type":"Unknown","mac":"C3A1F0001109","rawData":"0201060303AAFE1716AAFE00EE0102030405060708090A0B0C0D0E0F100000"}]"#),
+    ("up/CC:1B:E0:E2:8F:2C/scan", br#"{"action":"data.scan","gateway":"CC:1B:E0:E2:8F:2C","data":[{"bdaddrs":[{"bdaddr":"CC:1B:E0:E0:F1:D0"}],"adData":"0201061AFF4C000215EB6D469624BE4663B15230D46B0E9CC9000D002AC0","rssi":-54}]}"#),
+    ("room_presence/kitchen", br#"{"id":"e5b9e3a6-27e2-4c36-a257-7698da5fc140-1-108","name":"Band","distance":2.5}"#),
+    ("home/gw/BTtoMQTT/e5b9e3a627e24c36a2577698da5fc140", br#"{"id":"C3:A1:F0:00:11:07","uuid":"e5b9e3a627e24c36a2577698da5fc140","major":"1","minor":107,"namespace":"0102030405060708090a","instance":"0b0c0d0e0f10"}"#),
+];
+
 /// The suite's bounded run; `GATEWARDEN_FUZZ_SCALE=N` multiplies every
 /// target's cases for the long run recorded in BENCHMARKS.md.
 fn cases(n: u32) -> u32 {
@@ -71,6 +83,24 @@ proptest! {
     #[test]
     fn mqtt_payload_parser_never_panics(t in topic(), p in payload()) {
         let _ = gatewarden::mqtt::payload::parse(&t, &p, 16 * 1024);
+    }
+
+    #[test]
+    fn gateway_reports_with_bytes_flipped_cut_or_inserted_never_panic(
+        which in 0usize..VENDOR_SAMPLES.len(),
+        edits in proptest::collection::vec((any::<usize>(), any::<u8>(), 0u8..3), 1..8),
+    ) {
+        let (topic, sample) = VENDOR_SAMPLES[which];
+        let mut b = sample.to_vec();
+        for (at, byte, op) in edits {
+            let i = if b.is_empty() { 0 } else { at % b.len() };
+            match op {
+                0 if !b.is_empty() => b[i] = byte,
+                1 if !b.is_empty() => { b.truncate(i); }
+                _ => b.insert(i.min(b.len()), byte),
+            }
+        }
+        let _ = gatewarden::mqtt::payload::parse(topic, &b, 16 * 1024);
     }
 
     #[test]

@@ -631,3 +631,152 @@ channels = ["grid-wecom"]
     assert_eq!(all.iter().filter(|t| t.contains("网关")).count(), 1, "one digest, not 45 messages: {all:?}");
     assert_eq!(all.len(), 2, "{all:?}");
 }
+
+/// Installers' declared sources for the vendor test: `auto` unless the
+/// vendor's topic is the installer's own choice and the format is certain.
+const VENDOR_SOURCES: &str = r#"
+[[mqtt.sources]]
+topic = "room_presence/+"
+[[mqtt.sources]]
+topic = "espresense/rooms/+"
+[[mqtt.sources]]
+topic = "aprilbrother/#"
+[[mqtt.sources]]
+topic = "ingics/#"
+format = "ingics"
+[[mqtt.sources]]
+topic = "minew/#"
+[[mqtt.sources]]
+topic = "up/+/scan"
+format = "cassia"
+[[mqtt.sources]]
+topic = "vendor/#"
+"#;
+
+/// MessagePack `{"mac": <str>, "devices": [<bin>…]}`, as the April Brother
+/// BLE Gateway V4 posts by default.
+fn april_brother_msgpack(gateway: &str, devices: &[&str]) -> Vec<u8> {
+    let mut b = vec![0x82, 0xa3];
+    b.extend(b"mac");
+    b.push(0xa0 | gateway.len() as u8);
+    b.extend(gateway.as_bytes());
+    b.push(0xa7);
+    b.extend(b"devices");
+    b.push(0x90 | devices.len() as u8);
+    for d in devices {
+        let raw: Vec<u8> = (0..d.len()).step_by(2).map(|i| u8::from_str_radix(&d[i..i + 2], 16).unwrap()).collect();
+        b.extend([0xc4, raw.len() as u8]);
+        b.extend(raw);
+    }
+    b
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_vendor_format_updates_the_right_elder_by_mac_by_ibeacon_and_by_eddystone() {
+    let w = world(&format!("{LADDER}{VENDOR_SOURCES}")).await;
+    let bands = [
+        ("E201", "ibeacon:e5b9e3a6-27e2-4c36-a257-7698da5fc140:1:108"),
+        ("E202", "ibeacon:e5b9e3a6-27e2-4c36-a257-7698da5fc140:1:106"),
+        ("E203", "C3:A1:F0:00:11:07"),
+        ("E204", "ibeacon:12345678-1234-1234-1234-123412341234:32173:13233"),
+        ("E205", "c8fd1949a530"),
+        ("E206", "ibeacon:e5b9e3a627e24c36a2577698da5fc140:1:110"),
+        ("E207", "ibeacon:B9A5D27D-56CC-4E3A-AB51-1F2153BCB967:1:17710"),
+        ("E208", "AC-23-3F-26-12-34"),
+        ("E209", "ibeacon:eb6d469624be4663b15230d46b0e9cc9:13:99"),
+        ("E210", "eddystone:0102030405060708090A:0B0C0D0E0F10"),
+    ];
+    for (id, band) in bands {
+        enroll(&w.d, id, band).await;
+    }
+    let p = w.broker.publisher().await;
+    // Home Assistant mqtt_room, older ESPresense, OpenMQTTGateway with the beacon uuid in the topic.
+    p.publish("room_presence/kitchen", r#"{"id":"e5b9e3a6-27e2-4c36-a257-7698da5fc140-1-108","name":"Band 108","distance":2.5}"#).await;
+    p.publish("espresense/rooms/living_room", r#"{"id":"iBeacon:e5b9e3a6-27e2-4c36-a257-7698da5fc140-1-106","rssi":-65,"distance":1.2}"#).await;
+    p.publish(
+        "home/OMG_ESP32_BLE/BTtoMQTT/e5b9e3a627e24c36a2577698da5fc140",
+        r#"{"id":"C3:A1:F0:00:11:07","mac_type":1,"rssi":-70,"brand":"GENERIC","model":"iBeacon","model_id":"IBEACON","mfid":"4c00","uuid":"e5b9e3a627e24c36a2577698da5fc140","major":1,"minor":107,"txpower":-59}"#,
+    )
+    .await;
+    // April Brother: the iBeacon receiver's documented sample; the Gateway V4 as JSON and as MessagePack.
+    p.publish(
+        "aprilbrother/receiver",
+        r#"{"id":"ABCDEF123456","raw_beacons_data":"F4B85ED84CB7123456781234123412341234123412347DAD33B1C6FF41;0117C538C0CF23A01AF0232A45189C0E323FB773F5EF00100020B3FFB2;"}"#,
+    )
+    .await;
+    p.publish(
+        "aprilbrother/gw4",
+        r#"{"v":"1.5.9","mid":1208,"time":50062,"ip":"192.168.1.77","mac":"AABBCCDDEEFF","devices":["02C8FD1949A530CE0201061AFF4C000215EB6D469624BE4663B15230D46B0E9CC9000D002AC0"]}"#,
+    )
+    .await;
+    p.publish("aprilbrother/gw4b", april_brother_msgpack("112233445566", &["00C3A1F000110AB00201061AFF4C000215E5B9E3A627E24C36A2577698DA5FC1400001006EC5"]))
+        .await;
+    // Ingics, the documented iBeacon line; Minew JSON-LONG with an iBeacon and an Eddystone-UID; Cassia's envelope.
+    p.publish("ingics/lobby", "$GPRP,0C61CFC1452E,E7DAE08E6FC3,-44,0201061AFF4C000215B9A5D27D56CC4E3AAB511F2153BCB9670001452ED6\r\n").await;
+    p.publish(
+        "minew/gw/ac233fc0abcd",
+        r#"[{"timestamp":"2026-11-30T08:00:00.000Z","type":"Gateway","mac":"AC233FC0ABCD","gatewayFree":95},
+            {"timestamp":"2026-11-30T08:00:00.100Z","type":"iBeacon","mac":"AC233F261234","rssi":-62,"ibeaconUuid":"E2C56DB5DFFB48D2B060D0F5A71096E0","ibeaconMajor":10,"ibeaconMinor":7,"battery":87},
+            {"timestamp":"2026-11-30T08:00:00.200Z","type":"Unknown","mac":"D0D1D2D3D4D5","rssi":-71,"rawData":"0201060303AAFE1716AAFE00EE0102030405060708090A0B0C0D0E0F100000"}]"#,
+    )
+    .await;
+    p.publish(
+        "up/CC:1B:E0:E2:8F:2C/scan",
+        r#"{"id":"1","action":"data.scan","timestamp":1678698297028,"gateway":"CC:1B:E0:E2:8F:2C","data":[{"bdaddrs":[{"bdaddr":"CC:1B:E0:E0:F1:D0","bdaddrType":"public"}],"scanData":"","adData":"0201061AFF4C000215EB6D469624BE4663B15230D46B0E9CC9000D0063C0","rssi":-54,"name":"unknown","evtType":0}]}"#,
+    )
+    .await;
+    for (id, place) in [
+        ("E201", "kitchen"),
+        ("E202", "living_room"),
+        ("E203", "OMG_ESP32_BLE"),
+        ("E204", "AB:CD:EF:12:34:56"),
+        ("E205", "AA:BB:CC:DD:EE:FF"),
+        ("E206", "11:22:33:44:55:66"),
+        ("E207", "E7:DA:E0:8E:6F:C3"),
+        ("E208", "AC:23:3F:C0:AB:CD"),
+        ("E209", "CC:1B:E0:E2:8F:2C"),
+        ("E210", "AC:23:3F:C0:AB:CD"),
+    ] {
+        let l = wait_seen(&w.d, id, place).await;
+        assert_eq!(l["source"], "wristband", "{id}");
+    }
+    assert_eq!(w.d.last_seen("E208").await["battery"], 87);
+    for f in ["ha_room", "espresense", "openmqttgateway", "aprilbrother", "ingics", "minew", "cassia"] {
+        assert!(w.d.metric(&format!(r#"gatewarden_mqtt_formats_total{{kind="{f}"}}"#)).await >= 1.0, "{f} counted");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_payload_in_no_known_shape_is_counted_logged_once_and_shown_by_sniff() {
+    let w = world(&format!("{LADDER}{VENDOR_SOURCES}")).await;
+    enroll(&w.d, "E301", "C3:A1:F0:00:13:01").await;
+    let sniff = std::process::Command::new(bin())
+        .args(["mqtt", "sniff", "--for", "6s", "--config"])
+        .arg(&w.d.config)
+        .env_remove("GATEWARDEN_ADMIN_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let p = w.broker.publisher().await;
+    for t in [21.5, 21.6, 21.7] {
+        p.publish("vendor/thermo", format!(r#"{{"temperature":{t}}}"#)).await;
+    }
+    p.publish("vendor/thermo", vec![0xde, 0xad, 0xbe, 0xef]).await;
+    p.publish("home/gw/BTtoMQTT/C3A1F0001301", r#"{"id":"C3:A1:F0:00:13:01","rssi":-60}"#).await;
+    p.publish("home/gw/BTtoMQTT/C3A1F0001399", r#"{"id":"C3:A1:F0:00:13:99","rssi":-60}"#).await;
+    wait_seen(&w.d, "E301", "gw").await;
+    let out = tokio::task::spawn_blocking(move || sniff.wait_with_output().unwrap()).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("vendor/thermo") && text.contains("NOT READ ×3: unknown_shape"), "{text}");
+    assert!(text.contains("band C3:A1:F0:00:13:01: enrolled (E301)"), "{text}");
+    assert!(text.contains("band C3:A1:F0:00:13:99: NOT ENROLLED"), "{text}");
+    assert!(text.contains("format: openmqttgateway ×1"), "{text}");
+    eventually("unknown shapes counted", 10, async || (w.d.metric(r#"gatewarden_mqtt_rejected_total{reason="unknown_shape"}"#).await >= 3.0).then_some(()))
+        .await;
+    assert_eq!(w.d.health().await["status"], "ok");
+    let logged = w.d.log().matches("cannot read messages on this topic").count();
+    assert_eq!(logged, 1, "once per topic, not once per message:\n{}", w.d.log());
+}

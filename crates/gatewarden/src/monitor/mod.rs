@@ -335,8 +335,10 @@ impl Monitor {
 
     fn on_parsed(&mut self, p: Parsed) {
         match p {
-            Parsed::Sighting(s) => {
-                self.observe(Observation::Band(s));
+            Parsed::Sightings(all) => {
+                for s in all {
+                    self.observe(Observation::Band(s));
+                }
             }
             Parsed::GatewayStatus { gateway, online } => {
                 tracing::info!(%gateway, online, "gateway status");

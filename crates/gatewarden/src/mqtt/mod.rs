@@ -3,11 +3,13 @@
 //! restarts are still delivered; reconnect with backoff; and, for the demo, an
 //! embedded rumqttd broker on loopback.
 
+mod msgpack;
 pub mod payload;
+pub mod sniff;
 
 use crate::telemetry::Metrics;
 use config::Config;
-pub use payload::{parse, Parsed, RejectReason};
+pub use payload::{parse, Parsed, Parser, RejectReason};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -193,7 +195,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
-    let mut topics = cfg.mqtt.topics.clone();
+    let mut topics = cfg.mqtt.subscriptions();
     if !cfg.gates.is_empty() {
         topics.push(format!("gatewarden/{}/gate/+/credential", cfg.site));
     }
@@ -205,7 +207,11 @@ pub async fn run(
         // was offline catches up.
         topics.push(format!("gatewarden/{}/enrolment/#", cfg.site));
     }
-    let max = cfg.mqtt.max_payload_bytes;
+    let parser = Parser::new(&cfg.mqtt);
+    // Topics already named in the log for carrying nothing we can read: once
+    // per topic, not once per message (bounded: a flood of topics is counted,
+    // not logged).
+    let mut unread_topics: std::collections::HashSet<String> = std::collections::HashSet::new();
     let mut backoff = cfg.mqtt.reconnect_min.get();
     // This task polls the event loop, so it must never wait on the client's
     // queue itself: its own acknowledgements go through `Acks` too.
@@ -237,7 +243,11 @@ pub async fn run(
                         acks.push(&client, r);
                     }
                 };
-                match parse(&p.topic, &p.payload, max) {
+                let (format, parsed) = parser.read(&p.topic, &p.payload);
+                if let Some(f) = format {
+                    metrics.format(f.as_str());
+                }
+                match parsed {
                     Ok(Parsed::Ignored) => {
                         metrics.message("ignored");
                         done(receipt);
@@ -260,7 +270,7 @@ pub async fn run(
                     },
                     Ok(parsed) => {
                         metrics.message(match parsed {
-                            Parsed::Sighting(_) => "sighting",
+                            Parsed::Sightings(_) => "sighting",
                             Parsed::Credential { .. } => "credential",
                             Parsed::Cluster { .. } => "cluster",
                             _ => "status",
@@ -271,7 +281,16 @@ pub async fn run(
                     }
                     Err(rej) => {
                         metrics.reject(rej.reason.as_str());
-                        tracing::debug!(topic = %p.topic, reason = rej.reason.as_str(), detail = %rej.detail, "rejected MQTT message");
+                        if unread_topics.len() < 1024 && unread_topics.insert(p.topic.clone()) {
+                            tracing::warn!(
+                                topic = %p.topic,
+                                reason = rej.reason.as_str(),
+                                detail = %rej.detail,
+                                "cannot read messages on this topic (logged once per topic; see `gatewarden mqtt sniff` and gatewarden_mqtt_rejected_total)"
+                            );
+                        } else {
+                            tracing::debug!(topic = %p.topic, reason = rej.reason.as_str(), detail = %rej.detail, "rejected MQTT message");
+                        }
                         done(receipt);
                     }
                 }
