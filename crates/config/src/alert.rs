@@ -73,6 +73,19 @@ pub struct AlertConfig {
     /// (set one per grid with `gatewarden escalation set`).
     #[serde(default)]
     pub ladder: Vec<LevelConfig>,
+    /// Absence thresholds by elder category, e.g. `dementia = "24h"`,
+    /// `visits_family = "72h"`. An elder's own threshold comes first; with
+    /// several categories the shortest applies.
+    #[serde(default)]
+    pub absence_by_category: std::collections::BTreeMap<String, Dur>,
+    /// Reminders wait out these hours (site time, UTC+8), e.g. "22:00-07:00".
+    /// Never an SOS, never a first alert, never an escalation.
+    #[serde(default)]
+    pub quiet_hours: Option<String>,
+    /// Each grid's morning watch list (网格发现) goes to its first ladder
+    /// level at this time of day (site time), e.g. "07:30". None: off.
+    #[serde(default)]
+    pub watch_list_at: Option<String>,
 }
 impl AlertConfig {
     fn policy(after: Option<u64>, repeat: u64, escalate: u64) -> AlertPolicy {
@@ -95,6 +108,17 @@ impl AlertConfig {
     }
     pub fn absence_after(&self) -> Duration {
         self.absence.after.map(Dur::get).unwrap_or(Duration::from_secs(48 * 3600))
+    }
+
+    /// `watch_list_at` as a time of day (checked by `validate`).
+    pub fn watch_list_time(&self) -> Option<chrono::NaiveTime> {
+        self.watch_list_at.as_deref().and_then(|t| chrono::NaiveTime::parse_from_str(t.trim(), "%H:%M").ok())
+    }
+
+    /// An elder's absence threshold: their own, else the shortest of their
+    /// categories', else None (the site's `absence.after`).
+    pub fn absence_after_for(&self, own_secs: Option<u64>, categories: &[String]) -> Option<Duration> {
+        own_secs.map(Duration::from_secs).or_else(|| categories.iter().filter_map(|c| self.absence_by_category.get(c.trim())).map(|d| d.get()).min())
     }
 }
 impl Default for AlertConfig {
@@ -183,7 +207,47 @@ pub struct ChannelConfig {
     pub token: Option<String>,
     #[serde(default)]
     pub rate_per_minute: Option<u32>,
+    /// WeCom and DingTalk: "text" (default; @-mentions work) or "markdown"
+    /// (bold title, a tappable acknowledge link).
+    #[serde(default)]
+    pub format: domain::alert::channel::TextFormat,
+    /// Only these alert kinds ("sos", "absence", …) go through this channel;
+    /// empty: all. A voice channel defaults to ["sos"].
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    /// SMS and voice: Alibaba AccessKeyId / Tencent SecretId (the secret is
+    /// `secret` or `secret_env`).
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    /// SMS: the approved signature (签名).
+    #[serde(default)]
+    pub sign_name: Option<String>,
+    /// SMS: Alibaba TemplateCode / Tencent TemplateId; voice: TtsCode.
+    #[serde(default)]
+    pub template: Option<String>,
+    /// Which fields fill the template, in order: name, kind, notice, time,
+    /// address, place, site, ref, link.
+    #[serde(default)]
+    pub template_params: Vec<String>,
+    /// Tencent SmsSdkAppId.
+    #[serde(default)]
+    pub app_id: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Voice: the number the callee sees (CalledShowNumber).
+    #[serde(default)]
+    pub show_number: Option<String>,
+    /// SMS and voice: "staff" (the level's staff; default) or "contacts"
+    /// (the elder's emergency contacts: their family).
+    #[serde(default)]
+    pub to: domain::alert::channel::Audience,
+    /// SMS and voice: numbers always sent to as well (a duty officer).
+    #[serde(default)]
+    pub phones: Vec<String>,
 }
+
+/// The fields an SMS or voice template may use.
+pub const TEMPLATE_FIELDS: [&str; 9] = ["name", "kind", "notice", "time", "address", "place", "site", "ref", "link"];
 
 impl ChannelConfig {
     pub fn rate_per_minute(&self) -> u32 {
@@ -194,10 +258,30 @@ impl ChannelConfig {
         domain::alert::channel::Endpoint {
             name: self.name.clone(),
             kind: self.kind,
+            format: self.format,
             url: self.url.clone(),
             topic: self.topic.clone(),
             token: self.token.clone(),
+            cloud: domain::alert::cloud::CloudAccount {
+                key_id: self.access_key_id.clone().unwrap_or_default(),
+                sign_name: self.sign_name.clone().unwrap_or_default(),
+                template: self.template.clone().unwrap_or_default(),
+                template_params: self.template_params.clone(),
+                app_id: self.app_id.clone().unwrap_or_default(),
+                region: self.region.clone().unwrap_or_default(),
+                show_number: self.show_number.clone().unwrap_or_default(),
+            },
+            audience: self.to,
+            phones: self.phones.clone(),
         }
+    }
+
+    /// Whether alerts of `kind` go through this channel.
+    pub fn carries(&self, kind: domain::alert::AlertKind) -> bool {
+        if self.kinds.is_empty() {
+            return self.kind != ChannelKind::AliyunVoice || kind == domain::alert::AlertKind::Sos;
+        }
+        self.kinds.iter().any(|k| k == kind.as_str())
     }
     pub fn resolved_secret(&self) -> Option<String> {
         if let Some(var) = &self.secret_env {

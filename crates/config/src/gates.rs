@@ -15,6 +15,9 @@ pub enum GateDirection {
 #[serde(deny_unknown_fields)]
 pub struct GateConfig {
     pub name: String,
+    /// What staff read in messages ("北门"); default: `name`.
+    #[serde(default)]
+    pub display_name: Option<String>,
     /// rtsp://…, http://…/cam.mjpg, a video file, or /dev/videoN. None: credentials only.
     #[serde(default)]
     pub camera: Option<String>,

@@ -299,10 +299,56 @@ impl Config {
                     bad(key("secret"), "signed robots need their signing secret (or secret_env)".into())
                 }
                 ChannelKind::Ntfy if ch.topic.is_none() => bad(key("topic"), "ntfy needs a topic".into()),
+                k if k.is_cloud() => {
+                    if !has_secret {
+                        bad(key("secret"), "SMS and voice need the AccessKeySecret / SecretKey (secret or secret_env)".into());
+                    }
+                    let need = |v: &Option<String>| v.as_deref().is_none_or(|s| s.trim().is_empty());
+                    if need(&ch.access_key_id) {
+                        bad(key("access_key_id"), "SMS and voice need the AccessKeyId / SecretId".into());
+                    }
+                    if need(&ch.template) {
+                        bad(key("template"), "the approved template (TemplateCode / TemplateId / TtsCode) is needed".into());
+                    }
+                    if k != ChannelKind::AliyunVoice && need(&ch.sign_name) {
+                        bad(key("sign_name"), "SMS needs its approved signature (签名)".into());
+                    }
+                    if k == ChannelKind::TencentSms && need(&ch.app_id) {
+                        bad(key("app_id"), "Tencent SMS needs the SmsSdkAppId".into());
+                    }
+                    for (j, f) in ch.template_params.iter().enumerate() {
+                        if !TEMPLATE_FIELDS.contains(&f.as_str()) {
+                            bad(format!("alert.channels[{i}].template_params[{j}]"), format!("{f:?} is not one of {}", TEMPLATE_FIELDS.join(", ")));
+                        }
+                    }
+                    for (j, p) in ch.phones.iter().enumerate() {
+                        if !domain::presence::is_phone(p) {
+                            bad(format!("alert.channels[{i}].phones[{j}]"), format!("{p:?} is not a phone number"));
+                        }
+                    }
+                }
                 _ => {}
+            }
+            for (j, k) in ch.kinds.iter().enumerate() {
+                if !domain::alert::AlertKind::ALL.iter().any(|a| a.as_str() == k) {
+                    bad(format!("alert.channels[{i}].kinds[{j}]"), format!("{k:?} is not an alert kind"));
+                }
             }
             if ch.rate_per_minute == Some(0) {
                 bad(key("rate_per_minute"), "must be greater than 0".into());
+            }
+        }
+        if let Some(q) = &self.alert.quiet_hours {
+            if let Err(e) = q.parse::<domain::alert::engine::QuietHours>() {
+                bad("alert.quiet_hours".into(), format!("{e} (e.g. \"22:00-07:00\", site time)"));
+            }
+        }
+        if self.alert.watch_list_at.is_some() && self.alert.watch_list_time().is_none() {
+            bad("alert.watch_list_at".into(), format!("{:?} is not a time of day HH:MM (site time)", self.alert.watch_list_at.as_deref().unwrap_or_default()));
+        }
+        for (cat, d) in &self.alert.absence_by_category {
+            if d.get() < std::time::Duration::from_secs(600) || d.get() > std::time::Duration::from_secs(60 * 86400) {
+                bad(format!("alert.absence_by_category.{cat}"), format!("{d} must be between 10m and 60d"));
             }
         }
         for (i, lvl) in self.alert.ladder.iter().enumerate() {

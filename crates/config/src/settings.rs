@@ -21,6 +21,8 @@ impl Config {
             gateway_silent_after: chrono_dur(c.presence.gateway_silent_after.get()),
             battery_low_percent: c.presence.battery_low_percent,
             gateways_max: c.presence.gateways_max,
+            // Checked by `validate`: a bad value never gets this far.
+            quiet_hours: a.quiet_hours.as_deref().and_then(|q| q.parse().ok()),
             policies: HashMap::from([
                 (AlertKind::Absence, p(&a.absence)),
                 (AlertKind::Sos, p(&a.sos)),

@@ -197,6 +197,10 @@ pub struct Elder {
     #[serde(default)]
     pub notes: String,
     pub enrolled_at: Timestamp,
+    /// This elder's own absence threshold in seconds (e.g. 24h for someone
+    /// with dementia), before their categories' and the site's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub absence_after_secs: Option<u64>,
 }
 
 impl Elder {
@@ -576,6 +580,7 @@ mod tests {
             categories: vec![],
             notes: String::new(),
             enrolled_at: t(0),
+            absence_after_secs: None,
         }
     }
 

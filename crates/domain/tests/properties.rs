@@ -28,6 +28,7 @@ fn settings() -> Settings {
         gateway_silent_after: Duration::minutes(10),
         battery_low_percent: 20,
         gateways_max: 64,
+        quiet_hours: None,
         policies: HashMap::from([
             (AlertKind::Absence, pol(6, 12)),
             (AlertKind::Sos, Policy { repeat_every: Duration::minutes(5), escalate_after: Duration::minutes(10) }),

@@ -111,6 +111,8 @@ async fn absence_fires_once_then_reminds_escalates_and_sends_returned_to_everyon
     w.d.advance("6h").await; // 12h without acknowledgement: level 2
     let esc = eventually("the escalation", 10, async || w.rx.accepted("/hook").first().cloned()).await;
     let v = esc.json();
+    let am = AlertmanagerV4::accept(&esc.body);
+    assert_eq!((am.status.as_str(), am.alerts[0].labels["alertname"].as_str()), ("firing", "absence"));
     assert_eq!(v["status"], "firing");
     assert_eq!(v["alerts"][0]["labels"]["notice"], "escalated");
     assert!(v["alerts"][0]["generatorURL"].as_str().unwrap().contains("/ack/"));
@@ -779,4 +781,297 @@ async fn a_payload_in_no_known_shape_is_counted_logged_once_and_shown_by_sniff()
     assert_eq!(w.d.health().await["status"], "ok");
     let logged = w.d.log().matches("cannot read messages on this topic").count();
     assert_eq!(logged, 1, "once per topic, not once per message:\n{}", w.d.log());
+}
+
+/// `hh:mm` site time (UTC+8) on a day after today, as RFC 3339, and that day:
+/// the test clock only moves forward, and a time before the build is
+/// implausible to the daemon.
+fn site_time(hh: u32, mm: u32) -> (String, chrono::NaiveDate) {
+    let cst = chrono::FixedOffset::east_opt(8 * 3600).unwrap();
+    let day = (chrono::Utc::now() + chrono::Duration::days(2)).with_timezone(&cst).date_naive();
+    let at = day.and_hms_opt(hh, mm, 0).unwrap().and_local_timezone(cst).unwrap().with_timezone(&chrono::Utc);
+    (at.to_rfc3339(), day)
+}
+
+/// Elders with an open absence alert, by id.
+async fn absent(d: &Daemon) -> Vec<String> {
+    let mut v: Vec<String> = d
+        .get("/alerts")
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["kind"] == "absence")
+        .filter_map(|a| a["subject"]["id"].as_str().map(str::to_string))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn elders_at_24h_48h_and_72h_alert_at_their_own_times_under_the_test_clock() {
+    let w = world(&format!("{LADDER}\n[alert.absence_by_category]\ndementia = \"24h\"\n")).await;
+    let add = |id: &str, extra: serde_json::Value| {
+        let mut body = json!({"id": id, "name": format!("老人{id}")});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        w.d.post("/elders", body)
+    };
+    add("E401", json!({"categories": ["over70", "dementia"]})).await; // the category's 24h
+    add("E402", json!({"categories": ["dementia"], "absence_after": "72h"})).await; // their own 72h beats the category
+    add("E403", json!({})).await; // the site's 48h
+    let (code, err) = w.d.api(Method::POST, "/elders", Some(json!({"id": "E499", "name": "x", "absence_after": "soon"}))).await;
+    assert_eq!(code, 400, "{err}");
+    let settle = async || {
+        w.d.post("/debug/tick", json!({})).await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        absent(&w.d).await
+    };
+    w.d.advance("23h50m").await;
+    assert!(settle().await.is_empty());
+    w.d.advance("11m").await;
+    eventually("the 24h elder", 10, async || (absent(&w.d).await == ["E401"]).then_some(())).await;
+    w.d.advance("23h50m").await;
+    assert_eq!(settle().await, ["E401"]);
+    w.d.advance("11m").await;
+    eventually("the 48h elder", 10, async || (absent(&w.d).await == ["E401", "E403"]).then_some(())).await;
+    w.d.advance("23h50m").await;
+    assert_eq!(settle().await, ["E401", "E403"]);
+    w.d.advance("11m").await;
+    eventually("the 72h elder", 10, async || (absent(&w.d).await == ["E401", "E402", "E403"]).then_some(())).await;
+    // The threshold is shown with the elder, and can be cleared.
+    let (_, e) = w.d.api(Method::PATCH, "/elders/E402", Some(json!({"absence_after": "default"}))).await;
+    assert!(e.get("absence_after_secs").is_none(), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quiet_hours_delay_a_reminder_and_never_an_sos() {
+    let w = world(&format!("[alert]\nquiet_hours = \"22:00-07:00\"\n{LADDER}\n[alert.absence_by_category]\ndementia = \"10m\"\n")).await;
+    w.d.set_clock(&site_time(20, 0).0).await;
+    enroll(&w.d, "E501", "c3a1f0001501").await;
+    w.d.post("/elders", json!({"id": "E502", "name": "老人E502", "categories": ["dementia"]})).await;
+    let count = |needle: &'static str| texts(&w.rx, "/wecom").iter().filter(|t| t.contains(needle) && t.contains("提醒")).count();
+    w.d.advance("11m").await;
+    eventually("the first absence alert, at 20:11", 10, async || texts(&w.rx, "/wecom").iter().any(|t| t.contains("老人超时未出现")).then_some(())).await;
+    // Its 6-hourly reminder falls due at 02:11: held.
+    w.d.advance("6h4m").await; // 02:15
+    w.d.post("/debug/tick", json!({})).await;
+    // An SOS in the middle of the night is sent, and so are its reminders.
+    let p = w.broker.publisher().await;
+    p.publish("gatewarden/t/sighting", r#"{"band":"c3a1f0001501","gateway":"b3","sos":true}"#).await;
+    eventually("the SOS at 02:15", 10, async || texts(&w.rx, "/wecom").iter().any(|t| t.contains("SOS")).then_some(())).await;
+    w.d.advance("6m").await;
+    eventually("an SOS reminder at 02:21", 10, async || (count("SOS") >= 1).then_some(())).await;
+    w.d.advance("4h30m").await; // 06:51
+    w.d.post("/debug/tick", json!({})).await;
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    assert_eq!(count("老人超时未出现"), 0, "no absence reminder in quiet hours:\n{:#?}", texts(&w.rx, "/wecom"));
+    w.d.advance("10m").await; // 07:01
+    eventually("the held reminder once quiet hours end", 10, async || (count("老人超时未出现") == 1).then_some(())).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_elder_last_seen_at_a_gate_facing_out_is_reported_as_having_left() {
+    let gate = "\n[[gates]]\nname = \"north\"\ndisplay_name = \"北门\"\ndirection = \"out\"\nactuator = { kind = \"log\" }\n";
+    let w = world(&format!("{LADDER}{gate}")).await;
+    let (at, day) = site_time(8, 14);
+    w.d.set_clock(&at).await;
+    enroll(&w.d, "E601", "c3a1f0001601").await;
+    w.d.post("/sightings/face", json!({"elder": "E601", "gate": "north"})).await;
+    w.d.advance("48h1m").await;
+    let first = eventually("the absence alert", 10, async || w.rx.accepted("/wecom").first().cloned()).await;
+    assert!(first.text().contains(&format!("{day} 08:14 经北门离开小区")), "{}", first.text());
+}
+
+/// The form fields of an Alibaba RPC call.
+fn form(r: &Received) -> std::collections::BTreeMap<String, String> {
+    url_pairs(&String::from_utf8_lossy(&r.body)).into_iter().collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn family_get_a_signed_sms_the_duty_officer_a_call_and_no_phone_is_logged_in_full() {
+    let (aliyun, tencent, voice) = (Receiver::start().await, Receiver::start().await, Receiver::start().await);
+    aliyun.script(&[(200, r#"{"Code":"isv.BUSINESS_LIMIT_CONTROL","Message":"触发分钟级流控Permits:1"}"#)]);
+    aliyun.set_default(200, r#"{"Message":"OK","RequestId":"r1","BizId":"b1","Code":"OK"}"#);
+    tencent.set_default(
+        200,
+        r#"{"Response":{"Error":{"Code":"AuthFailure.SignatureFailure","Message":"The provided credentials could not be validated."},"RequestId":"r2"}}"#,
+    );
+    voice.set_default(200, r#"{"Message":"OK","RequestId":"r3","CallId":"c1","Code":"OK"}"#);
+    let extra = format!(
+        r#"
+[alert.outbox]
+retry_initial = "200ms"
+retry_max = "1s"
+[[alert.channels]]
+name = "grid-wecom"
+kind = "wecom"
+url = "{{R}}/wecom"
+[[alert.channels]]
+name = "family-sms"
+kind = "aliyun_sms"
+url = "{a}/"
+access_key_id = "LTAItest"
+secret = "aliyun-secret"
+sign_name = "幸福里社区"
+template = "SMS_100000001"
+template_params = ["name", "kind", "time"]
+to = "contacts"
+[[alert.channels]]
+name = "office-sms"
+kind = "tencent_sms"
+url = "{t}/"
+access_key_id = "AKIDtest"
+secret = "tencent-secret"
+sign_name = "幸福里社区"
+template = "449739"
+app_id = "1400006666"
+template_params = ["name", "kind"]
+phones = ["13700003333"]
+[[alert.channels]]
+name = "duty-call"
+kind = "aliyun_voice"
+url = "{v}/"
+access_key_id = "LTAItest"
+secret = "aliyun-secret"
+template = "TTS_100000002"
+template_params = ["name", "address"]
+phones = ["13600004444"]
+[[alert.ladder]]
+name = "网格员与家属"
+channels = ["grid-wecom", "family-sms", "office-sms", "duty-call"]
+"#,
+        a = aliyun.url(""),
+        t = tencent.url(""),
+        v = voice.url("")
+    );
+    let w = world(&extra).await;
+    enroll(&w.d, "E701", "c3a1f0001701").await; // contact 王丽:13800001111:女儿
+    let p = w.broker.publisher().await;
+    p.publish("gatewarden/t/sighting", r#"{"band":"c3a1f0001701","gateway":"b3","sos":true}"#).await;
+    // Alibaba SMS to the family: rate-limited once, then sent, signed.
+    let sent = eventually("the family SMS, after one flow-control answer", 10, async || (aliyun.all().len() >= 2).then(|| aliyun.all()[1].clone())).await;
+    let f = form(&sent);
+    assert_eq!((f["Action"].as_str(), f["PhoneNumbers"].as_str(), f["TemplateCode"].as_str()), ("SendSms", "13800001111", "SMS_100000001"));
+    let tp: serde_json::Value = serde_json::from_str(&f["TemplateParam"]).unwrap();
+    assert_eq!((tp["name"].as_str(), tp["kind"].as_str()), (Some("老人E701"), Some("紧急呼叫（SOS）")));
+    let mut unsigned = f.clone();
+    let sig = unsigned.remove("Signature").unwrap();
+    assert_eq!(sig, domain::alert::cloud::aliyun_signature("aliyun-secret", "POST", &unsigned), "the signature verifies as Alibaba would check it");
+    // Tencent refuses the signature: parked as a permanent failure, loudly.
+    let failed = eventually("the Tencent SMS parked", 10, async || {
+        w.d.get("/outbox").await.as_array().unwrap().iter().find(|n| n["channel"] == "office-sms" && n["delivery"] == "failed").cloned()
+    })
+    .await;
+    assert!(failed["last_error"].as_str().unwrap().contains("AuthFailure.SignatureFailure"), "{failed}");
+    let t = &tencent.all()[0];
+    assert!(t.header("Authorization").unwrap().starts_with("TC3-HMAC-SHA256 Credential=AKIDtest/"));
+    assert_eq!(t.header("X-TC-Action"), Some("SendSms"));
+    assert_eq!(t.json()["PhoneNumberSet"][0], "+8613700003333");
+    // The duty officer's phone rings for the SOS, once; a low battery does not call.
+    let call = eventually("the voice call", 10, async || voice.all().first().cloned()).await;
+    assert_eq!((form(&call)["Action"].as_str(), form(&call)["CalledNumber"].as_str()), ("SingleCallByTts", "13600004444"));
+    p.publish("gatewarden/t/sighting", r#"{"band":"c3a1f0001701","gateway":"b3","battery":9}"#).await;
+    eventually("the low-battery alert", 10, async || texts(&w.rx, "/wecom").iter().any(|t| t.contains("电量低")).then_some(())).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(voice.all().len(), 1, "a voice channel carries only SOS");
+    let log = w.d.log();
+    for phone in ["13800001111", "13700003333", "13600004444"] {
+        assert!(!log.contains(phone), "{phone} in the log:\n{log}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_grid_gets_one_morning_watch_list_a_day_under_the_test_clock() {
+    let w = world(&format!("[alert]\nwatch_list_at = \"07:30\"\n{LADDER}")).await;
+    let (start, _) = site_time(12, 0);
+    w.d.set_clock(&start).await;
+    w.d.post("/elders", json!({"id": "E801", "name": "老人E801", "building": "5栋", "room": "101", "absence_after": "24h"})).await;
+    enroll(&w.d, "E802", "c3a1f0001802").await;
+    let p = w.broker.publisher().await;
+    p.publish("gatewarden/t/sighting", r#"{"band":"c3a1f0001802","gateway":"b3","battery":9}"#).await;
+    p.publish("home/gw_b7/LWT", "offline").await;
+    eventually("the low-battery alert", 10, async || texts(&w.rx, "/wecom").iter().any(|t| t.contains("电量低")).then_some(())).await;
+    let lists = || texts(&w.rx, "/wecom").into_iter().filter(|t| t.contains("每日巡查")).collect::<Vec<_>>();
+    w.d.advance("19h").await; // 07:00
+    w.d.post("/debug/tick", json!({})).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(lists().is_empty(), "not before 07:30");
+    w.d.advance("31m").await; // 07:31
+    let list = eventually("the watch list at 07:31", 10, async || lists().first().cloned()).await;
+    for want in [
+        "超过一半时限未出现（1）",
+        "老人E801（5栋-101）",
+        "手环电量低（1）",
+        "老人E802（3栋-401） 9%",
+        "设备离线（1）",
+        "gw_b7",
+        "未确认的告警",
+        "battery_low",
+        "2 位老人",
+    ] {
+        assert!(list.contains(want), "missing {want:?} in\n{list}");
+    }
+    w.d.advance("1h").await;
+    w.d.post("/debug/tick", json!({})).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(lists().len(), 1, "once a day");
+    // A restart does not send it again the same day.
+    let mut d = w.d;
+    d.terminate();
+    let same_day = chrono::DateTime::parse_from_rfc3339(&start).unwrap() + chrono::Duration::minutes(20 * 60 + 32);
+    d.restart_at(&same_day.to_rfc3339()).await; // 08:32 the next morning, after its list
+    d.post("/debug/tick", json!({})).await;
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    assert_eq!(lists().len(), 1, "once a day, across a restart");
+    d.advance("23h").await; // 07:31 the next day
+    eventually("the next day's list", 10, async || (lists().len() == 2).then_some(())).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_acknowledgement_with_an_outcome_and_a_note_is_stored_sent_and_published() {
+    let w = world(LADDER).await;
+    let upstream = Subscriber::start(w.broker.port, "gatewarden/t/alert").await;
+    enroll(&w.d, "E1", "c3a1f0001101").await;
+    enroll(&w.d, "E2", "c3a1f0001102").await;
+    w.d.advance("49h").await;
+    eventually("both alerts", 10, async || (w.rx.accepted("/wecom").len() >= 2).then_some(())).await;
+    let alerts = w.d.get("/alerts").await;
+    let id_of = |elder: &str| alerts.as_array().unwrap().iter().find(|a| a["subject"]["id"] == elder).unwrap()["id"].as_u64().unwrap();
+    // From the ack page: the form offers the four outcomes and a note.
+    let m = w.rx.accepted("/wecom").into_iter().find(|r| r.text().contains("老人E1")).unwrap();
+    let link = m.text().lines().find(|l| l.contains("/ack/")).unwrap().trim().to_string();
+    let http = reqwest::Client::new();
+    let page = http.get(&link).send().await.unwrap().text().await.unwrap();
+    for o in ["已上门，一切正常", "已送医", "已联系家属", "其他", "<textarea name=\"note\""] {
+        assert!(page.contains(o), "missing {o:?} in the ack page");
+    }
+    let r = http.post(&link).form(&[("by", "李网格"), ("outcome", "all_well"), ("note", "在女儿家，电话确认")]).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let sent =
+        eventually("the acknowledged notice", 10, async || texts(&w.rx, "/wecom").into_iter().find(|t| t.contains("已确认") && t.contains("老人E1"))).await;
+    assert!(sent.contains("处理结果：已上门，一切正常") && sent.contains("备注：在女儿家，电话确认"), "{sent}");
+    let a = w.d.get("/alerts?all=true").await;
+    let e1 = a.as_array().unwrap().iter().find(|a| a["subject"]["id"] == "E1").unwrap().clone();
+    assert_eq!((e1["outcome"].as_str(), e1["note"].as_str()), (Some("all_well"), Some("在女儿家，电话确认")));
+    // Upstream hears the outcome's code, never the note.
+    let ep = eventually("the acknowledged episode upstream", 10, async || {
+        upstream.messages().into_iter().map(|(_, p)| p).find(|p| p.contains("\"acknowledged\"") && p.contains("all_well"))
+    })
+    .await;
+    assert!(!ep.contains("女儿家"), "{ep}");
+    // From the CLI: acknowledge with an outcome, list, and an unknown outcome is refused.
+    let e2 = id_of("E2").to_string();
+    let bad = w.d.cli(&["alerts", "ack", &e2, "--by", "王主任", "--outcome", "maybe"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("all_well"), "{}", String::from_utf8_lossy(&bad.stderr));
+    let ok = w.d.cli(&["alerts", "ack", &e2, "--by", "王主任", "--outcome", "已送医", "--note", "120 已接走"]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let list = String::from_utf8_lossy(&w.d.cli(&["alerts", "list"]).stdout).to_string();
+    assert!(list.contains("已送医（120 已接走）") && list.contains("已上门，一切正常（在女儿家，电话确认）"), "{list}");
+    // Resolve by hand, with a reason, in the message's language.
+    let r = w.d.cli(&["alerts", "resolve", &e2, "--by", "王主任", "--reason", "已转入养老院"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let done = eventually("the resolved notice", 10, async || texts(&w.rx, "/wecom").into_iter().find(|t| t.contains("已解除") && t.contains("老人E2"))).await;
+    assert!(done.contains("解除原因：由王主任手动解除：已转入养老院"), "{done}");
+    let (code, _) = w.d.api(Method::POST, &format!("/alerts/{e2}/resolve"), Some(json!({"by": "x", "reason": "y"}))).await;
+    assert_eq!(code, 404, "already resolved");
 }

@@ -418,6 +418,7 @@ mod tests {
             categories: vec![],
             notes: String::new(),
             enrolled_at: Utc::now(),
+            absence_after_secs: None,
         }
     }
 

@@ -34,4 +34,17 @@ impl Store {
         }
         self.flush()
     }
+
+    /// The site day whose morning watch list went out last (`YYYY-MM-DD`).
+    pub fn watch_list_sent(&self) -> Result<Option<String>> {
+        self.t().meta.get("watch_list_day")?.map(|v| dec("meta", &v)).transpose()
+    }
+
+    pub fn set_watch_list_sent(&self, day: &str) -> Result<()> {
+        {
+            let _w = self.writing();
+            self.t().meta.insert("watch_list_day", enc(&day.to_string()))?;
+        }
+        self.flush()
+    }
 }

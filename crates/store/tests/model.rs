@@ -57,6 +57,7 @@ fn elder(id: u8, bands: &[u8]) -> Elder {
         categories: vec!["over70".into()],
         notes: String::new(),
         enrolled_at: Utc.with_ymd_and_hms(2026, 11, 1, 8, 0, 0).unwrap(),
+        absence_after_secs: None,
     }
 }
 

@@ -30,6 +30,13 @@ pub struct Message {
     pub mention_mobiles: Vec<String>,
     /// Stable across retries, so receivers can drop duplicates (at-least-once delivery).
     pub idempotency_key: String,
+    /// The elder's emergency contacts' phones (for SMS channels with `to = "contacts"`).
+    #[serde(default)]
+    pub contact_phones: Vec<String>,
+    /// Short fields that fill an SMS or voice template: name, kind, time,
+    /// address, place, site, notice, ref, link.
+    #[serde(default)]
+    pub fields: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -41,6 +48,16 @@ pub enum ChannelKind {
     Dingtalk,
     Feishu,
     Ntfy,
+    /// Alibaba Cloud SMS (`SendSms`).
+    #[serde(rename = "aliyun_sms")]
+    AliyunSms,
+    /// Tencent Cloud SMS (`SendSms` 2021-01-11).
+    #[serde(rename = "tencent_sms")]
+    TencentSms,
+    /// Alibaba Cloud voice notification (`SingleCallByTts`): one call, to the
+    /// first number; for waking a duty officer on an SOS.
+    #[serde(rename = "aliyun_voice")]
+    AliyunVoice,
 }
 
 impl ChannelKind {
@@ -49,9 +66,35 @@ impl ChannelKind {
         match self {
             ChannelKind::Wecom | ChannelKind::Dingtalk => 20,
             ChannelKind::Feishu => 100,
-            ChannelKind::Ntfy | ChannelKind::Webhook => 60,
+            ChannelKind::Ntfy | ChannelKind::Webhook | ChannelKind::AliyunSms | ChannelKind::TencentSms => 60,
+            ChannelKind::AliyunVoice => 10,
         }
     }
+
+    /// SMS and voice: sent to phone numbers, through a signed cloud API.
+    pub fn is_cloud(self) -> bool {
+        matches!(self, ChannelKind::AliyunSms | ChannelKind::TencentSms | ChannelKind::AliyunVoice)
+    }
+}
+
+/// Whom an SMS or voice channel reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Audience {
+    /// The ladder level's staff (and `phones`).
+    #[default]
+    Staff,
+    /// The elder's emergency contacts, their family (and `phones`).
+    Contacts,
+}
+
+/// How a group robot's message is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TextFormat {
+    #[default]
+    Text,
+    Markdown,
 }
 
 /// Where one channel sends: the parts of its config that shape a request.
@@ -59,11 +102,18 @@ impl ChannelKind {
 pub struct Endpoint {
     pub name: String,
     pub kind: ChannelKind,
+    /// WeCom and DingTalk only.
+    pub format: TextFormat,
     pub url: String,
     /// ntfy topic.
     pub topic: Option<String>,
     /// ntfy access token.
     pub token: Option<String>,
+    /// SMS and voice: the account, template and recipients.
+    pub cloud: super::cloud::CloudAccount,
+    pub audience: Audience,
+    /// Always sent to as well (a duty officer's phone).
+    pub phones: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -112,25 +162,102 @@ fn plain_text(m: &Message) -> String {
     s
 }
 
-/// Build the HTTP request for one message on one channel at time `now`.
-pub fn prepare(ch: &Endpoint, secret: Option<&str>, m: &Message, now: Timestamp) -> Prepared {
+/// The message in the markdown both WeCom and DingTalk render: a bold
+/// title, one quoted line per field, and the acknowledge link.
+fn markdown(m: &Message) -> String {
+    let esc = |t: &str| t.replace(['*', '_', '`', '[', ']'], " ");
+    let mut s = format!("### {}\n", esc(&m.title));
+    for l in m.text.lines() {
+        s.push_str(&format!("> {}\n", esc(l)));
+    }
+    if let Some(u) = &m.ack_url {
+        s.push_str(&format!("\n[确认已处理 / Acknowledge]({u})\n"));
+    }
+    s
+}
+
+/// Alertmanager's fingerprint: a 64-bit FNV-1a over the sorted label set,
+/// without `notice` (the alert, not this message about it).
+pub fn fingerprint(labels: &BTreeMap<String, String>) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for (k, v) in labels.iter().filter(|(k, _)| k.as_str() != "notice") {
+        for b in k.bytes().chain([0xff]).chain(v.bytes()).chain([0xff]) {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+/// The phone numbers an SMS or voice channel sends `m` to, once each.
+pub fn cloud_recipients(ch: &Endpoint, m: &Message) -> Vec<String> {
+    let from_message = match ch.audience {
+        Audience::Staff => &m.mention_mobiles,
+        Audience::Contacts => &m.contact_phones,
+    };
+    let mut out: Vec<String> = Vec::new();
+    for p in from_message.iter().chain(&ch.phones) {
+        let p = p.trim().to_string();
+        if !p.is_empty() && !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Build the HTTP request for one message on one channel at time `now`; an
+/// error is a message this channel cannot carry (an SMS with nobody to send
+/// it to), which no retry fixes.
+pub fn prepare(ch: &Endpoint, secret: Option<&str>, m: &Message, now: Timestamp) -> Result<Prepared, String> {
+    if ch.kind.is_cloud() {
+        use super::cloud;
+        let phones = cloud_recipients(ch, m);
+        if phones.is_empty() {
+            return Err(format!("no phone number to send to ({:?} has none{})", ch.audience, if ch.phones.is_empty() { "; set phones" } else { "" }));
+        }
+        let secret = secret.ok_or("no secret (AccessKeySecret / SecretKey) configured")?;
+        // Unique per attempt: the same notification is retried at another instant.
+        let nonce = format!("{}-{}", m.idempotency_key, now.timestamp_nanos_opt().unwrap_or_default());
+        return Ok(match ch.kind {
+            ChannelKind::AliyunSms => cloud::aliyun_sms(&ch.url, secret, &ch.cloud, &phones, &m.fields, &nonce, now),
+            ChannelKind::AliyunVoice => cloud::aliyun_voice(&ch.url, secret, &ch.cloud, &phones[0], &m.fields, &nonce, now),
+            _ => cloud::tencent_sms(&ch.url, secret, &ch.cloud, &phones, &m.fields, now),
+        });
+    }
+    Ok(prepare_robot(ch, secret, m, now))
+}
+
+fn prepare_robot(ch: &Endpoint, secret: Option<&str>, m: &Message, now: Timestamp) -> Prepared {
     let json_hdr = ("Content-Type".to_string(), "application/json".to_string());
     let idem = ("Idempotency-Key".to_string(), m.idempotency_key.clone());
     match ch.kind {
         ChannelKind::Webhook => {
+            // Alertmanager's webhook payload, version 4, so an existing
+            // Alertmanager receiver takes it as it is.
+            let annotations = json!({ "summary": m.title, "description": m.text });
+            let group_labels: BTreeMap<&str, &str> =
+                m.labels.iter().filter(|(k, _)| matches!(k.as_str(), "alertname" | "alert_id" | "site")).map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let group_key = format!("{{}}:{{{}}}", group_labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect::<Vec<_>>().join(", "));
             let body = serde_json::to_vec(&json!({
-                "version": "1",
-                "receiver": ch.name,
+                "version": "4",
+                "groupKey": group_key,
+                "truncatedAlerts": 0,
                 "status": m.status,
-                "idempotency_key": m.idempotency_key,
+                "receiver": ch.name,
+                "groupLabels": group_labels,
+                "commonLabels": m.labels,
+                "commonAnnotations": annotations,
+                "externalURL": m.ack_url.as_deref().and_then(|u| u.find("/ack/").map(|i| &u[..i])).unwrap_or_default(),
                 "alerts": [{
                     "status": m.status,
                     "labels": m.labels,
-                    "annotations": { "summary": m.title, "description": m.text },
+                    "annotations": annotations,
                     "startsAt": m.starts_at.to_rfc3339(),
                     "endsAt": m.ends_at.map(|t| t.to_rfc3339()).unwrap_or_else(|| "0001-01-01T00:00:00Z".into()),
                     "generatorURL": m.ack_url.clone().unwrap_or_default(),
+                    "fingerprint": fingerprint(&m.labels),
                 }],
+                "idempotency_key": m.idempotency_key,
             }))
             .expect("json");
             let mut headers = vec![json_hdr, idem];
@@ -140,10 +267,14 @@ pub fn prepare(ch: &Endpoint, secret: Option<&str>, m: &Message, now: Timestamp)
             Prepared { url: ch.url.clone(), headers, body }
         }
         ChannelKind::Wecom => {
-            let body = json!({
-                "msgtype": "text",
-                "text": { "content": plain_text(m), "mentioned_mobile_list": m.mention_mobiles },
-            });
+            let body = match ch.format {
+                TextFormat::Text => json!({
+                    "msgtype": "text",
+                    "text": { "content": plain_text(m), "mentioned_mobile_list": m.mention_mobiles },
+                }),
+                // WeCom's markdown cannot @-mention by phone: the text form can.
+                TextFormat::Markdown => json!({ "msgtype": "markdown", "markdown": { "content": markdown(m) } }),
+            };
             Prepared { url: ch.url.clone(), headers: vec![json_hdr, idem], body: serde_json::to_vec(&body).expect("json") }
         }
         ChannelKind::Dingtalk => {
@@ -153,15 +284,20 @@ pub fn prepare(ch: &Endpoint, secret: Option<&str>, m: &Message, now: Timestamp)
                 let sep = if url.contains('?') { '&' } else { '?' };
                 url = format!("{url}{sep}timestamp={ts}&sign={}", dingtalk_sign(s, ts));
             }
-            let mut content = plain_text(m);
-            for p in &m.mention_mobiles {
-                content.push_str(&format!(" @{p}"));
-            }
-            let body = json!({
-                "msgtype": "text",
-                "text": { "content": content },
-                "at": { "atMobiles": m.mention_mobiles, "isAtAll": false },
-            });
+            // DingTalk mentions a phone only when the text also says "@<phone>".
+            let mentions: String = m.mention_mobiles.iter().map(|p| format!(" @{p}")).collect();
+            let body = match ch.format {
+                TextFormat::Text => json!({
+                    "msgtype": "text",
+                    "text": { "content": format!("{}{mentions}", plain_text(m)) },
+                    "at": { "atMobiles": m.mention_mobiles, "isAtAll": false },
+                }),
+                TextFormat::Markdown => json!({
+                    "msgtype": "markdown",
+                    "markdown": { "title": m.title, "text": format!("{}{mentions}", markdown(m)) },
+                    "at": { "atMobiles": m.mention_mobiles, "isAtAll": false },
+                }),
+            };
             Prepared { url, headers: vec![json_hdr, idem], body: serde_json::to_vec(&body).expect("json") }
         }
         ChannelKind::Feishu => {
@@ -197,6 +333,7 @@ pub fn prepare(ch: &Endpoint, secret: Option<&str>, m: &Message, now: Timestamp)
             }
             Prepared { url: ch.url.trim_end_matches('/').to_string(), headers, body: serde_json::to_vec(&body).expect("json") }
         }
+        ChannelKind::AliyunSms | ChannelKind::TencentSms | ChannelKind::AliyunVoice => unreachable!("cloud channels are prepared by `prepare`"),
     }
 }
 
@@ -251,6 +388,11 @@ const PERMANENT_CODES: &[i64] = &[
 /// Judge success from the status *and* the body: WeCom and DingTalk answer 200
 /// with `errcode`, Feishu with `code`.
 pub fn judge(kind: ChannelKind, status: u16, body: &str) -> Outcome {
+    match kind {
+        ChannelKind::AliyunSms | ChannelKind::AliyunVoice => return super::cloud::judge_aliyun(status, body),
+        ChannelKind::TencentSms => return super::cloud::judge_tencent(status, body),
+        _ => {}
+    }
     let snippet: String = body.chars().take(200).collect();
     if status == 429 || status == 408 || status >= 500 {
         return Outcome::Retry(format!("HTTP {status}: {snippet}"));
@@ -264,7 +406,7 @@ pub fn judge(kind: ChannelKind, status: u16, body: &str) -> Outcome {
     let field = match kind {
         ChannelKind::Wecom | ChannelKind::Dingtalk => "errcode",
         ChannelKind::Feishu => "code",
-        ChannelKind::Webhook | ChannelKind::Ntfy => return Outcome::Delivered,
+        _ => return Outcome::Delivered,
     };
     let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
         return Outcome::Retry(format!("HTTP {status} without a JSON body: {snippet}"));
@@ -341,11 +483,23 @@ mod tests {
             ack_url: Some("http://box/ack/abc".into()),
             mention_mobiles: vec!["13800001111".into()],
             idempotency_key: "site-1".into(),
+            contact_phones: vec![],
+            fields: BTreeMap::new(),
         }
     }
 
     fn ch(kind: ChannelKind, url: &str) -> Endpoint {
-        Endpoint { name: "c".into(), kind, url: url.into(), topic: Some("t".into()), token: None }
+        Endpoint {
+            name: "c".into(),
+            kind,
+            format: TextFormat::Text,
+            url: url.into(),
+            topic: Some("t".into()),
+            token: None,
+            cloud: Default::default(),
+            audience: Audience::Staff,
+            phones: vec![],
+        }
     }
 
     #[test]
@@ -370,17 +524,60 @@ mod tests {
     #[test]
     fn signed_robots_carry_their_signature_where_the_service_expects_it() {
         let now = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
-        let p = prepare(&ch(ChannelKind::Dingtalk, "https://oapi.dingtalk.com/robot/send?access_token=x"), Some("SECtest"), &msg(), now);
+        let p = prepare(&ch(ChannelKind::Dingtalk, "https://oapi.dingtalk.com/robot/send?access_token=x"), Some("SECtest"), &msg(), now).unwrap();
         assert_eq!(p.url, format!("https://oapi.dingtalk.com/robot/send?access_token=x&timestamp=1700000000000&sign={DINGTALK_VECTOR}"));
-        let p = prepare(&ch(ChannelKind::Feishu, "https://open.feishu.cn/hook/x"), Some("feishu-secret"), &msg(), now);
+        let p = prepare(&ch(ChannelKind::Feishu, "https://open.feishu.cn/hook/x"), Some("feishu-secret"), &msg(), now).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&p.body).unwrap();
         assert_eq!(v["timestamp"], "1700000000");
         assert_eq!(v["sign"], FEISHU_VECTOR);
-        let p = prepare(&ch(ChannelKind::Webhook, "http://h/"), Some("k"), &msg(), now);
+        let p = prepare(&ch(ChannelKind::Webhook, "http://h/"), Some("k"), &msg(), now).unwrap();
         let sig = p.headers.iter().find(|(k, _)| k == "X-Gatewarden-Signature").unwrap();
         assert_eq!(sig.1, webhook_signature("k", &p.body));
-        let p = prepare(&ch(ChannelKind::Wecom, "https://qyapi/x"), None, &msg(), now);
+        let p = prepare(&ch(ChannelKind::Wecom, "https://qyapi/x"), None, &msg(), now).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&p.body).unwrap();
         assert_eq!(v["text"]["mentioned_mobile_list"][0], "13800001111");
+    }
+
+    #[test]
+    fn wecom_and_dingtalk_markdown_carry_the_title_fields_and_the_ack_link() {
+        let now = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
+        let mut m = msg();
+        m.text = "姓名：张桂兰\n住址：3栋-401".into();
+        let md = |kind| {
+            let mut c = ch(kind, "https://robot/x");
+            c.format = TextFormat::Markdown;
+            serde_json::from_slice::<serde_json::Value>(&prepare(&c, None, &m, now).unwrap().body).unwrap()
+        };
+        let w = md(ChannelKind::Wecom);
+        assert_eq!(w["msgtype"], "markdown");
+        let content = w["markdown"]["content"].as_str().unwrap();
+        assert!(content.starts_with("### t\n> 姓名：张桂兰\n> 住址：3栋-401\n") && content.contains("(http://box/ack/abc)"), "{content}");
+        let d = md(ChannelKind::Dingtalk);
+        assert_eq!((d["msgtype"].as_str(), d["markdown"]["title"].as_str()), (Some("markdown"), Some("t")));
+        assert!(d["markdown"]["text"].as_str().unwrap().contains("@13800001111"), "DingTalk mentions need the phone in the text");
+        assert_eq!(d["at"]["atMobiles"][0], "13800001111");
+    }
+
+    #[test]
+    fn the_generic_webhook_is_an_alertmanager_v4_payload_with_a_stable_fingerprint() {
+        let now = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
+        let mut m = msg();
+        m.labels = BTreeMap::from([
+            ("alertname".into(), "absence".into()),
+            ("alert_id".into(), "7".into()),
+            ("site".into(), "s".into()),
+            ("notice".into(), "firing".into()),
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&prepare(&ch(ChannelKind::Webhook, "http://h/"), None, &m, now).unwrap().body).unwrap();
+        assert_eq!(v["version"], "4");
+        assert_eq!(v["groupKey"], r#"{}:{alert_id="7", alertname="absence", site="s"}"#);
+        assert_eq!(v["commonLabels"]["alertname"], "absence");
+        assert_eq!(v["externalURL"], "http://box");
+        let f = v["alerts"][0]["fingerprint"].as_str().unwrap().to_string();
+        assert_eq!(f.len(), 16);
+        m.labels.insert("notice".into(), "reminder".into());
+        assert_eq!(fingerprint(&m.labels), f, "the same alert, another notice: the same fingerprint");
+        m.labels.insert("alert_id".into(), "8".into());
+        assert_ne!(fingerprint(&m.labels), f);
     }
 }

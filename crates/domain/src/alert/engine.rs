@@ -24,6 +24,40 @@ pub struct Settings {
     /// Gateways tracked at most (names come from MQTT topics).
     pub gateways_max: usize,
     pub policies: HashMap<AlertKind, Policy>,
+    /// Reminders wait out these hours; an SOS and every first alert never do.
+    pub quiet_hours: Option<QuietHours>,
+}
+
+/// Hours of the site's day (UTC+8) in which reminders are held, e.g.
+/// `22:00-07:00`. Escalation is not a reminder and is not held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuietHours {
+    pub from: chrono::NaiveTime,
+    pub until: chrono::NaiveTime,
+}
+
+impl QuietHours {
+    pub fn contains(&self, t: Timestamp) -> bool {
+        let local = t.with_timezone(&crate::clock::cst()).time();
+        if self.from <= self.until {
+            self.from <= local && local < self.until
+        } else {
+            local >= self.from || local < self.until
+        }
+    }
+}
+
+impl std::str::FromStr for QuietHours {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, b) = s.split_once('-').ok_or_else(|| format!("{s:?} is not HH:MM-HH:MM"))?;
+        let t = |x: &str| chrono::NaiveTime::parse_from_str(x.trim(), "%H:%M").map_err(|e| format!("{x:?}: {e}"));
+        let q = QuietHours { from: t(a)?, until: t(b)? };
+        if q.from == q.until {
+            return Err(format!("{s:?} is empty: from and until are the same"));
+        }
+        Ok(q)
+    }
 }
 
 /// What the engine knows about one elder (a cache of the store).
@@ -36,6 +70,9 @@ pub struct Watch {
     pub has_band: bool,
     /// Planned absences as [from, until).
     pub leaves: Vec<(Timestamp, Timestamp)>,
+    /// This elder's absence threshold (their own, or their categories');
+    /// None: the site's `absence_after`.
+    pub absence_after: Option<Duration>,
 }
 
 /// The open alert per (kind, subject), looked up by reference: a sighting
@@ -232,6 +269,46 @@ impl Engine {
         self.judging_from
     }
 
+    /// Each grid's morning watch list (网格发现): elders unseen for more than
+    /// half their threshold (not on leave), low batteries (`battery` reads
+    /// presence), devices offline (every grid hears of them) and alerts
+    /// nobody has acknowledged.
+    pub fn watch_list(&self, now: Timestamp, battery: &dyn Fn(&str) -> Option<u8>) -> Vec<super::watch::GridWatch> {
+        use super::watch::{GridWatch, Unseen};
+        let mut grids: BTreeMap<String, GridWatch> = BTreeMap::new();
+        for (id, w) in &self.elders {
+            let g = grids.entry(w.grid.clone()).or_insert_with(|| GridWatch { grid: w.grid.clone(), ..Default::default() });
+            g.elders += 1;
+            let on_leave = w.leaves.iter().any(|(from, until)| *from <= now && now < *until);
+            let threshold = w.absence_after.unwrap_or(self.settings.absence_after);
+            let leave_end = w.leaves.iter().map(|(_, u)| *u).filter(|u| *u <= now).max();
+            if let Some(r) = [w.last_seen, w.enrolled_at, leave_end].into_iter().flatten().max() {
+                if !on_leave && now - r > threshold / 2 {
+                    g.unseen.push(Unseen { elder: id.clone(), since: r, threshold });
+                }
+            }
+            if let Some(b) = battery(id).filter(|b| *b <= self.settings.battery_low_percent) {
+                g.low_battery.push((id.clone(), b));
+            }
+        }
+        let offline: Vec<String> =
+            self.open.values().filter(|a| matches!(a.kind, AlertKind::GatewayOffline | AlertKind::CameraOffline)).map(|a| a.subject.id().to_string()).collect();
+        for g in grids.values_mut() {
+            g.offline = offline.clone();
+            g.unseen.sort_by_key(|u| u.since);
+            g.low_battery.sort();
+        }
+        for a in self.open.values().filter(|a| a.state == AlertState::Firing) {
+            if let Subject::Elder(e) = &a.subject {
+                let grid = self.elders.get(e).map(|w| w.grid.clone()).unwrap_or_default();
+                if let Some(g) = grids.get_mut(&grid) {
+                    g.unacknowledged.push((a.id, a.kind, e.clone(), a.opened_at));
+                }
+            }
+        }
+        grids.into_values().collect()
+    }
+
     pub fn open_alerts(&self) -> impl Iterator<Item = &Alert> {
         self.open.values()
     }
@@ -271,6 +348,12 @@ impl Engine {
 
     /// Staff acknowledged. Stops reminders and escalation; an SOS is then handled.
     pub fn ack(&mut self, id: AlertId, by: &str, now: Timestamp) -> Result<Vec<Action>, AckError> {
+        self.ack_with(id, by, None, "", now)
+    }
+
+    /// Acknowledge with what staff found and their note: both are kept with
+    /// the alert and go out in the "acknowledged" notice.
+    pub fn ack_with(&mut self, id: AlertId, by: &str, outcome: Option<super::Outcome>, note: &str, now: Timestamp) -> Result<Vec<Action>, AckError> {
         let a = self.open.get_mut(&id).ok_or(AckError::NotFound(id))?;
         if a.state == AlertState::Acknowledged {
             return Err(AckError::AlreadyAcknowledged { id, by: a.acked_by.clone().unwrap_or_default() });
@@ -278,6 +361,8 @@ impl Engine {
         a.state = AlertState::Acknowledged;
         a.acked_by = Some(by.to_string());
         a.acked_at = Some(now);
+        a.outcome = outcome;
+        a.note = note.trim().to_string();
         let levels = a.notified_levels.clone();
         let mut out = vec![Action::Save(a.clone()), Action::Notify { alert: a.clone(), levels, kind: NoticeKind::Acknowledged }];
         if a.kind.ends_on_ack() {
@@ -285,6 +370,15 @@ impl Engine {
             out.extend(self.close(id, now, format!("handled by {by}"), false).unwrap_or_default());
         }
         Ok(out)
+    }
+
+    /// Close an open alert by hand, with a reason ("the elder moved to a
+    /// care home"): everyone told hears it resolved.
+    pub fn resolve_manually(&mut self, id: AlertId, by: &str, reason: &str, now: Timestamp) -> Result<Vec<Action>, AckError> {
+        if !self.open.contains_key(&id) {
+            return Err(AckError::NotFound(id));
+        }
+        Ok(self.close(id, now, format!("resolved manually by {by}: {}", reason.trim()), true).unwrap_or_default())
     }
 
     fn on_presence(&mut self, ev: PresenceEvent, now: Timestamp, out: &mut Vec<Action>) {
@@ -371,7 +465,7 @@ impl Engine {
             let leave_end = w.leaves.iter().map(|(_, u)| *u).filter(|u| *u <= now).max();
             let reference = [w.last_seen, w.enrolled_at, leave_end].into_iter().flatten().max();
             if let Some(r) = reference {
-                if now - r >= self.settings.absence_after {
+                if now - r >= w.absence_after.unwrap_or(self.settings.absence_after) {
                     to_open.push((subject, r));
                 }
             }
@@ -396,6 +490,7 @@ impl Engine {
             }
         }
         // Reminders and escalation for everything nobody has acknowledged yet.
+        let quiet = self.settings.quiet_hours.is_some_and(|q| q.contains(now));
         let ids: Vec<AlertId> = self.open.values().filter(|a| a.state == AlertState::Firing).map(|a| a.id).collect();
         for aid in ids {
             let ladder = self.ladder_for(&self.open[&aid].subject);
@@ -410,7 +505,8 @@ impl Engine {
                 }
                 out.push(Action::Save(a.clone()));
                 out.push(Action::Notify { alert: a.clone(), levels: vec![a.level], kind: NoticeKind::Escalated });
-            } else if now - a.last_notified_at >= pol.repeat_every {
+            } else if now - a.last_notified_at >= pol.repeat_every && !(quiet && a.kind != AlertKind::Sos) {
+                // Held in quiet hours: sent at the first tick after they end.
                 a.last_notified_at = now;
                 a.reminders += 1;
                 out.push(Action::Save(a.clone()));
@@ -450,6 +546,8 @@ impl Engine {
             resolved_at: None,
             resolution: None,
             reminders: 0,
+            outcome: None,
+            note: String::new(),
         };
         self.by_subject.insert(kind, a.subject.clone(), id);
         self.open.insert(id, a.clone());
@@ -499,6 +597,7 @@ mod tests {
             gateway_silent_after: Duration::minutes(10),
             battery_low_percent: 20,
             gateways_max: 8,
+            quiet_hours: None,
             policies: HashMap::from([
                 (AlertKind::Absence, pol(6, 12)),
                 (AlertKind::Sos, Policy { repeat_every: Duration::minutes(5), escalate_after: Duration::minutes(10) }),
@@ -622,6 +721,106 @@ mod tests {
         e.upsert_elder("e1".into(), Watch { last_seen: Some(t0()), enrolled_at: Some(t0()), ..Default::default() });
         assert!(notices(&e.handle(Input::Tick, h(99))).is_empty());
         assert_eq!(notices(&e.handle(Input::Tick, h(100))).len(), 1);
+    }
+
+    #[test]
+    fn each_elder_is_judged_against_their_own_threshold() {
+        let mut e = engine(); // e1: the site's 48h
+        let w = |after: i64| Watch { enrolled_at: Some(t0()), last_seen: Some(t0()), absence_after: Some(Duration::hours(after)), ..Default::default() };
+        e.upsert_elder("dementia".into(), w(24));
+        e.upsert_elder("visits_family".into(), w(72));
+        let mut opened: Vec<(String, Timestamp)> = Vec::new();
+        let mut t = h(0);
+        while t <= h(80) {
+            for a in e.handle(Input::Tick, t) {
+                if let Action::Notify { alert, kind: NoticeKind::Firing, .. } = a {
+                    if let Subject::Elder(id) = alert.subject {
+                        opened.push((id, t));
+                    }
+                }
+            }
+            t += Duration::minutes(30);
+        }
+        assert_eq!(opened, vec![("dementia".to_string(), h(24)), ("e1".to_string(), h(48)), ("visits_family".to_string(), h(72))]);
+    }
+
+    #[test]
+    fn quiet_hours_hold_reminders_but_never_an_sos_or_a_first_alert() {
+        let quiet: QuietHours = "22:00-07:00".parse().unwrap();
+        // t0 is 16:00 at the site (UTC+8): absence opens at h(48) = 16:00,
+        // its 6-hourly reminder falls due at h(54) = 22:00, inside quiet hours.
+        let mut plain = engine();
+        let mut s = settings();
+        s.quiet_hours = Some(quiet);
+        let mut calm = Engine::new(s, t0(), 1);
+        calm.set_default_ladder_len(1);
+        plain.set_default_ladder_len(1);
+        calm.upsert_elder("e1".into(), Watch { enrolled_at: Some(t0()), last_seen: Some(t0()), has_band: true, ..Default::default() });
+        let reminders =
+            |got: Vec<(Timestamp, NoticeKind, Vec<usize>)>| got.into_iter().filter(|(_, k, _)| *k == NoticeKind::Reminder).map(|(t, ..)| t).collect::<Vec<_>>();
+        assert_eq!(reminders(run(&mut plain, h(0), h(64))), vec![h(54), h(60)], "without quiet hours");
+        let got = run(&mut calm, h(0), h(64));
+        assert!(got.contains(&(h(48), NoticeKind::Firing, vec![0])), "the first alert is never held");
+        assert_eq!(reminders(got), vec![h(63)], "held from 22:00 to 07:00, then sent once");
+        // An SOS at 23:00 reminds every 5 minutes, quiet hours or not.
+        let mut s = settings();
+        s.quiet_hours = Some(quiet);
+        let mut calm = Engine::new(s, t0(), 1);
+        calm.set_default_ladder_len(1);
+        calm.upsert_elder("e1".into(), Watch { enrolled_at: Some(t0()), last_seen: Some(t0()), has_band: true, ..Default::default() });
+        let sos_at = h(7);
+        calm.handle(Input::Presence(PresenceEvent::Sos { elder: "e1".into(), at: sos_at, place: "b3".into() }), sos_at);
+        let sos_reminders =
+            run(&mut calm, sos_at + Duration::minutes(10), sos_at + Duration::minutes(40)).into_iter().filter(|(_, k, _)| *k == NoticeKind::Reminder).count();
+        assert!(sos_reminders >= 3, "{sos_reminders}");
+        assert!("07:00-07:00".parse::<QuietHours>().is_err() && "7-22".parse::<QuietHours>().is_err());
+    }
+
+    #[test]
+    fn an_acknowledgement_keeps_its_outcome_and_note_and_a_manual_resolution_its_reason() {
+        let mut e = engine();
+        run(&mut e, h(0), h(48));
+        let id = e.open_alerts().next().unwrap().id;
+        let acts = e.ack_with(id, "李网格", Some(super::super::Outcome::AllWell), " 老人在女儿家 ", h(49)).unwrap();
+        let Some(Action::Notify { alert, kind: NoticeKind::Acknowledged, .. }) = acts.iter().find(|a| matches!(a, Action::Notify { .. })) else {
+            panic!("{acts:?}")
+        };
+        assert_eq!((alert.outcome, alert.note.as_str()), (Some(super::super::Outcome::AllWell), "老人在女儿家"));
+        let acts = e.resolve_manually(id, "王主任", "moved to a care home", h(50)).unwrap();
+        let Some(Action::Notify { alert, kind: NoticeKind::Resolved, .. }) = acts.iter().find(|a| matches!(a, Action::Notify { .. })) else {
+            panic!("{acts:?}")
+        };
+        assert_eq!(alert.resolution.as_deref(), Some("resolved manually by 王主任: moved to a care home"));
+        assert_eq!(e.open_alerts().count(), 0);
+        assert!(matches!(e.resolve_manually(id, "x", "y", h(51)), Err(AckError::NotFound(_))));
+    }
+
+    #[test]
+    fn the_watch_list_names_the_half_absent_the_low_batteries_the_devices_and_the_unacknowledged() {
+        let mut e = engine(); // e1, grid g1, 48h
+        let w = |grid: &str, after: Option<i64>| Watch {
+            grid: grid.into(),
+            enrolled_at: Some(t0()),
+            last_seen: Some(t0()),
+            absence_after: after.map(Duration::hours),
+            ..Default::default()
+        };
+        e.upsert_elder("quick".into(), w("g1", Some(24)));
+        e.upsert_elder("other".into(), w("g2", None));
+        e.handle(Input::GatewayStatus { gateway: "b7".into(), online: false }, h(1));
+        e.handle(Input::Presence(PresenceEvent::Battery { elder: "other".into(), percent: 9 }), h(1));
+        let battery = |id: &str| (id == "other").then_some(9u8);
+        let lists = e.watch_list(h(13), &battery);
+        let g1 = lists.iter().find(|g| g.grid == "g1").unwrap();
+        assert_eq!(g1.unseen.iter().map(|u| u.elder.as_str()).collect::<Vec<_>>(), ["quick"], "13h > half of 24h, not of 48h");
+        assert_eq!(g1.offline, ["b7"]);
+        assert!(g1.low_battery.is_empty() && g1.unacknowledged.is_empty());
+        let g2 = lists.iter().find(|g| g.grid == "g2").unwrap();
+        assert_eq!(g2.low_battery, [("other".to_string(), 9)]);
+        assert_eq!(g2.unacknowledged.iter().map(|u| u.1).collect::<Vec<_>>(), [AlertKind::BatteryLow]);
+        assert_eq!(g2.offline, ["b7"], "every grid hears of devices");
+        let lists = e.watch_list(h(25), &battery);
+        assert_eq!(lists.iter().find(|g| g.grid == "g1").unwrap().unseen.len(), 2, "e1 too, past 24h of 48h");
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub enum Language {
     En,
 }
 
+#[derive(Clone)]
 pub struct Context<'a> {
     pub site: &'a str,
     pub site_name: &'a str,
@@ -28,6 +29,9 @@ pub struct Context<'a> {
     pub staff: &'a [Staff],
     pub ack_url: Option<String>,
     pub now: Timestamp,
+    /// The last sighting was a face at this gate, which faces out of the
+    /// compound: the elder left, and the message says so.
+    pub left_via: Option<&'a str>,
 }
 
 use crate::clock::local_minute as local;
@@ -57,7 +61,7 @@ fn kind_title(kind: AlertKind, lang: Language) -> &'static str {
     }
 }
 
-fn notice_prefix(kind: NoticeKind, lang: Language) -> &'static str {
+pub fn notice_prefix(kind: NoticeKind, lang: Language) -> &'static str {
     match (kind, lang) {
         (NoticeKind::Firing, Language::Zh) => "【告警】",
         (NoticeKind::Reminder, Language::Zh) => "【提醒·未确认】",
@@ -65,12 +69,14 @@ fn notice_prefix(kind: NoticeKind, lang: Language) -> &'static str {
         (NoticeKind::Acknowledged, Language::Zh) => "【已确认】",
         (NoticeKind::Resolved, Language::Zh) => "【已解除】",
         (NoticeKind::Test, Language::Zh) => "【测试】",
+        (NoticeKind::WatchList, Language::Zh) => "【每日巡查】",
         (NoticeKind::Firing, Language::En) => "[ALERT] ",
         (NoticeKind::Reminder, Language::En) => "[REMINDER - unacknowledged] ",
         (NoticeKind::Escalated, Language::En) => "[ESCALATED] ",
         (NoticeKind::Acknowledged, Language::En) => "[ACKNOWLEDGED] ",
         (NoticeKind::Resolved, Language::En) => "[RESOLVED] ",
         (NoticeKind::Test, Language::En) => "[TEST] ",
+        (NoticeKind::WatchList, Language::En) => "[DAILY WATCH LIST] ",
     }
 }
 
@@ -95,7 +101,13 @@ pub fn render(a: &Alert, notice: NoticeKind, ctx: &Context<'_>) -> Message {
     }
     match (a.kind, ctx.last) {
         (AlertKind::Absence, _) => {
-            if let Some(l) = ctx.last {
+            if let (Some(l), Some(gate)) = (ctx.last.filter(|l| l.source == crate::presence::Source::Face), ctx.left_via) {
+                line(
+                    "最后出现",
+                    "Last seen",
+                    if zh { format!("{} 经{gate}离开小区（人脸）", local(l.at)) } else { format!("left the compound at {} via {gate}", local(l.at)) },
+                );
+            } else if let Some(l) = ctx.last {
                 let src = match (l.source, zh) {
                     (crate::presence::Source::Wristband, true) => "手环",
                     (crate::presence::Source::Face, true) => "人脸",
@@ -127,9 +139,11 @@ pub fn render(a: &Alert, notice: NoticeKind, ctx: &Context<'_>) -> Message {
     line("发生时间", "Since", local(a.opened_at));
     match notice {
         NoticeKind::Acknowledged => {
-            line("确认人", "Acknowledged by", format!("{} {}", a.acked_by.clone().unwrap_or_default(), a.acked_at.map(local).unwrap_or_default()))
+            line("确认人", "Acknowledged by", format!("{} {}", a.acked_by.clone().unwrap_or_default(), a.acked_at.map(local).unwrap_or_default()));
+            line("处理结果", "Outcome", a.outcome.map(|o| if zh { o.zh() } else { o.en() }).unwrap_or_default().to_string());
+            line("备注", "Note", a.note.clone());
         }
-        NoticeKind::Resolved => line("解除原因", "Resolution", a.resolution.clone().unwrap_or_default()),
+        NoticeKind::Resolved => line("解除原因", "Resolution", a.resolution.as_deref().map(|r| resolution_text(r, ctx.language)).unwrap_or_default()),
         NoticeKind::Firing | NoticeKind::Reminder | NoticeKind::Escalated => {
             if a.kind == AlertKind::Absence {
                 lines.push(if zh { "请尽快上门查看。".into() } else { "Please knock on the door as soon as possible.".into() });
@@ -138,7 +152,7 @@ pub fn render(a: &Alert, notice: NoticeKind, ctx: &Context<'_>) -> Message {
                 lines.push(if zh { "处理后请点击下方链接确认：".into() } else { "Acknowledge with the link below:".into() });
             }
         }
-        NoticeKind::Test => {}
+        NoticeKind::Test | NoticeKind::WatchList => {}
     }
     lines.push(format!("{}{}-{}", if zh { "编号：" } else { "Ref: " }, ctx.site, a.id));
     let title = format!("{}{} · {} · {}", notice_prefix(notice, ctx.language), kind_title(a.kind, ctx.language), subject_name, ctx.site_name);
@@ -166,6 +180,65 @@ pub fn render(a: &Alert, notice: NoticeKind, ctx: &Context<'_>) -> Message {
         ack_url: if matches!(notice, NoticeKind::Firing | NoticeKind::Reminder | NoticeKind::Escalated) { ctx.ack_url.clone() } else { None },
         mention_mobiles: ctx.staff.iter().filter_map(|s| s.phone.clone()).collect(),
         idempotency_key: String::new(),
+        contact_phones: ctx.elder.map(|e| e.emergency_contacts.iter().map(|c| c.phone.clone()).collect()).unwrap_or_default(),
+        fields: BTreeMap::from([
+            ("name".to_string(), subject_name),
+            ("kind".into(), kind_title(a.kind, ctx.language).to_string()),
+            ("notice".into(), notice_prefix(notice, ctx.language).trim_matches(['【', '】', '[', ']', ' ']).to_string()),
+            ("time".into(), local(a.opened_at)),
+            ("address".into(), ctx.elder.map(|e| e.address()).unwrap_or_default()),
+            ("place".into(), ctx.last.map(|l| l.place.clone()).unwrap_or_default()),
+            ("site".into(), ctx.site_name.to_string()),
+            ("ref".into(), format!("{}-{}", ctx.site, a.id)),
+            (
+                "link".into(),
+                ctx.ack_url.clone().filter(|_| matches!(notice, NoticeKind::Firing | NoticeKind::Reminder | NoticeKind::Escalated)).unwrap_or_default(),
+            ),
+        ]),
+    }
+}
+
+/// Why an alert ended, in the reader's language. The engine records the
+/// reason in English (it is also the audit record); these are its forms.
+pub fn resolution_text(r: &str, lang: Language) -> String {
+    if lang == Language::En {
+        return r.to_string();
+    }
+    let source_zh = |s: &str| {
+        match s {
+            "wristband" => "手环",
+            "face" => "人脸",
+            "check_in" => "走访",
+            other => other,
+        }
+        .to_string()
+    };
+    if let Some(rest) = r.strip_prefix("seen again at ") {
+        // "seen again at <place> (<source>), <rfc3339>"
+        if let Some((place, tail)) = rest.rsplit_once(" (") {
+            if let Some((src, at)) = tail.split_once("), ") {
+                let at = chrono::DateTime::parse_from_rfc3339(at).map(|t| local(t.with_timezone(&chrono::Utc))).unwrap_or_else(|_| at.to_string());
+                return format!("{at} 在{place}再次出现（{}）", source_zh(src));
+            }
+        }
+    }
+    if let Some(rest) = r.strip_prefix("resolved manually by ") {
+        if let Some((by, reason)) = rest.split_once(": ") {
+            return format!("由{by}手动解除：{reason}");
+        }
+    }
+    if let Some(by) = r.strip_prefix("handled by ") {
+        return format!("已由{by}处理");
+    }
+    if let Some(p) = r.strip_prefix("battery ").and_then(|x| x.strip_suffix('%')) {
+        return format!("电量已恢复至 {p}%");
+    }
+    match r {
+        "planned leave registered" => "已登记外出（请假）".into(),
+        "wristband heard again" => "手环信号已恢复".into(),
+        "gateway heard again" | "gateway back online" => "网关已恢复在线".into(),
+        "elder removed from the roster" => "老人已从名册移除".into(),
+        other => other.to_string(),
     }
 }
 
@@ -189,6 +262,13 @@ pub fn test_message(site: &str, site_name: &str, lang: Language, now: Timestamp)
         ack_url: None,
         mention_mobiles: vec![],
         idempotency_key: format!("{site}-test-{}", now.timestamp_millis()),
+        contact_phones: vec![],
+        fields: BTreeMap::from([
+            ("name".to_string(), if lang == Language::Zh { "测试".to_string() } else { "test".to_string() }),
+            ("kind".into(), if lang == Language::Zh { "通道测试".into() } else { "channel test".into() }),
+            ("time".into(), local(now)),
+            ("site".into(), site_name.to_string()),
+        ]),
     }
 }
 
@@ -215,6 +295,7 @@ mod tests {
             categories: vec![],
             notes: String::new(),
             enrolled_at: now,
+            absence_after_secs: None,
         };
         let last = LastSeen { at: now - Duration::hours(50), source: Source::Wristband, place: "gate_north".into(), band_at: None, battery: None };
         let a = Alert {
@@ -234,6 +315,8 @@ mod tests {
             resolved_at: None,
             resolution: None,
             reminders: 0,
+            outcome: None,
+            note: String::new(),
         };
         let staff = [Staff { id: "s1".into(), name: "李网格".into(), phone: Some("13900002222".into()), role: String::new(), grid: "g1".into() }];
         let ctx = Context {
@@ -246,6 +329,7 @@ mod tests {
             staff: &staff,
             ack_url: Some("http://box/ack/t".into()),
             now,
+            left_via: None,
         };
         let m = render(&a, NoticeKind::Firing, &ctx);
         for want in ["张桂兰", "3栋-2单元-401", "gate_north", "2.1 天", "王丽（女儿）13800001111", "李网格 13900002222（网格员）", "2026-11-21 08:00"]
@@ -254,9 +338,39 @@ mod tests {
         }
         assert_eq!(m.ack_url.as_deref(), Some("http://box/ack/t"));
         assert_eq!(m.mention_mobiles, vec!["13900002222".to_string()]);
-        let en = render(&a, NoticeKind::Resolved, &Context { language: Language::En, ..ctx });
+        let en = render(&a, NoticeKind::Resolved, &Context { language: Language::En, ..ctx.clone() });
         assert!(en.title.starts_with("[RESOLVED] Elder not seen"), "{}", en.title);
         assert_eq!(en.status, "resolved");
         assert!(en.ack_url.is_none());
+        // The resolution in the reader's language.
+        let mut r = a.clone();
+        r.resolution = Some("seen again at gate_north (wristband), 2026-11-23T01:30:00Z".into());
+        let m = render(&r, NoticeKind::Resolved, &ctx);
+        assert!(m.text.contains("解除原因：2026-11-23 09:30 在gate_north再次出现（手环）"), "{}", m.text);
+        for (en, zh) in [
+            ("handled by 王主任", "已由王主任处理"),
+            ("planned leave registered", "已登记外出（请假）"),
+            ("resolved manually by 王主任: 搬去养老院", "由王主任手动解除：搬去养老院"),
+            ("battery 95%", "电量已恢复至 95%"),
+            ("wristband heard again", "手环信号已恢复"),
+        ] {
+            assert_eq!(resolution_text(en, Language::Zh), zh);
+            assert_eq!(resolution_text(en, Language::En), en);
+        }
+        // The outcome and note go out with the acknowledgement.
+        let mut k = a.clone();
+        k.acked_by = Some("李网格".into());
+        k.acked_at = Some(now);
+        k.outcome = Some(crate::alert::Outcome::Hospital);
+        k.note = "120 已接走".into();
+        let m = render(&k, NoticeKind::Acknowledged, &ctx);
+        assert!(m.text.contains("处理结果：已送医") && m.text.contains("备注：120 已接走"), "{}", m.text);
+        // Last seen as a face at a gate facing out: they left, and the message says where.
+        let out =
+            LastSeen { at: Utc.with_ymd_and_hms(2026, 11, 21, 0, 14, 0).unwrap(), source: Source::Face, place: "north".into(), band_at: None, battery: None };
+        let m = render(&a, NoticeKind::Firing, &Context { last: Some(&out), left_via: Some("北门"), ..ctx.clone() });
+        assert!(m.text.contains("2026-11-21 08:14 经北门离开小区"), "{}", m.text);
+        let m = render(&a, NoticeKind::Firing, &Context { last: Some(&out), left_via: Some("the north gate"), language: Language::En, ..ctx.clone() });
+        assert!(m.text.contains("left the compound at 2026-11-21 08:14 via the north gate"), "{}", m.text);
     }
 }

@@ -9,11 +9,13 @@
 //! - `token`: HMAC-signed acknowledgement links.
 
 pub mod channel;
+pub mod cloud;
 pub mod engine;
 pub mod message;
 pub mod notify;
 pub mod outbox;
 pub mod token;
+pub mod watch;
 
 use crate::clock::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -158,6 +160,62 @@ pub struct Alert {
     pub resolution: Option<String>,
     #[serde(default)]
     pub reminders: u32,
+    /// What staff found, chosen when they acknowledged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
+    /// Staff's note with the acknowledgement (free text: stays on the box).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub note: String,
+}
+
+/// What staff found, chosen when acknowledging (已上门，一切正常 …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    AllWell,
+    Hospital,
+    FamilyContacted,
+    Other,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 4] = [Outcome::AllWell, Outcome::Hospital, Outcome::FamilyContacted, Outcome::Other];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::AllWell => "all_well",
+            Outcome::Hospital => "hospital",
+            Outcome::FamilyContacted => "family_contacted",
+            Outcome::Other => "other",
+        }
+    }
+    pub fn zh(self) -> &'static str {
+        match self {
+            Outcome::AllWell => "已上门，一切正常",
+            Outcome::Hospital => "已送医",
+            Outcome::FamilyContacted => "已联系家属",
+            Outcome::Other => "其他",
+        }
+    }
+    pub fn en(self) -> &'static str {
+        match self {
+            Outcome::AllWell => "visited, all well",
+            Outcome::Hospital => "taken to hospital",
+            Outcome::FamilyContacted => "family contacted",
+            Outcome::Other => "other",
+        }
+    }
+}
+
+impl std::str::FromStr for Outcome {
+    type Err = String;
+    /// The code (`all_well`) or either label, so a form or a CLI may send any.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        Outcome::ALL
+            .into_iter()
+            .find(|o| o.as_str() == t || o.zh() == t || o.en().eq_ignore_ascii_case(t))
+            .ok_or_else(|| format!("outcome {t:?} is not one of all_well (已上门，一切正常), hospital (已送医), family_contacted (已联系家属), other (其他)"))
+    }
 }
 
 /// Why a notification is sent.
@@ -170,6 +228,8 @@ pub enum NoticeKind {
     Acknowledged,
     Resolved,
     Test,
+    /// The morning watch list of a grid (网格发现): not about one alert.
+    WatchList,
 }
 
 impl NoticeKind {
@@ -181,6 +241,7 @@ impl NoticeKind {
             NoticeKind::Acknowledged => "acknowledged",
             NoticeKind::Resolved => "resolved",
             NoticeKind::Test => "test",
+            NoticeKind::WatchList => "watch_list",
         }
     }
 }

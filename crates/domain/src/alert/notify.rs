@@ -21,6 +21,10 @@ pub struct Recipients<'a> {
     pub staff: &'a [Vec<Staff>],
     /// Whether a channel is configured (a ladder may name others by mistake).
     pub channel_known: &'a dyn Fn(&str) -> bool,
+    /// Whether a channel carries this kind of alert (a voice call only for an SOS).
+    pub channel_carries: &'a dyn Fn(&str, super::AlertKind) -> bool,
+    /// The last sighting was a face at this outward gate (see `message::Context::left_via`).
+    pub left_via: Option<&'a str>,
 }
 
 /// The site a message speaks for.
@@ -79,6 +83,7 @@ pub fn plan(
             staff,
             ack_url: Some(ack_url(lvl)),
             now,
+            left_via: to.left_via,
         };
         let msg = message::render(a, kind, &ctx);
         for ch in &level.channels {
@@ -87,6 +92,9 @@ pub fn plan(
             }
             if !(to.channel_known)(ch) {
                 unrouted.push(Unrouted::UnknownChannel(ch.clone()));
+                continue;
+            }
+            if !(to.channel_carries)(ch, a.kind) {
                 continue;
             }
             out.push(Planned { channel: ch.clone(), level: lvl, message: msg.clone() });
@@ -120,6 +128,8 @@ mod tests {
             resolved_at: None,
             resolution: None,
             reminders: 0,
+            outcome: None,
+            note: String::new(),
         }
     }
 
@@ -131,7 +141,15 @@ mod tests {
     fn shared_channels_get_one_message_and_unknown_ones_are_reported() {
         let ladder = [level("网格员", &["wecom", "ghost"]), level("社区", &["wecom", "ntfy"])];
         let staff = [vec![], vec![]];
-        let to = Recipients { elder: None, last: None, ladder: &ladder, staff: &staff, channel_known: &|c| c != "ghost" };
+        let to = Recipients {
+            elder: None,
+            last: None,
+            ladder: &ladder,
+            staff: &staff,
+            channel_known: &|c| c != "ghost",
+            channel_carries: &|_, _| true,
+            left_via: None,
+        };
         let site = Site { site: "s", site_name: "幸福小区", language: Language::Zh };
         let now = Utc.with_ymd_and_hms(2026, 11, 3, 8, 0, 0).unwrap();
         let (plan, unrouted) = plan(&alert(), &[0, 1], NoticeKind::Escalated, &to, &site, &|l| format!("http://box/ack/{l}"), now);
@@ -147,10 +165,11 @@ mod tests {
         let staff = [vec![]];
         let site = Site { site: "s", site_name: "s", language: Language::En };
         let now = Utc.with_ymd_and_hms(2026, 11, 3, 8, 0, 0).unwrap();
-        let to = Recipients { elder: None, last: None, ladder: &ladder, staff: &staff, channel_known: &|_| true };
+        let to =
+            Recipients { elder: None, last: None, ladder: &ladder, staff: &staff, channel_known: &|_| true, channel_carries: &|_, _| true, left_via: None };
         let (plan, _) = plan(&alert(), &[3], NoticeKind::Reminder, &to, &site, &|_| String::new(), now);
         assert_eq!(plan.len(), 1);
-        let to = Recipients { elder: None, last: None, ladder: &[], staff: &[], channel_known: &|_| true };
+        let to = Recipients { elder: None, last: None, ladder: &[], staff: &[], channel_known: &|_| true, channel_carries: &|_, _| true, left_via: None };
         let (none, unrouted) = super::plan(&alert(), &[0], NoticeKind::Firing, &to, &site, &|_| String::new(), now);
         assert!(none.is_empty());
         assert_eq!(unrouted, vec![Unrouted::NoLadder]);

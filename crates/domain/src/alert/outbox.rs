@@ -102,6 +102,7 @@ pub fn digest(batch: &[&Notification], lang: Language, now: Timestamp) -> Messag
     }
     let mut labels = std::collections::BTreeMap::new();
     labels.insert("alertname".to_string(), "device_digest".to_string());
+    let fields_kind = title.clone();
     Message {
         title,
         text,
@@ -114,6 +115,8 @@ pub fn digest(batch: &[&Notification], lang: Language, now: Timestamp) -> Messag
         mention_mobiles: Vec::new(),
         // Stable for the same batch, so a retried digest is recognised as a duplicate.
         idempotency_key: format!("digest-{}-{}", batch[0].id, batch.len()),
+        contact_phones: Vec::new(),
+        fields: std::collections::BTreeMap::from([("kind".to_string(), fields_kind), ("time".into(), crate::clock::local_minute(now))]),
     }
 }
 
@@ -179,6 +182,8 @@ mod tests {
             ack_url: None,
             mention_mobiles: vec![],
             idempotency_key: format!("k{id}"),
+            contact_phones: vec![],
+            fields: Default::default(),
         };
         Notification {
             id,

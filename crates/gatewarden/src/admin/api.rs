@@ -75,6 +75,7 @@ pub fn router(sh: Arc<Shared>) -> Router {
         .route("/sightings/face", post(face_sighting))
         .route("/alerts", get(list_alerts))
         .route("/alerts/:id/ack", post(ack_alert))
+        .route("/alerts/:id/resolve", post(resolve_alert))
         .route("/channels", get(list_channels))
         .route("/channels/:name/test", post(test_channel))
         .route("/outbox", get(list_outbox))
@@ -373,11 +374,26 @@ async fn add_elder(State(sh): S, Json(i): Json<ElderInput>) -> R<Elder> {
         categories: i.categories,
         notes: i.notes,
         enrolled_at: sh.clock.now(),
+        absence_after_secs: absence_after(i.absence_after.as_deref())?,
     };
     sh.store.put_elder(&e, true)?;
     sh.enrolment.changed(Changed::Elder(e.id.clone())).await?;
     tracing::info!(elder = %e.id, bands = e.bands.len(), "elder enrolled");
     Ok(Json(e))
+}
+
+/// An elder's own absence threshold ("24h", "3d"); "" or "default" clears it.
+fn absence_after(text: Option<&str>) -> Result<Option<u64>, ApiError> {
+    match text.map(str::trim) {
+        None | Some("") | Some("default") => Ok(None),
+        Some(t) => {
+            let d = humantime::parse_duration(t).map_err(|e| bad(format!("absence_after {t:?}: {e} (e.g. \"24h\", \"3d\")")))?;
+            if d < std::time::Duration::from_secs(600) || d > std::time::Duration::from_secs(60 * 86400) {
+                return Err(bad(format!("absence_after {t:?} must be between 10m and 60d")));
+            }
+            Ok(Some(d.as_secs()))
+        }
+    }
 }
 
 fn find_elder(sh: &Shared, id: &str) -> Result<Elder, ApiError> {
@@ -433,6 +449,9 @@ async fn update_elder(State(sh): S, Path(id): Path<String>, Json(p): Json<ElderP
     }
     if let Some(c) = p.contacts {
         e.emergency_contacts = parse_contacts(&c)?;
+    }
+    if let Some(a) = p.absence_after {
+        e.absence_after_secs = absence_after(Some(&a))?;
     }
     sh.store.put_elder(&e, false)?;
     sh.enrolment.changed(Changed::Elder(id)).await?;
@@ -592,9 +611,26 @@ async fn list_alerts(State(sh): S, Query(q): Query<AlertQuery>) -> R<Vec<domain:
     Ok(Json(all.into_iter().filter(|a| q.all || a.state != domain::alert::AlertState::Resolved).collect()))
 }
 
-async fn do_ack(sh: &Shared, id: u64, by: String) -> Result<domain::alert::Alert, ApiError> {
+fn outcome(text: Option<&str>) -> Result<Option<domain::alert::Outcome>, ApiError> {
+    match text.map(str::trim).filter(|t| !t.is_empty()) {
+        None => Ok(None),
+        Some(t) => t.parse().map(Some).map_err(bad),
+    }
+}
+
+/// Staff notes are free text from a phone: bounded.
+const MAX_NOTE: usize = 500;
+
+async fn do_ack(sh: &Shared, id: u64, by: String, outcome: Option<domain::alert::Outcome>, note: String) -> Result<domain::alert::Alert, ApiError> {
+    if note.chars().count() > MAX_NOTE {
+        return Err(bad(format!("the note is longer than {MAX_NOTE} characters")));
+    }
     let (tx, rx) = oneshot::channel();
-    sh.command(Command::Ack { id, by, reply: tx }).await?;
+    sh.command(Command::Ack { id, by, outcome, note, reply: tx }).await?;
+    answered(rx).await
+}
+
+async fn answered(rx: oneshot::Receiver<Result<domain::alert::Alert, AckError>>) -> Result<domain::alert::Alert, ApiError> {
     // Answered once stored; while the store refuses writes the answer waits.
     let answer = tokio::time::timeout(std::time::Duration::from_secs(10), rx).await.map_err(|_| {
         ApiError(
@@ -613,7 +649,20 @@ async fn ack_alert(State(sh): S, Path(id): Path<u64>, Json(i): Json<AckInput>) -
     if i.by.trim().is_empty() {
         return Err(bad("say who acknowledges (--by)"));
     }
-    Ok(Json(do_ack(&sh, id, i.by).await?))
+    Ok(Json(do_ack(&sh, id, i.by, outcome(i.outcome.as_deref())?, i.note).await?))
+}
+
+async fn resolve_alert(State(sh): S, Path(id): Path<u64>, Json(i): Json<super::ResolveInput>) -> R<domain::alert::Alert> {
+    if i.by.trim().is_empty() || i.reason.trim().is_empty() {
+        return Err(bad("say who resolves (--by) and why (--reason)"));
+    }
+    if i.reason.chars().count() > MAX_NOTE {
+        return Err(bad(format!("the reason is longer than {MAX_NOTE} characters")));
+    }
+    writable(&sh)?;
+    let (tx, rx) = oneshot::channel();
+    sh.command(Command::Resolve { id, by: i.by.trim().to_string(), reason: i.reason, reply: tx }).await?;
+    Ok(Json(answered(rx).await?))
 }
 
 async fn list_channels(State(sh): S) -> R<Vec<serde_json::Value>> {
@@ -851,6 +900,9 @@ fn describe(sh: &Shared, a: &domain::alert::Alert) -> String {
     if let (Some(by), domain::alert::AlertState::Acknowledged) = (&a.acked_by, a.state) {
         s.push_str(&format!("<p>已由 {} 确认 / acknowledged by {}</p>", esc(by), esc(by)));
     }
+    if let Some(o) = a.outcome {
+        s.push_str(&format!("<p>处理结果 / Outcome: {} / {}</p>", o.zh(), o.en()));
+    }
     s
 }
 
@@ -866,8 +918,11 @@ async fn ack_page(State(sh): S, super::server::ClientIp(client): super::server::
             "确认告警 / Acknowledge",
             &format!(
                 "{}<form method=\"post\"><p><label>您的姓名 / Your name<br><input name=\"by\" required></label></p>\
+                 <p><label>处理结果 / Outcome<br><select name=\"outcome\">{}</select></label></p>\
+                 <p><label>备注 / Note<br><textarea name=\"note\" maxlength=\"500\" rows=\"3\"></textarea></label></p>\
                  <button type=\"submit\">确认已处理 / Acknowledge</button></form>",
-                describe(&sh, &a)
+                describe(&sh, &a),
+                domain::alert::Outcome::ALL.iter().map(|o| format!("<option value=\"{}\">{} / {}</option>", o.as_str(), o.zh(), o.en())).collect::<String>()
             ),
         )
         .into_response(),
@@ -878,6 +933,10 @@ async fn ack_page(State(sh): S, super::server::ClientIp(client): super::server::
 struct AckForm {
     #[serde(default)]
     by: String,
+    #[serde(default)]
+    outcome: String,
+    #[serde(default)]
+    note: String,
 }
 
 async fn ack_link(State(sh): S, super::server::ClientIp(client): super::server::ClientIp, Path(tok): Path<String>, Form(f): Form<AckForm>) -> Response {
@@ -889,7 +948,11 @@ async fn ack_link(State(sh): S, super::server::ClientIp(client): super::server::
         Err(r) => return r.into_response(),
     };
     let by = if f.by.trim().is_empty() { format!("link (level {})", claim.level + 1) } else { format!("{} (link)", f.by.trim()) };
-    match do_ack(&sh, claim.alert, by.clone()).await {
+    let outcome = match outcome(Some(&f.outcome)) {
+        Ok(o) => o,
+        Err(ApiError(code, msg)) => return (code, page("未能确认 / Not acknowledged", &esc(&msg))).into_response(),
+    };
+    match do_ack(&sh, claim.alert, by.clone(), outcome, f.note).await {
         Ok(a) => page("已确认 / Acknowledged", &format!("{}<p>{}</p>", describe(&sh, &a), esc(&by))).into_response(),
         Err(ApiError(code, msg)) => (code, page("未能确认 / Not acknowledged", &esc(&msg))).into_response(),
     }

@@ -49,11 +49,15 @@ pub enum ElderCmd {
         /// Emergency contact NAME:PHONE[:RELATION]. Repeatable.
         #[arg(long = "contact")]
         contacts: Vec<String>,
-        /// over70, alone, bereaved, disabled. Repeatable.
+        /// over70, alone, bereaved, disabled, or any category of
+        /// `alert.absence_by_category` (e.g. dementia). Repeatable.
         #[arg(long = "category")]
         categories: Vec<String>,
         #[arg(long, default_value = "")]
         notes: String,
+        /// This elder's own absence threshold (e.g. 24h); default: their categories', else the site's.
+        #[arg(long)]
+        absence_after: Option<String>,
     },
     /// List enrolled elders.
     List,
@@ -81,8 +85,14 @@ pub enum ElderCmd {
         /// Replaces all emergency contacts.
         #[arg(long = "contact")]
         contacts: Vec<String>,
+        /// Replaces all categories.
+        #[arg(long = "category")]
+        categories: Vec<String>,
         #[arg(long)]
         notes: Option<String>,
+        /// This elder's own absence threshold (e.g. 24h); "default" clears it.
+        #[arg(long)]
+        absence_after: Option<String>,
     },
     /// Remove an elder and their presence history.
     Remove { id: String },
@@ -159,6 +169,19 @@ pub enum AlertsCmd {
         id: u64,
         #[arg(long)]
         by: String,
+        /// all_well (已上门，一切正常), hospital (已送医), family_contacted (已联系家属), other (其他).
+        #[arg(long)]
+        outcome: Option<String>,
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Close an alert by hand, with a reason (everyone told hears it resolved).
+    Resolve {
+        id: u64,
+        #[arg(long)]
+        by: String,
+        #[arg(long)]
+        reason: String,
     },
     /// Send a real test message through a channel.
     TestChannel { name: String },
@@ -324,8 +347,8 @@ use reqwest::Method;
 
 pub async fn elder(c: &Client, cmd: ElderCmd) -> anyhow::Result<()> {
     match cmd {
-        ElderCmd::Add { name, id, building, unit, room, grid, phone, bands, contacts, categories, notes } => {
-            let i = ElderInput { id, name, building, unit, room, grid, phone, bands, contacts, categories, notes };
+        ElderCmd::Add { name, id, building, unit, room, grid, phone, bands, contacts, categories, notes, absence_after } => {
+            let i = ElderInput { id, name, building, unit, room, grid, phone, bands, contacts, categories, notes, absence_after };
             let v = c.call(Method::POST, "/elders", Some(serde_json::to_value(i)?)).await?;
             one(c, &v, format!("enrolled elder {} ({})", s(&v, "id"), s(&v, "name")));
         }
@@ -340,7 +363,7 @@ pub async fn elder(c: &Client, cmd: ElderCmd) -> anyhow::Result<()> {
             let v = c.call(Method::GET, &format!("/elders/{id}"), None).await?;
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
-        ElderCmd::Update { id, name, building, unit, room, grid, phone, add_bands, remove_bands, contacts, notes } => {
+        ElderCmd::Update { id, name, building, unit, room, grid, phone, add_bands, remove_bands, contacts, categories, notes, absence_after } => {
             let p = ElderPatch {
                 name,
                 building,
@@ -351,8 +374,9 @@ pub async fn elder(c: &Client, cmd: ElderCmd) -> anyhow::Result<()> {
                 add_bands,
                 remove_bands,
                 contacts: if contacts.is_empty() { None } else { Some(contacts) },
-                categories: None,
+                categories: if categories.is_empty() { None } else { Some(categories) },
                 notes,
+                absence_after,
             };
             let v = c.call(Method::PATCH, &format!("/elders/{id}"), Some(serde_json::to_value(p)?)).await?;
             one(c, &v, format!("updated elder {}", s(&v, "id")));
@@ -457,14 +481,24 @@ pub async fn alerts(c: &Client, cmd: AlertsCmd) -> anyhow::Result<()> {
     match cmd {
         AlertsCmd::List { all } => {
             let v = c.call(Method::GET, &format!("/alerts?all={all}"), None).await?;
-            table(c, &v, &["ID", "KIND", "SUBJECT", "STATE", "LEVEL", "OPENED", "ACKED BY", "DETAIL"], |a| {
+            table(c, &v, &["ID", "KIND", "SUBJECT", "STATE", "LEVEL", "OPENED", "ACKED BY", "OUTCOME", "DETAIL"], |a| {
                 let level = a["level"].as_u64().map(|l| (l + 1).to_string()).unwrap_or_default();
-                vec![s(a, "id"), s(a, "kind"), s(&a["subject"], "id"), s(a, "state"), level, local(a, "opened_at"), s(a, "acked_by"), s(a, "detail")]
+                let outcome = a["outcome"].as_str().and_then(|o| o.parse::<domain::alert::Outcome>().ok()).map_or("-", |o| o.zh()).to_string();
+                let outcome = match a["note"].as_str().filter(|n| !n.is_empty()) {
+                    Some(n) => format!("{outcome}（{n}）"),
+                    None => outcome,
+                };
+                let detail = a["resolution"].as_str().map(str::to_string).unwrap_or_else(|| s(a, "detail"));
+                vec![s(a, "id"), s(a, "kind"), s(&a["subject"], "id"), s(a, "state"), level, local(a, "opened_at"), s(a, "acked_by"), outcome, detail]
             });
         }
-        AlertsCmd::Ack { id, by } => {
-            let v = c.call(Method::POST, &format!("/alerts/{id}/ack"), Some(json!({"by": by}))).await?;
+        AlertsCmd::Ack { id, by, outcome, note } => {
+            let v = c.call(Method::POST, &format!("/alerts/{id}/ack"), Some(json!({"by": by, "outcome": outcome, "note": note}))).await?;
             one(c, &v, format!("alert {} acknowledged by {}", s(&v, "id"), s(&v, "acked_by")));
+        }
+        AlertsCmd::Resolve { id, by, reason } => {
+            let v = c.call(Method::POST, &format!("/alerts/{id}/resolve"), Some(json!({"by": by, "reason": reason}))).await?;
+            one(c, &v, format!("alert {} resolved: {}", s(&v, "id"), s(&v, "resolution")));
         }
         AlertsCmd::TestChannel { name } => {
             let v = c.call(Method::POST, &format!("/channels/{name}/test"), None).await?;

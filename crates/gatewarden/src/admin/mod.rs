@@ -40,6 +40,10 @@ pub struct ElderInput {
     pub categories: Vec<String>,
     #[serde(default)]
     pub notes: String,
+    /// This elder's own absence threshold, e.g. "24h"; default: their
+    /// categories' (`alert.absence_by_category`), else the site's.
+    #[serde(default)]
+    pub absence_after: Option<String>,
 }
 
 /// `PATCH /api/v1/elders/{id}`: only what is given changes.
@@ -60,6 +64,8 @@ pub struct ElderPatch {
     pub contacts: Option<Vec<String>>,
     pub categories: Option<Vec<String>>,
     pub notes: Option<String>,
+    /// "24h"; "" or "default" clears it.
+    pub absence_after: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -96,6 +102,19 @@ pub struct FaceSightingInput {
 #[serde(deny_unknown_fields)]
 pub struct AckInput {
     pub by: String,
+    /// all_well (已上门，一切正常), hospital (已送医), family_contacted (已联系家属), other (其他).
+    #[serde(default)]
+    pub outcome: Option<String>,
+    #[serde(default)]
+    pub note: String,
+}
+
+/// `POST /api/v1/alerts/{id}/resolve`: close an alert by hand.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveInput {
+    pub by: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

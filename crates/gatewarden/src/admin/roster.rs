@@ -278,6 +278,7 @@ fn check(sh: &Shared, st: &mut Staged, r: &Row, emb: Option<Result<Vec<f32>, Str
                 categories: r.get("categories").split(';').map(str::trim).filter(|c| !c.is_empty()).map(String::from).collect(),
                 notes: String::new(),
                 enrolled_at: now,
+                absence_after_secs: None,
             }))
         }
         "vehicle" => {

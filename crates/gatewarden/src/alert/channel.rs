@@ -27,7 +27,10 @@ impl Sender {
     }
 
     pub async fn send(&self, m: &Message, now: Timestamp) -> Outcome {
-        let p = prepare(&self.cfg.endpoint(), self.secret.as_deref(), m, now);
+        let p = match prepare(&self.cfg.endpoint(), self.secret.as_deref(), m, now) {
+            Ok(p) => p,
+            Err(why) => return Outcome::Permanent(why),
+        };
         let mut req = self.http.post(&p.url).body(p.body);
         for (k, v) in &p.headers {
             req = req.header(k, v);

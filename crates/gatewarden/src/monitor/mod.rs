@@ -40,6 +40,15 @@ pub enum Command {
     Ack {
         id: u64,
         by: String,
+        outcome: Option<domain::alert::Outcome>,
+        note: String,
+        reply: oneshot::Sender<Result<Alert, AckError>>,
+    },
+    /// Close an alert by hand, with a reason.
+    Resolve {
+        id: u64,
+        by: String,
+        reason: String,
         reply: oneshot::Sender<Result<Alert, AckError>>,
     },
     Tick(oneshot::Sender<()>),
@@ -182,6 +191,8 @@ pub struct Monitor {
     uncommitted: VecDeque<Batch>,
     /// The store refused a write and has not taken one since.
     store_failing: bool,
+    /// The site day whose watch list went out last (kept in the store).
+    watch_sent_on: Option<chrono::NaiveDate>,
 }
 
 /// Wall-clock milliseconds for the cluster lease. Not the injectable clock:
@@ -214,7 +225,9 @@ impl Monitor {
             last_step_check: Instant::now(),
             uncommitted: VecDeque::new(),
             store_failing: false,
+            watch_sent_on: None,
         };
+        m.watch_sent_on = m.io.store.watch_list_sent()?.and_then(|d| d.parse().ok());
         m.rebuild_engine(judging_from)?;
         // Nothing loaded may lie in the future (a clock that ran ahead before a restart).
         let now = m.io.clock.now();
@@ -270,6 +283,7 @@ impl Monitor {
                 last_band: last.as_ref().and_then(|l| l.band_at),
                 has_band: !e.bands.is_empty(),
                 leaves,
+                absence_after: self.io.cfg.alert.absence_after_for(e.absence_after_secs, &e.categories).map(chrono_dur),
             },
         );
         self.presence.upsert_elder(e, last);
@@ -409,6 +423,59 @@ impl Monitor {
         if self.alerting() {
             let acts = self.engine.handle(Input::Tick, now);
             self.apply(acts);
+            self.watch_list(now);
+        }
+    }
+
+    /// Each grid's morning watch list, once a day at `alert.watch_list_at`,
+    /// to the first level of the grid's ladder, through the outbox (stored
+    /// before sent, like every notification).
+    fn watch_list(&mut self, now: Timestamp) {
+        let Some(at) = self.io.cfg.alert.watch_list_time() else { return };
+        let Some(day) = domain::alert::watch::due(at, now, self.watch_sent_on) else { return };
+        let io = &self.io;
+        let presence = &self.presence;
+        let battery = |id: &str| presence.last_seen(id).and_then(|l| l.battery);
+        let lists = self.engine.watch_list(now, &battery);
+        let who = |id: &str| match io.store.get_elder(id).ok().flatten() {
+            Some(e) if e.address().is_empty() => e.name,
+            Some(e) => format!("{}（{}）", e.name, e.address()),
+            None => id.to_string(),
+        };
+        let site_name = io.cfg.site_name.as_deref().unwrap_or(&io.cfg.site);
+        let mut notes = Vec::new();
+        for w in &lists {
+            let ladder = crate::alert::ladder(&io.store, &io.cfg, &w.grid);
+            let Some(first) = ladder.first() else {
+                tracing::warn!(grid = %w.grid, "no escalation ladder: the watch list reaches nobody");
+                continue;
+            };
+            let message = domain::alert::watch::render(w, &who, &io.cfg.site, site_name, io.cfg.language, now);
+            for ch in first.channels.iter().filter(|c| io.channels.contains(c.as_str())) {
+                notes.push(Notification {
+                    id: 0,
+                    alert_id: None,
+                    channel: ch.clone(),
+                    kind: NoticeKind::WatchList,
+                    alert_kind: None,
+                    level: 0,
+                    message: message.clone(),
+                    created_at: now,
+                    attempts: 0,
+                    next_attempt_at: now,
+                    last_error: None,
+                    delivery: domain::alert::outbox::Delivery::Pending,
+                    delivered_at: None,
+                });
+            }
+        }
+        tracing::info!(%day, grids = lists.len(), messages = notes.len(), "morning watch list");
+        // The day is marked once the list is queued: a crash in between sends it twice, never not at all.
+        self.uncommitted.push_back(Batch { notes, ..Batch::default() });
+        self.commit_pending();
+        self.watch_sent_on = Some(day);
+        if let Err(e) = self.io.store.set_watch_list_sent(&day.to_string()) {
+            tracing::warn!(error = %e, "cannot record the watch list's day; it may go out again after a restart");
         }
     }
 
@@ -560,7 +627,22 @@ impl Monitor {
         let staff: Vec<Vec<_>> = ladder.iter().map(|l| l.staff.iter().filter_map(|s| io.store.get_staff(s).ok().flatten()).collect()).collect();
         let last = elder.as_ref().and_then(|e| self.presence.last_seen(&e.id).cloned());
         let known = |ch: &str| io.channels.contains(ch);
-        let to = notify::Recipients { elder: elder.as_ref(), last: last.as_ref(), ladder: &ladder, staff: &staff, channel_known: &known };
+        // A face at a gate facing out is the elder leaving, not "last seen".
+        let left_via = last
+            .as_ref()
+            .filter(|l| l.source == domain::presence::Source::Face)
+            .and_then(|l| io.cfg.gates.iter().find(|g| g.name == l.place && g.direction == config::GateDirection::Out))
+            .map(|g| g.display_name.as_deref().unwrap_or(&g.name));
+        let carries = |ch: &str, kind| io.cfg.alert.channels.iter().find(|c| c.name == ch).is_none_or(|c| c.carries(kind));
+        let to = notify::Recipients {
+            elder: elder.as_ref(),
+            last: last.as_ref(),
+            ladder: &ladder,
+            staff: &staff,
+            channel_known: &known,
+            channel_carries: &carries,
+            left_via,
+        };
         let site = notify::Site { site: &io.cfg.site, site_name: io.cfg.site_name.as_deref().unwrap_or(&io.cfg.site), language: io.cfg.language };
         let (planned, unrouted) = notify::plan(a, levels, kind, &to, &site, &|lvl| io.ack_links.url(a, lvl), now);
         for u in unrouted {
@@ -630,26 +712,13 @@ impl Monitor {
                 Command::Observe(obs, reply) => {
                     let _ = reply.send(self.observe(obs));
                 }
-                Command::Ack { id, by, reply } => {
-                    if !self.alerting() {
-                        let holder = self.lease.as_ref().and_then(|l| l.holder()).map(|r| r.holder.clone()).unwrap_or_else(|| "(none yet)".into());
-                        let _ = reply.send(Err(AckError::Elsewhere { holder }));
-                        return Ok(());
-                    }
-                    let r = self.engine.ack(id, &by, now);
-                    let out = match r {
-                        Ok(acts) => {
-                            let alert = acts.iter().rev().find_map(|a| match a {
-                                Action::Save(a) => Some(a.clone()),
-                                _ => None,
-                            });
-                            // Answered once stored (`commit_pending`).
-                            self.apply_then(acts, Some((reply, alert.expect("ack saves the alert"))));
-                            return Ok(());
-                        }
-                        Err(e) => Err(e),
-                    };
-                    let _ = reply.send(out);
+                Command::Ack { id, by, outcome, note, reply } => {
+                    let r = self.alerting_or_elsewhere().and_then(|_| self.engine.ack_with(id, &by, outcome, &note, now));
+                    self.answer_when_stored(r, reply);
+                }
+                Command::Resolve { id, by, reason, reply } => {
+                    let r = self.alerting_or_elsewhere().and_then(|_| self.engine.resolve_manually(id, &by, &reason, now));
+                    self.answer_when_stored(r, reply);
                 }
                 Command::Tick(reply) => {
                     self.tick();
@@ -680,6 +749,38 @@ impl Monitor {
             tracing::error!(error = %format!("{e:#}"), "admin command failed");
         }
         self.io.metrics.elders.set(self.presence.elder_count() as i64);
+    }
+
+    /// Only the box that sends the alerts changes them.
+    fn alerting_or_elsewhere(&self) -> Result<(), AckError> {
+        if self.alerting() {
+            return Ok(());
+        }
+        let holder = self.lease.as_ref().and_then(|l| l.holder()).map(|r| r.holder.clone()).unwrap_or_else(|| "(none yet)".into());
+        Err(AckError::Elsewhere { holder })
+    }
+
+    /// Apply what a person asked for, and answer them once it is stored
+    /// (`commit_pending`): durable before acknowledged.
+    fn answer_when_stored(&mut self, r: Result<Vec<Action>, AckError>, reply: oneshot::Sender<Result<Alert, AckError>>) {
+        match r {
+            Ok(acts) => {
+                let alert = acts.iter().rev().find_map(|a| match a {
+                    Action::Save(a) => Some(a.clone()),
+                    _ => None,
+                });
+                match alert {
+                    Some(a) => self.apply_then(acts, Some((reply, a))),
+                    None => {
+                        self.apply(acts);
+                        let _ = reply.send(Err(AckError::NotFound(0)));
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
     }
 
     /// Apply one message from the broker, then acknowledge it: a sighting once

@@ -1,5 +1,6 @@
-//! Upstream to the district, at QoS 1: alert episodes (state, kind and subject
-//! id; never names, phones or ID numbers) and retained box health.
+//! Upstream to the district, at QoS 1: alert episodes (state, kind, subject
+//! id and the acknowledgement's outcome; never names, phones, notes or ID
+//! numbers) and retained box health.
 
 use super::Monitor;
 use domain::alert::Alert;
@@ -13,6 +14,8 @@ impl Monitor {
             "site": self.io.cfg.site, "id": a.id, "kind": a.kind.as_str(), "severity": a.kind.severity(),
             "subject": a.subject, "state": a.state.as_str(), "level": a.level, "opened_at": a.opened_at,
             "acked_at": a.acked_at, "resolved_at": a.resolved_at,
+            // The outcome is a code; the staff's note is free text and stays on the box.
+            "outcome": a.outcome.map(|o| o.as_str()),
         });
         let topic = format!("gatewarden/{}/alert", self.io.cfg.site);
         if let Err(e) = m.try_publish(topic, rumqttc::QoS::AtLeastOnce, false, body.to_string()) {

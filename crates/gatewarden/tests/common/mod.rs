@@ -582,3 +582,50 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// What an Alertmanager webhook receiver reads: Prometheus Alertmanager's
+/// `notify/webhook.Message` (version 4), every field required and typed as
+/// the Go receiver expects. A body that deserializes into this is accepted.
+#[allow(dead_code)]
+#[derive(serde::Deserialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertmanagerV4 {
+    pub version: String,
+    pub group_key: String,
+    pub truncated_alerts: u64,
+    pub status: String,
+    pub receiver: String,
+    pub group_labels: std::collections::BTreeMap<String, String>,
+    pub common_labels: std::collections::BTreeMap<String, String>,
+    pub common_annotations: std::collections::BTreeMap<String, String>,
+    #[serde(rename = "externalURL")]
+    pub external_url: String,
+    pub alerts: Vec<AlertmanagerAlert>,
+}
+
+#[allow(dead_code)]
+#[derive(serde::Deserialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertmanagerAlert {
+    pub status: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub annotations: std::collections::BTreeMap<String, String>,
+    pub starts_at: chrono::DateTime<chrono::Utc>,
+    pub ends_at: chrono::DateTime<chrono::Utc>,
+    #[serde(rename = "generatorURL")]
+    pub generator_url: String,
+    pub fingerprint: String,
+}
+
+impl AlertmanagerV4 {
+    /// Accept `body` as an Alertmanager receiver would, or say why not.
+    #[allow(dead_code)]
+    pub fn accept(body: &[u8]) -> AlertmanagerV4 {
+        let m: AlertmanagerV4 =
+            serde_json::from_slice(body).unwrap_or_else(|e| panic!("not an Alertmanager v4 payload: {e}\n{}", String::from_utf8_lossy(body)));
+        assert_eq!(m.version, "4");
+        assert!(matches!(m.status.as_str(), "firing" | "resolved"), "{}", m.status);
+        assert!(!m.alerts.is_empty() && m.alerts.iter().all(|a| a.fingerprint.len() == 16 && a.labels.contains_key("alertname")));
+        m
+    }
+}

@@ -38,6 +38,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             categories: vec!["over70".into()],
             notes: String::new(),
             enrolled_at: now,
+            absence_after_secs: None,
         };
         store.put_elder(&e, true)?;
     }
