@@ -343,6 +343,11 @@ impl Config {
                 bad("alert.quiet_hours".into(), format!("{e} (e.g. \"22:00-07:00\", site time)"));
             }
         }
+        for (id, name) in &self.presence.gateway_names {
+            if name.trim().is_empty() || name.chars().count() > 64 {
+                bad(format!("presence.gateway_names.{id}"), "a display name has 1..64 characters".into());
+            }
+        }
         if self.alert.watch_list_at.is_some() && self.alert.watch_list_time().is_none() {
             bad("alert.watch_list_at".into(), format!("{:?} is not a time of day HH:MM (site time)", self.alert.watch_list_at.as_deref().unwrap_or_default()));
         }
@@ -451,6 +456,18 @@ impl Config {
             bad("console.login_max_failures".into(), "must be at least 1".into());
         }
         p
+    }
+
+    /// What staff read for a gateway or gate id: the gateway inventory's
+    /// name, a gate's `display_name`, else the id itself.
+    pub fn place_name(&self, id: &str) -> String {
+        if let Some(n) = self.presence.gateway_display(id) {
+            return n.to_string();
+        }
+        match self.gates.iter().find(|g| g.name == id) {
+            Some(g) => g.display_name.clone().unwrap_or_else(|| g.name.clone()),
+            None => id.to_string(),
+        }
     }
 
     pub fn client_id(&self) -> String {

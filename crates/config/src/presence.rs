@@ -51,6 +51,20 @@ pub struct PresenceConfig {
     /// …and at most this many entries per elder.
     #[serde(default = "PresenceConfig::default_history_max")]
     pub history_max: usize,
+    /// The gateway inventory: each gateway's id (as its topic or payload
+    /// names it; a MAC in any spelling) and what staff read, e.g.
+    /// `gw_building5 = "3栋大堂"`. Messages, the console and `gatewarden
+    /// gateways` use the name.
+    #[serde(default)]
+    pub gateway_names: std::collections::BTreeMap<String, String>,
+}
+
+impl PresenceConfig {
+    /// What staff read for a gateway id: its configured name, else the id.
+    pub fn gateway_display(&self, id: &str) -> Option<&str> {
+        let want = domain::presence::gateway_id(id);
+        self.gateway_names.iter().find(|(k, _)| domain::presence::gateway_id(k) == want).map(|(_, v)| v.as_str())
+    }
 }
 impl PresenceConfig {
     fn default_history_window() -> Dur {

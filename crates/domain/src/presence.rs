@@ -73,6 +73,16 @@ impl BandId {
     }
 }
 
+/// A gateway's id as gatewarden keeps it: a MAC in any spelling becomes
+/// `AA:BB:CC:DD:EE:FF`, anything else is trimmed and cut at 64 characters
+/// (ids come from topics and payloads that anyone on the broker can write).
+pub fn gateway_id(raw: &str) -> String {
+    match BandId::mac_from_str(raw.trim()) {
+        Some(mac) => mac.to_string(),
+        None => raw.trim().chars().take(64).collect(),
+    }
+}
+
 impl FromStr for BandId {
     type Err = BandIdError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

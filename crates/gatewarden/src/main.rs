@@ -97,6 +97,11 @@ enum Cmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// The BLE gateway inventory: display name, id, last heard, offline.
+    Gateways {
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Residents and everyone else enrolled for gate access.
     Resident {
         #[command(flatten)]
@@ -334,6 +339,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Checkin { conn, elder, by, note } => cli::check_in(&client(&conn)?, elder, by, note).await?,
         Cmd::Alerts { conn, cmd } => cli::alerts(&client(&conn)?, cmd).await?,
         Cmd::Presence { conn } => cli::presence(&client(&conn)?).await?,
+        Cmd::Gateways { conn } => cli::gateways(&client(&conn)?).await?,
         Cmd::Wristbands { conn, cmd } => cli::wristbands(&client(&conn)?, cmd).await?,
         Cmd::Resident { conn, cmd } => cli::resident(&client(&conn)?, cmd).await?,
         Cmd::Visitor { conn, cmd } => cli::visitor(&client(&conn)?, cmd).await?,

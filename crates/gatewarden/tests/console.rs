@@ -14,6 +14,8 @@ use std::path::Path;
 const EXTRA: &str = r#"
 [console]
 login_max_failures = 3
+[presence.gateway_names]
+gw-east = "东区3栋大堂"
 "#;
 
 struct World {
@@ -154,6 +156,10 @@ async fn an_administrator_enrols_registers_acknowledges_and_reads_the_log_in_a_r
     browser.wait_text(&format!("tr[data-alert='{}']", alert["id"]), "admin1").await;
     let a = d.get("/alerts").await[0].clone();
     assert_eq!((a["state"].as_str(), a["acked_by"].as_str()), (Some("acknowledged"), Some("admin1")), "{a}");
+
+    // The gateway inventory names the gateway as staff know it.
+    browser.goto(&format!("http://127.0.0.1:{}/console/#/gateways", d.http_port)).await;
+    browser.wait_text("tr[data-gateway=gw-east]", "东区3栋大堂").await;
 
     // The entry log, filtered to the north gate, shows the visitor's passage.
     browser.goto(&format!("http://127.0.0.1:{}/console/#/log?gate=north", d.http_port)).await;

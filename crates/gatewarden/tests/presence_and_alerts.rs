@@ -1075,3 +1075,28 @@ async fn an_acknowledgement_with_an_outcome_and_a_note_is_stored_sent_and_publis
     let (code, _) = w.d.api(Method::POST, &format!("/alerts/{e2}/resolve"), Some(json!({"by": "x", "reason": "y"}))).await;
     assert_eq!(code, 404, "already resolved");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gateways_are_named_as_staff_know_them_in_messages_the_inventory_and_presence() {
+    let names = "\n[presence.gateway_names]\ngw_building5 = \"3栋大堂\"\n\"aa-bb-cc-dd-ee-01\" = \"北门岗亭\"\n";
+    let w = world(&format!("{LADDER}{names}")).await;
+    enroll(&w.d, "E901", "c3a1f0001901").await;
+    let p = w.broker.publisher().await;
+    p.publish("home/gw_building5/BTtoMQTT/C3A1F0001901", r#"{"id":"C3:A1:F0:00:19:01","rssi":-60}"#).await;
+    wait_seen(&w.d, "E901", "gw_building5").await;
+    let row = w.d.get("/presence").await.as_array().unwrap().iter().find(|r| r["elder"] == "E901").cloned().unwrap();
+    assert_eq!(row["place"], "3栋大堂");
+    p.publish("home/gw_building5/LWT", "offline").await;
+    let inventory = eventually("the gateway offline", 10, async || {
+        let g = w.d.get("/gateways").await;
+        g.as_array().unwrap().iter().any(|g| g["id"] == "gw_building5" && g["offline"] == true).then_some(g)
+    })
+    .await;
+    let north = inventory.as_array().unwrap().iter().find(|g| g["id"] == "AA:BB:CC:DD:EE:01").cloned().unwrap();
+    assert_eq!((north["name"].as_str(), north["last_heard"].is_null()), (Some("北门岗亭"), true), "named in the config, never heard");
+    let out = String::from_utf8_lossy(&w.d.cli(&["gateways"]).stdout).to_string();
+    assert!(out.contains("3栋大堂") && out.contains("OFFLINE") && out.contains("北门岗亭") && out.contains("never"), "{out}");
+    w.d.advance("49h").await;
+    let m = eventually("the absence alert", 10, async || texts(&w.rx, "/wecom").into_iter().find(|t| t.contains("老人超时未出现"))).await;
+    assert!(m.contains("3栋大堂") && !m.contains("gw_building5"), "{m}");
+}

@@ -32,6 +32,8 @@ pub struct Context<'a> {
     /// The last sighting was a face at this gate, which faces out of the
     /// compound: the elder left, and the message says so.
     pub left_via: Option<&'a str>,
+    /// What staff read for a gateway or gate id ("3栋大堂" for gw_building5).
+    pub place_name: &'a dyn Fn(&str) -> String,
 }
 
 use crate::clock::local_minute as local;
@@ -90,7 +92,7 @@ pub fn render(a: &Alert, notice: NoticeKind, ctx: &Context<'_>) -> Message {
     };
     let subject_name = match (&a.subject, ctx.elder) {
         (Subject::Elder(_), Some(e)) => e.name.clone(),
-        (s, _) => s.id().to_string(),
+        (s, _) => (ctx.place_name)(s.id()),
     };
     if let Some(e) = ctx.elder {
         line("姓名", "Name", e.name.clone());
@@ -114,7 +116,7 @@ pub fn render(a: &Alert, notice: NoticeKind, ctx: &Context<'_>) -> Message {
                     (crate::presence::Source::CheckIn, true) => "走访",
                     (s, false) => s.as_str(),
                 };
-                line("最后出现", "Last seen", format!("{}（{}，{}）", local(l.at), l.place, src));
+                line("最后出现", "Last seen", format!("{}（{}，{}）", local(l.at), (ctx.place_name)(&l.place), src));
             } else {
                 line("最后出现", "Last seen", if zh { "从未出现（自登记起计）".into() } else { "never (counted from enrolment)".into() });
             }
@@ -187,7 +189,7 @@ pub fn render(a: &Alert, notice: NoticeKind, ctx: &Context<'_>) -> Message {
             ("notice".into(), notice_prefix(notice, ctx.language).trim_matches(['【', '】', '[', ']', ' ']).to_string()),
             ("time".into(), local(a.opened_at)),
             ("address".into(), ctx.elder.map(|e| e.address()).unwrap_or_default()),
-            ("place".into(), ctx.last.map(|l| l.place.clone()).unwrap_or_default()),
+            ("place".into(), ctx.last.map(|l| (ctx.place_name)(&l.place)).unwrap_or_default()),
             ("site".into(), ctx.site_name.to_string()),
             ("ref".into(), format!("{}-{}", ctx.site, a.id)),
             (
@@ -330,9 +332,10 @@ mod tests {
             ack_url: Some("http://box/ack/t".into()),
             now,
             left_via: None,
+            place_name: &|p: &str| if p == "gate_north" { "北门".to_string() } else { p.to_string() },
         };
         let m = render(&a, NoticeKind::Firing, &ctx);
-        for want in ["张桂兰", "3栋-2单元-401", "gate_north", "2.1 天", "王丽（女儿）13800001111", "李网格 13900002222（网格员）", "2026-11-21 08:00"]
+        for want in ["张桂兰", "3栋-2单元-401", "北门", "2.1 天", "王丽（女儿）13800001111", "李网格 13900002222（网格员）", "2026-11-21 08:00"]
         {
             assert!(m.text.contains(want) || m.title.contains(want), "missing {want:?} in\n{}\n{}", m.title, m.text);
         }
@@ -347,6 +350,11 @@ mod tests {
         r.resolution = Some("seen again at gate_north (wristband), 2026-11-23T01:30:00Z".into());
         let m = render(&r, NoticeKind::Resolved, &ctx);
         assert!(m.text.contains("解除原因：2026-11-23 09:30 在gate_north再次出现（手环）"), "{}", m.text);
+        // A gateway's alert names it as staff know it.
+        let mut g = a.clone();
+        g.kind = AlertKind::GatewayOffline;
+        g.subject = Subject::Gateway("gate_north".into());
+        assert!(render(&g, NoticeKind::Firing, &Context { elder: None, ..ctx.clone() }).title.contains("北门"));
         for (en, zh) in [
             ("handled by 王主任", "已由王主任处理"),
             ("planned leave registered", "已登记外出（请假）"),

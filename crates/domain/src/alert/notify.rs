@@ -25,6 +25,8 @@ pub struct Recipients<'a> {
     pub channel_carries: &'a dyn Fn(&str, super::AlertKind) -> bool,
     /// The last sighting was a face at this outward gate (see `message::Context::left_via`).
     pub left_via: Option<&'a str>,
+    /// Gateway and gate ids as staff read them.
+    pub place_name: &'a dyn Fn(&str) -> String,
 }
 
 /// The site a message speaks for.
@@ -84,6 +86,7 @@ pub fn plan(
             ack_url: Some(ack_url(lvl)),
             now,
             left_via: to.left_via,
+            place_name: to.place_name,
         };
         let msg = message::render(a, kind, &ctx);
         for ch in &level.channels {
@@ -149,6 +152,7 @@ mod tests {
             channel_known: &|c| c != "ghost",
             channel_carries: &|_, _| true,
             left_via: None,
+            place_name: &|p| p.to_string(),
         };
         let site = Site { site: "s", site_name: "幸福小区", language: Language::Zh };
         let now = Utc.with_ymd_and_hms(2026, 11, 3, 8, 0, 0).unwrap();
@@ -165,11 +169,28 @@ mod tests {
         let staff = [vec![]];
         let site = Site { site: "s", site_name: "s", language: Language::En };
         let now = Utc.with_ymd_and_hms(2026, 11, 3, 8, 0, 0).unwrap();
-        let to =
-            Recipients { elder: None, last: None, ladder: &ladder, staff: &staff, channel_known: &|_| true, channel_carries: &|_, _| true, left_via: None };
+        let to = Recipients {
+            elder: None,
+            last: None,
+            ladder: &ladder,
+            staff: &staff,
+            channel_known: &|_| true,
+            channel_carries: &|_, _| true,
+            left_via: None,
+            place_name: &|p| p.to_string(),
+        };
         let (plan, _) = plan(&alert(), &[3], NoticeKind::Reminder, &to, &site, &|_| String::new(), now);
         assert_eq!(plan.len(), 1);
-        let to = Recipients { elder: None, last: None, ladder: &[], staff: &[], channel_known: &|_| true, channel_carries: &|_, _| true, left_via: None };
+        let to = Recipients {
+            elder: None,
+            last: None,
+            ladder: &[],
+            staff: &[],
+            channel_known: &|_| true,
+            channel_carries: &|_, _| true,
+            left_via: None,
+            place_name: &|p| p.to_string(),
+        };
         let (none, unrouted) = super::plan(&alert(), &[0], NoticeKind::Firing, &to, &site, &|_| String::new(), now);
         assert!(none.is_empty());
         assert_eq!(unrouted, vec![Unrouted::NoLadder]);

@@ -81,6 +81,7 @@ pub fn router(sh: Arc<Shared>) -> Router {
         .route("/outbox", get(list_outbox))
         .route("/outbox/:id/retry", post(retry_notification))
         .route("/presence", get(presence))
+        .route("/gateways", get(list_gateways))
         .route("/wristbands/unknown", get(unknown_bands))
         .route("/residents", get(super::access::list_people).post(super::access::add_resident).layer(big()))
         .route("/people", get(super::access::list_people))
@@ -719,7 +720,9 @@ async fn presence(State(sh): S) -> R<Vec<PresenceRow>> {
             grid: e.grid,
             last_seen: l.as_ref().map(|l| l.at),
             source: l.as_ref().map(|l| l.source.as_str().to_string()),
-            place: l.as_ref().map(|l| l.place.clone()),
+            place: l.as_ref().map(|l| sh.cfg.place_name(&l.place)),
+            absence_after_hours: sh.cfg.alert.absence_after_for(e.absence_after_secs, &e.categories).unwrap_or(sh.cfg.alert.absence_after()).as_secs_f64()
+                / 3600.0,
             battery: l.as_ref().and_then(|l| l.battery),
             unseen_hours: Some((now - since).num_minutes() as f64 / 60.0),
         });
@@ -727,6 +730,29 @@ async fn presence(State(sh): S) -> R<Vec<PresenceRow>> {
     // Longest unseen first: the people someone should check on.
     rows.sort_by(|a, b| b.unseen_hours.partial_cmp(&a.unseen_hours).unwrap_or(std::cmp::Ordering::Equal));
     Ok(Json(rows))
+}
+
+/// The gateway inventory: every gateway heard or named in the config, with
+/// its display name, when it was last heard and whether it is offline.
+async fn list_gateways(State(sh): S) -> R<Vec<serde_json::Value>> {
+    flush_presence(&sh).await?;
+    let offline: std::collections::BTreeSet<String> = sh
+        .store
+        .list_alerts()?
+        .into_iter()
+        .filter(|a| a.state != domain::alert::AlertState::Resolved && a.kind == domain::alert::AlertKind::GatewayOffline)
+        .map(|a| a.subject.id().to_string())
+        .collect();
+    let mut rows: std::collections::BTreeMap<String, serde_json::Value> = std::collections::BTreeMap::new();
+    for (id, heard) in sh.store.list_gateways()? {
+        rows.insert(id.clone(), json!({ "id": id, "name": sh.cfg.place_name(&id), "last_heard": heard, "offline": offline.contains(&id) }));
+    }
+    for (id, name) in &sh.cfg.presence.gateway_names {
+        let id = domain::presence::gateway_id(id);
+        let off = offline.contains(&id);
+        rows.entry(id.clone()).or_insert_with(|| json!({ "id": id, "name": name, "last_heard": null, "offline": off }));
+    }
+    Ok(Json(rows.into_values().collect()))
 }
 
 async fn unknown_bands(State(sh): S) -> R<Vec<domain::presence::UnknownBand>> {

@@ -527,11 +527,24 @@ pub async fn alerts(c: &Client, cmd: AlertsCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The gateway inventory: display name, id, last heard, state.
+pub async fn gateways(c: &Client) -> anyhow::Result<()> {
+    let v = c.call(Method::GET, "/gateways", None).await?;
+    table(c, &v, &["NAME", "ID", "LAST HEARD", "STATE"], |g| {
+        let state = if g["offline"].as_bool() == Some(true) { "OFFLINE" } else { "online" };
+        let heard = if g["last_heard"].is_null() { "never".to_string() } else { local(g, "last_heard") };
+        vec![s(g, "name"), s(g, "id"), heard, state.to_string()]
+    });
+    Ok(())
+}
+
 pub async fn presence(c: &Client) -> anyhow::Result<()> {
     let v = c.call(Method::GET, "/presence", None).await?;
     table(c, &v, &["ELDER", "NAME", "ADDRESS", "LAST SEEN", "WHERE", "SOURCE", "UNSEEN", "BATTERY", "LEAVE"], |r| {
         let h = r["unseen_hours"].as_f64().unwrap_or(0.0);
-        let unseen = if h >= 48.0 {
+        // Marked against the elder's own threshold, not the site's.
+        let limit = r["absence_after_hours"].as_f64().unwrap_or(48.0);
+        let unseen = if h >= limit {
             format!("{:.1}d !", h / 24.0)
         } else if h >= 24.0 {
             format!("{:.1}d", h / 24.0)

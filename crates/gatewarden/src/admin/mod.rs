@@ -144,4 +144,6 @@ pub struct PresenceRow {
     pub battery: Option<u8>,
     pub unseen_hours: Option<f64>,
     pub on_leave: bool,
+    /// This elder's own absence threshold (their own, their categories', or the site's).
+    pub absence_after_hours: f64,
 }

@@ -42,16 +42,42 @@ async fn publisher(port: u16) -> AsyncClient {
     c
 }
 
+/// What the gateways publish in a run.
+#[derive(Clone, Copy, PartialEq)]
+enum Shape {
+    /// OpenMQTTGateway JSON on `home/<gw>/BTtoMQTT/<MAC>`: the topic says the format.
+    Omg,
+    /// Ingics `$GPRP` lines with a raw iBeacon advertisement on `ingics/<gw>`:
+    /// nothing in the topic, so `auto` reads the payload and decodes the advertisement.
+    Ingics,
+}
+
 /// `moving`: each pass over the elders reports them from another gateway, so
 /// every sighting changes the stored place (the worst case for the store).
-async fn publish_all(c: &AsyncClient, n: usize, elders: usize, qos: QoS, prefix: &str, moving: bool) {
+async fn publish_all(c: &AsyncClient, n: usize, elders: usize, qos: QoS, prefix: &str, moving: bool, shape: Shape) {
     for i in 0..n {
         let m = mac(i % elders);
         let gw = if moving { (i / elders) % 4 } else { 0 };
-        let topic = format!("{prefix}/gw{gw}/BTtoMQTT/{}", m.replace(':', ""));
-        let payload = format!(r#"{{"id":"{m}","rssi":-{}}}"#, 50 + i % 40);
+        let (topic, payload) = match shape {
+            Shape::Omg => (format!("{prefix}/gw{gw}/BTtoMQTT/{}", m.replace(':', "")), format!(r#"{{"id":"{m}","rssi":-{}}}"#, 50 + i % 40)),
+            Shape::Ingics => (
+                format!("{prefix}/gw{gw}"),
+                format!("$GPRP,{},E7DAE08E6FC{gw},-{},0201061AFF4C000215B9A5D27D56CC4E3AAB511F2153BCB9670001452ED6\r\n", m.replace(':', ""), 50 + i % 40),
+            ),
+        };
         c.publish(topic, qos, false, payload).await.unwrap();
     }
+}
+
+/// User and system CPU time of a process so far, in microseconds.
+fn cpu_us(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command's closing parenthesis; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
+    // The kernel's USER_HZ is 100 on every Linux this runs on.
+    ticks * 10_000
 }
 
 fn proc_kb(pid: u32, field: &str) -> u64 {
@@ -90,7 +116,8 @@ async fn main() -> anyhow::Result<()> {
         &cfg,
         format!(
             "site = \"bench\"\n[store]\npath = \"{}\"\nflush_every = \"{flush_s}s\"\n[http]\nlisten = \"127.0.0.1:{hport}\"\nadmin_token = \"{TOKEN}\"\n\
-             [log]\nlevel = \"warn\"\n[mqtt]\nbroker = \"mqtt://127.0.0.1:{mport}\"\n[presence]\nunknown_bands_max = 1000\n",
+             [log]\nlevel = \"warn\"\n[mqtt]\nbroker = \"mqtt://127.0.0.1:{mport}\"\n[[mqtt.sources]]\ntopic = \"home/+/BTtoMQTT/#\"\nformat = \"auto\"\n\
+             [[mqtt.sources]]\ntopic = \"ingics/#\"\nformat = \"auto\"\n[presence]\nunknown_bands_max = 1000\n",
             dir.path().join("db").display()
         ),
     )?;
@@ -127,12 +154,18 @@ async fn main() -> anyhow::Result<()> {
     let rss_idle = proc_kb(pid, "VmRSS:");
 
     let mut rows = Vec::new();
-    for (qos, qn, moving) in [(QoS::AtMostOnce, 0, false), (QoS::AtLeastOnce, 1, false), (QoS::AtLeastOnce, 1, true)] {
+    for (qos, qn, moving, shape) in [
+        (QoS::AtMostOnce, 0, false, Shape::Omg),
+        (QoS::AtLeastOnce, 1, false, Shape::Omg),
+        (QoS::AtLeastOnce, 1, true, Shape::Omg),
+        (QoS::AtLeastOnce, 1, false, Shape::Ingics),
+    ] {
         // gatewarden
         let p = publisher(mport).await;
         let base = sightings(&http, hport).await;
+        let cpu0 = cpu_us(pid);
         let t0 = Instant::now();
-        publish_all(&p, n, elders, qos, "home", moving).await;
+        publish_all(&p, n, elders, qos, if shape == Shape::Omg { "home" } else { "ingics" }, moving, shape).await;
         let mut got = 0.0;
         while t0.elapsed() < Duration::from_secs(120) {
             got = sightings(&http, hport).await - base;
@@ -142,6 +175,7 @@ async fn main() -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let gw_rate = got / t0.elapsed().as_secs_f64();
+        let cpu_per = (cpu_us(pid) - cpu0) as f64 / got.max(1.0);
         // a plain mosquitto_sub on the same broker and load
         let mut sub = Command::new("mosquitto_sub")
             .args(["-h", "127.0.0.1", "-p", &mport.to_string(), "-t", "peer/#", "-q", &qn.to_string(), "-C", &n.to_string()])
@@ -150,13 +184,13 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let p2 = publisher(mport).await;
         let t1 = Instant::now();
-        publish_all(&p2, n, elders, qos, "peer", moving).await;
+        publish_all(&p2, n, elders, qos, "peer", moving, shape).await;
         while sub.try_wait()?.is_none() && t1.elapsed() < Duration::from_secs(120) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let peer_rate = n as f64 / t1.elapsed().as_secs_f64();
         let _ = sub.kill();
-        rows.push((qn, moving, got as usize, gw_rate, peer_rate));
+        rows.push((qn, moving, shape, got as usize, gw_rate, peer_rate, cpu_per));
     }
     let rss = proc_kb(pid, "VmRSS:");
     let hwm = proc_kb(pid, "VmHWM:");
@@ -166,12 +200,13 @@ async fn main() -> anyhow::Result<()> {
         .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
         .unwrap_or_default();
     println!("Machine: {} cores, {cpu}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
-    println!("Load: {n} sightings (OpenMQTTGateway format) over {elders} enrolled elders, last-seen written behind every {flush_s} s\n");
-    println!("| QoS | elders | gatewarden ingested | gatewarden msg/s | mosquitto_sub msg/s | ratio |");
-    println!("|---|---|---|---|---|---|");
-    for (q, moving, got, g, p) in &rows {
+    println!("Load: {n} sightings per row over {elders} enrolled elders, `[[mqtt.sources]] format = \"auto\"`, last-seen written behind every {flush_s} s\n");
+    println!("| format | QoS | elders | gatewarden ingested | gatewarden msg/s | mosquitto_sub msg/s | ratio | daemon CPU µs/sighting |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (q, moving, shape, got, g, p, cpu) in &rows {
         let how = if *moving { "moving between 4 gateways" } else { "stationary" };
-        println!("| {q} | {how} | {got} | {g:.0} | {p:.0} | {:.2} |", g / p);
+        let f = if *shape == Shape::Omg { "OpenMQTTGateway JSON" } else { "Ingics $GPRP (raw iBeacon)" };
+        println!("| {f} | {q} | {how} | {got} | {g:.0} | {p:.0} | {:.2} | {cpu:.1} |", g / p);
     }
     println!("\nDaemon RSS: {} MB idle with {elders} elders, {} MB after the runs, peak {} MB", rss_idle / 1024, rss / 1024, hwm / 1024);
     Ok(())

@@ -436,7 +436,12 @@ impl Monitor {
         let io = &self.io;
         let presence = &self.presence;
         let battery = |id: &str| presence.last_seen(id).and_then(|l| l.battery);
-        let lists = self.engine.watch_list(now, &battery);
+        let mut lists = self.engine.watch_list(now, &battery);
+        for w in &mut lists {
+            for d in &mut w.offline {
+                *d = io.cfg.place_name(d);
+            }
+        }
         let who = |id: &str| match io.store.get_elder(id).ok().flatten() {
             Some(e) if e.address().is_empty() => e.name,
             Some(e) => format!("{}（{}）", e.name, e.address()),
@@ -642,6 +647,7 @@ impl Monitor {
             channel_known: &known,
             channel_carries: &carries,
             left_via,
+            place_name: &|p| io.cfg.place_name(p),
         };
         let site = notify::Site { site: &io.cfg.site, site_name: io.cfg.site_name.as_deref().unwrap_or(&io.cfg.site), language: io.cfg.language };
         let (planned, unrouted) = notify::plan(a, levels, kind, &to, &site, &|lvl| io.ack_links.url(a, lvl), now);

@@ -77,15 +77,10 @@ fn reject(reason: RejectReason, detail: impl Into<String>) -> Rejected {
 
 /// Gateway names come from topics and payloads: bounded, so a hostile
 /// publisher cannot grow what the daemon keeps per gateway.
+#[cfg(test)]
 const MAX_GATEWAY_CHARS: usize = 64;
 
-fn gateway_name(raw: &str) -> String {
-    // A MAC in any spelling is one gateway.
-    match BandId::mac_from_str(raw.trim()) {
-        Some(mac) => mac.to_string(),
-        None => raw.trim().chars().take(MAX_GATEWAY_CHARS).collect(),
-    }
-}
+use domain::presence::gateway_id as gateway_name;
 
 /// The sources of `[mqtt]` and the payload bound.
 #[derive(Debug, Clone)]

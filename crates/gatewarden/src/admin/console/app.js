@@ -66,21 +66,32 @@ const fileB64 = (file) => new Promise((ok, bad) => {
 const pages = {
   async presence(page) {
     const rows = await api("GET", "/presence");
-    const limit = me.absence_after_hours;
-    page.append(h("h1", {}, "老人在位情况"), h("p", {}, `按未出现时长排序。超过 ${limit} 小时为红色，超过 ${limit / 2} 小时为黄色。`));
+    page.append(h("h1", {}, "老人在位情况"), h("p", {}, "按未出现时长排序。超过本人时限为红色，超过一半为黄色（默认 " + me.absence_after_hours + " 小时）。"));
     page.append(table(["", "老人", "住址", "网格", "最后出现", "地点", "未出现"], rows.map((r) => {
+      const limit = r.absence_after_hours || me.absence_after_hours;
       const cls = r.on_leave ? "leave" : r.unseen_hours >= limit ? "absent" : r.unseen_hours >= limit / 2 ? "stale" : "fresh";
       return { attrs: { class: cls, "data-elder": r.elder }, cells: [h("span", { class: "dot" }), `${r.name}（${r.elder}）`, r.address, r.grid, when(r.last_seen), r.place || "—", r.on_leave ? "请假中" : hours(r.unseen_hours)] };
     })));
   },
 
+  async gateways(page) {
+    const rows = await api("GET", "/gateways");
+    page.append(h("h1", {}, "蓝牙网关"));
+    if (!rows.length) page.append(h("p", {}, "还没有收到任何网关的消息。"));
+    page.append(table(["名称", "标识", "最后收到", "状态"], rows.map((g) => ({
+      attrs: { "data-gateway": g.id, class: g.offline ? "absent" : "fresh" },
+      cells: [g.name, g.id, g.last_heard ? when(g.last_heard) : "从未", g.offline ? "离线" : "在线"],
+    }))));
+  },
+
   async alerts(page) {
     const rows = await api("GET", "/alerts");
+    const names = Object.fromEntries((await api("GET", "/gateways")).map((g) => [g.id, g.name]));
     page.append(h("h1", {}, "未关闭的告警"));
     if (!rows.length) page.append(h("p", { class: "ok" }, "没有未关闭的告警。"));
     page.append(table(["编号", "类型", "对象", "状态", "开始", "确认"], rows.map((a) => ({
       attrs: { "data-alert": a.id },
-      cells: [a.id, a.kind, a.subject && a.subject.id, a.state, when(a.opened_at),
+      cells: [a.id, a.kind, a.subject && (names[a.subject.id] || a.subject.id), a.state, when(a.opened_at),
         a.state === "firing"
           ? h("button", { onclick: async (e) => { e.target.disabled = true; try { await api("POST", `/alerts/${a.id}/ack`, { by: me.user }); route(); } catch (x) { alert(x.message); e.target.disabled = false; } } }, "确认")
           : `${a.acked_by || ""} ${when(a.acked_at)}`],
@@ -289,7 +300,7 @@ const pages = {
   },
 };
 
-const NAV = [["presence", "在位"], ["alerts", "告警"], ["residents", "住户"], ["visitors", "访客"], ["elders", "老人/手环"], ["vehicles", "车辆"], ["staff", "人员"], ["log", "通行记录"], ["roster", "名册导入", "admin"], ["compliance", "合规", "admin"], ["audit", "审计", "admin"]];
+const NAV = [["presence", "在位"], ["alerts", "告警"], ["gateways", "网关"], ["residents", "住户"], ["visitors", "访客"], ["elders", "老人/手环"], ["vehicles", "车辆"], ["staff", "人员"], ["log", "通行记录"], ["roster", "名册导入", "admin"], ["compliance", "合规", "admin"], ["audit", "审计", "admin"]];
 
 function showLogin() {
   $("#top").hidden = true;
