@@ -113,6 +113,69 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: cases(1500), ..ProptestConfig::default() })]
 
     #[test]
+    fn a_mutated_enrolment_record_never_verifies_as_anything_but_what_was_signed(at in any::<usize>(), to in any::<u8>()) {
+        use gatewarden::cluster::sync::{Change, Record, SyncKeys};
+        let keys = SyncKeys::source(b"a-shared-sync-secret-of-32-chars!", ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]));
+        let replica = SyncKeys::replica(b"a-shared-sync-secret-of-32-chars!", ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]).verifying_key());
+        let change = Change { site: "s".into(), epoch: 1, version: 3, published_at: chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap(), record: Some(Record::Staff(domain::alert::Staff { id: "S1".into(), name: "李网格".into(), phone: None, role: String::new(), grid: "g1".into() })), kind: "staff".into(), id: "S1".into() };
+        let mut b = keys.sign(&change).into_bytes();
+        prop_assert_eq!(replica.verify(&b, "s").ok(), Some(change.clone()), "the untouched record verifies");
+        let i = at % b.len();
+        if b[i] != to {
+            b[i] = to;
+            // A change that still verifies is the signed one (e.g. a hex digit's case): never another.
+            if let Ok(c) = replica.verify(&b, "s") {
+                prop_assert_eq!(c, change);
+            }
+        }
+    }
+
+    #[test]
+    fn a_mutated_cluster_message_never_opens_as_anything_but_what_was_signed(at in any::<usize>(), to in any::<u8>()) {
+        let key = b"a-cluster-key-of-enough-length-32";
+        let f = domain::cluster::Freshness { max_age: std::time::Duration::from_secs(60), max_skew: std::time::Duration::from_secs(5), lease_ttl: std::time::Duration::from_secs(30) };
+        let body = r#"{"holder":"box-a","until_ms":1800000030000,"epoch":4}"#;
+        let good = domain::cluster::sign(key, "s", "lease", body, 1_800_000_000_000);
+        let want = domain::cluster::open(key, "s", &["lease"], &good, 1_800_000_000_500, &f).map(|m| format!("{m:?}"));
+        prop_assert!(want.is_ok(), "the untouched message opens: {:?}", want);
+        let mut b = good.into_bytes();
+        let i = at % b.len();
+        if b[i] != to {
+            b[i] = to;
+            if let Ok(text) = std::str::from_utf8(&b) {
+                if let Ok(m) = domain::cluster::open(key, "s", &["lease"], text, 1_800_000_000_500, &f) {
+                    prop_assert_eq!(Some(format!("{m:?}")), want.as_ref().ok().cloned());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn image_headers_never_panic_and_nothing_over_the_caps_passes(
+        base in 0usize..3,
+        edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..12),
+        tail in proptest::collection::vec(any::<u8>(), 0..64),
+    ) {
+        use vision_protocol::image::{check, png_header, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE};
+        let mut b = match base {
+            0 => png_header(640, 480),
+            // A baseline JPEG: SOI, APP0, SOF0 of 480 × 640.
+            1 => vec![0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x10, b'J', b'F', b'I', b'F', 0, 1, 1, 0, 0, 1, 0, 1, 0, 0, 0xFF, 0xC0, 0x00, 0x11, 0x08, 0x01, 0xE0, 0x02, 0x80, 0x03, 1, 0x22, 0, 2, 0x11, 1, 3, 0x11, 1],
+            _ => tail.clone(),
+        };
+        for (at, v) in edits {
+            if !b.is_empty() {
+                let i = at % b.len();
+                b[i] = v;
+            }
+        }
+        b.extend_from_slice(&tail);
+        if let Ok((_, w, h)) = check(&b) {
+            prop_assert!(w <= MAX_IMAGE_SIDE && h <= MAX_IMAGE_SIDE && w as u64 * h as u64 <= MAX_IMAGE_PIXELS);
+        }
+    }
+
+    #[test]
     fn a_mutated_ack_token_never_verifies(flip in 0usize..200, to in any::<u8>()) {
         let now = Utc::now();
         let claim = token::AckClaim { alert: 7, level: 0, episode: 1_800_000_000_000 };
