@@ -352,11 +352,29 @@ channels = ["hook"]
             next_broker = Instant::now() + Duration::from_secs(rng.gen_range(60..120));
         }
     }
-    // Quiet: the same load, no faults; memory is sampled.
+    // Quiet: the same sightings, no faults, and staff acknowledge the open
+    // SOS episodes (which would otherwise remind every 5 minutes for ever, so
+    // the outbox's delivery log grows); memory is sampled every 10 s.
     eprintln!("soak: chaos over ({kills} kills, {broker_restarts} broker restarts); quiet phase");
     let q0 = Instant::now();
+    let mut acked = 0;
     let mut samples = Vec::new();
     while q0.elapsed() < quiet {
+        if q0.elapsed() > Duration::from_secs(30) && acked == 0 {
+            // Once the last SOS has gone out (one every 2 s, from the chaos phase).
+            let open: serde_json::Value = client.get(api("/alerts")).bearer_auth(TOKEN).send().await?.json().await?;
+            for a in open.as_array().into_iter().flatten().filter(|a| a["state"] == "firing") {
+                let id = a["id"].as_u64().unwrap_or_default();
+                let r = client
+                    .post(api(&format!("/alerts/{id}/ack")))
+                    .bearer_auth(TOKEN)
+                    .json(&serde_json::json!({"by": "soak", "outcome": "all_well"}))
+                    .send()
+                    .await?;
+                acked += r.status().is_success() as usize;
+            }
+            eprintln!("soak: {acked} open alerts acknowledged");
+        }
         tokio::time::sleep(Duration::from_secs(10)).await;
         samples.push(rss_kb(d.pid()));
     }
@@ -419,12 +437,21 @@ channels = ["hook"]
     println!("| RSS per daemon life, MB (15 s → at kill) | {} |", l.join(", "));
     if let (Some(a), Some(b)) = (samples.first(), samples.last()) {
         println!(
-            "| RSS in the quiet phase, MB (first → last sample, {} samples) | {} → {} (max {}) |",
+            "| RSS in the quiet phase, MB (first → last sample, {} samples; {acked} open alerts acknowledged after 30 s) | {} → {} (max {}) |",
             samples.len(),
             a / 1024,
             b / 1024,
             samples.iter().max().unwrap() / 1024
         );
+        // The second half's slope: flat memory is ~0 once caches are warm.
+        let half = &samples[samples.len() / 2..];
+        if half.len() >= 2 {
+            let minutes = (half.len() - 1) as f64 * 10.0 / 60.0;
+            let slope = (*half.last().unwrap() as f64 - half[0] as f64) / 1024.0 / minutes;
+            println!("| RSS slope over the quiet phase's second half | {slope:+.2} MB/min ({} → {} MB) |", half[0] / 1024, half.last().unwrap() / 1024);
+        }
+        let series: Vec<String> = samples.iter().step_by(3).map(|k| (k / 1024).to_string()).collect();
+        println!("| RSS every 30 s in the quiet phase, MB | {} |", series.join(", "));
     }
     let ok = lost.is_empty() && dup_episodes == 0 && missing_episodes == 0 && told <= logged;
     println!("\nResult: {}", if ok { "nothing lost, nothing duplicated" } else { "PROMISES BROKEN (see above)" });
