@@ -642,3 +642,53 @@ async fn the_console_cookie_is_secure_behind_https() {
     let set = r.headers().get("set-cookie").unwrap().to_str().unwrap();
     assert!(set.contains("; Secure") && set.contains("HttpOnly") && set.contains("SameSite=Strict"), "{set}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn robot_keys_in_channel_urls_never_reach_the_log_or_the_outbox() {
+    // Two robots whose URLs carry their secrets, both down (a closed port);
+    // beside them the real webhook that must still get the SOS.
+    let closed = free_port();
+    let extra = format!(
+        r#"
+[alert.outbox]
+retry_initial = "200ms"
+retry_max = "1s"
+[[alert.channels]]
+name = "hook"
+kind = "webhook"
+url = "{{R}}/hook"
+[[alert.channels]]
+name = "wecom-down"
+kind = "wecom"
+url = "http://127.0.0.1:{closed}/cgi-bin/webhook/send?key=693a91f6-wecom-SECRET-4bc4"
+[[alert.channels]]
+name = "ding-down"
+kind = "dingtalk"
+url = "http://127.0.0.1:{closed}/robot/send?access_token=ding-SECRET-token-123456"
+secret = "SECding-signing-SECRET-9876"
+[[alert.ladder]]
+name = "网格员"
+channels = ["hook", "wecom-down", "ding-down"]
+"#
+    );
+    let w = world(&extra).await;
+    enroll(&w.d, "E1", "c3a1f0001101").await;
+    sos_reaches_staff(&w, "E1", "c3a1f0001101").await;
+    let errors = eventually("both robots failing, with their errors recorded", 15, async || {
+        let o = w.d.get("/outbox").await;
+        let errs: Vec<String> =
+            o.as_array().unwrap().iter().filter(|n| n["channel"] != "hook").filter_map(|n| n["last_error"].as_str().map(str::to_string)).collect();
+        (errs.len() >= 2).then_some(errs)
+    })
+    .await;
+    let log = w.d.log();
+    assert!(errors.iter().all(|e| e.starts_with("network") && e.contains("Connection refused")), "the failures are reported with their cause: {errors:?}");
+    for secret in ["693a91f6-wecom-SECRET-4bc4", "ding-SECRET-token-123456", "SECding-signing-SECRET-9876"] {
+        assert!(!log.contains(secret), "{secret} in the log");
+        assert!(errors.iter().all(|e| !e.contains(secret)), "{secret} in last_error: {errors:?}");
+        // Percent-encoded, as a signed URL carries it.
+        let enc = secret.replace('-', "%2D");
+        assert!(!log.contains(&enc) && errors.iter().all(|e| !e.contains(&enc)));
+    }
+    assert!(!w.d.metrics().await.contains("SECRET"), "no secret in the metrics");
+}
