@@ -32,6 +32,14 @@ pub struct VisionConfig {
     /// restarted, and its cameras count as offline meanwhile.
     #[serde(default = "VisionConfig::default_heartbeat_timeout")]
     pub heartbeat_timeout: crate::Dur,
+    /// Motion gating: a frame no different from the last one (at 64×36 grey)
+    /// runs no network, unless something was found in the last
+    /// `motion_hold_frames` analysed frames. An empty, still scene costs a
+    /// resize and a difference, not a detector. Off: every frame is analysed.
+    #[serde(default = "VisionConfig::default_motion_gating")]
+    pub motion_gating: bool,
+    #[serde(default = "VisionConfig::default_motion_hold_frames")]
+    pub motion_hold_frames: u32,
 }
 impl VisionConfig {
     fn default_models_dir() -> PathBuf {
@@ -48,6 +56,12 @@ impl VisionConfig {
     }
     fn default_min_face_px() -> f32 {
         60.0
+    }
+    fn default_motion_gating() -> bool {
+        true
+    }
+    fn default_motion_hold_frames() -> u32 {
+        10
     }
     fn default_heartbeat_timeout() -> crate::Dur {
         crate::Dur::secs(20)

@@ -85,6 +85,8 @@ pub struct Metrics {
     pub gate_decisions: Family<GateLabels, Counter>,
     pub purged: Family<KindLabel, Counter>,
     pub camera_frames: Family<CameraLabel, Gauge>,
+    pub camera_frames_analysed: Family<CameraLabel, Gauge>,
+    pub camera_frames_still: Family<CameraLabel, Gauge>,
     pub camera_connected: Family<CameraLabel, Gauge>,
     pub camera_reconnects: Family<CameraLabel, Gauge>,
     /// How long making a gate decision durable took (the fsync before the barrier moves).
@@ -159,6 +161,8 @@ impl Metrics {
             gate_decisions: Family::default(),
             purged: Family::default(),
             camera_frames: Family::default(),
+            camera_frames_analysed: Family::default(),
+            camera_frames_still: Family::default(),
             camera_connected: Family::default(),
             camera_reconnects: Family::default(),
             entry_sync_seconds: Histogram::new([0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0].into_iter()),
@@ -197,6 +201,8 @@ impl Metrics {
         r.register("gate_decisions", "Gate decisions, by gate, credential and result", m.gate_decisions.clone());
         r.register("purged", "Records removed by retention purges, by kind", m.purged.clone());
         r.register("camera_frames", "Frames read from each camera", m.camera_frames.clone());
+        r.register("camera_frames_analysed", "Frames the face and plate networks ran on", m.camera_frames_analysed.clone());
+        r.register("camera_frames_still", "Frames skipped by motion gating (nothing moved, nothing there)", m.camera_frames_still.clone());
         r.register("camera_connected", "1 while the camera delivers frames", m.camera_connected.clone());
         r.register("camera_reconnects", "Times each camera was reopened after a loss", m.camera_reconnects.clone());
         m

@@ -449,6 +449,38 @@ async fn the_daemon_reconnects_to_an_mjpeg_camera_that_went_away_and_alerts_whil
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn nothing_runs_the_face_networks_while_the_scene_is_empty_and_a_person_wakes_them() {
+    let Some(faces) = shared_testdata("faces/people") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start();
+    let rx = Receiver::start().await;
+    // An empty gateway: a flat, still scene (real video through ffmpeg and OpenCV).
+    let empty = dir.path().join("empty.mp4");
+    let st = Command::new(ffmpeg())
+        .args(["-y", "-loglevel", "error", "-f", "lavfi", "-i", "color=c=0x6e6e6e:s=1280x720:r=10", "-t", "3", "-c:v", "libx264", "-pix_fmt", "yuv420p"])
+        .arg(&empty)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut cam = MjpegCamera::start(&empty);
+    let http = free_port();
+    let d = Daemon::start(dir.path(), &config(dir.path(), broker.port, http, &gate_config(&cam.west_gate(&rx.url("/hook")))), http).await;
+    let m = async |k: &str| d.metric(&format!("gatewarden_camera_frames_{k}{{camera=\"west\"}}")).await;
+    eventually("still frames skipped", 60, async || (m("still").await >= 10.0).then_some(())).await;
+    let analysed = m("analysed").await;
+    eventually("more still frames", 60, async || (m("still").await >= 20.0).then_some(())).await;
+    assert_eq!(m("analysed").await, analysed, "no network ran while the scene stayed empty");
+    assert!(analysed <= 2.0, "only the first frame, which has nothing to compare with: {analysed}");
+    // Someone steps in front of the camera: the networks wake.
+    cam.stop();
+    let person = dir.path().join("person.mp4");
+    clip(&faces.join("img54.jpg"), &person, 3);
+    cam.clip = person;
+    cam.serve();
+    eventually("frames analysed again once the scene changes", 60, async || (m("analysed").await > analysed + 2.0).then_some(())).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_actuator_that_fails_is_logged_and_alerted() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start();

@@ -51,6 +51,12 @@ pub enum FromVision {
         reconnects: u64,
         finished: bool,
         silent_ms: Option<u64>,
+        /// Frames the networks ran on.
+        #[serde(default)]
+        analysed: u64,
+        /// Frames skipped by motion gating: nothing moved and nothing was there.
+        #[serde(default)]
+        still: u64,
     },
     Enrolled {
         id: u64,

@@ -32,6 +32,59 @@ pub fn decode_qr(bgr: &opencv::core::Mat) -> Vec<String> {
         .collect()
 }
 
+/// Motion gating for one camera: is this frame different from the last one?
+/// Compared at 64×36 grey, where a person walking up changes hundreds of
+/// pixels and sensor noise or re-encoding changes almost none.
+#[derive(Default)]
+struct Motion {
+    prev: Option<opencv::core::Mat>,
+    /// Analyse this many more frames even if nothing moves: something was
+    /// just seen (a person standing still at the gate stays analysed).
+    hold: u32,
+    analysed: u64,
+    still: u64,
+}
+
+/// A grey pixel that changed by more than this (of 255) counts as moved…
+const MOTION_LEVEL: f64 = 12.0;
+/// …and more than this fraction of them is motion.
+const MOTION_FRACTION: f64 = 0.005;
+
+impl Motion {
+    fn moved(&mut self, bgr: &opencv::core::Mat) -> opencv::Result<bool> {
+        use opencv::core::{absdiff, count_non_zero, Mat, Size};
+        use opencv::imgproc::{cvt_color, resize, threshold, COLOR_BGR2GRAY, INTER_AREA, THRESH_BINARY};
+        let (mut small, mut grey) = (Mat::default(), Mat::default());
+        resize(bgr, &mut small, Size::new(64, 36), 0.0, 0.0, INTER_AREA)?;
+        cvt_color(&small, &mut grey, COLOR_BGR2GRAY, 0)?;
+        let moved = match &self.prev {
+            None => true,
+            Some(prev) => {
+                let (mut diff, mut mask) = (Mat::default(), Mat::default());
+                absdiff(&grey, prev, &mut diff)?;
+                threshold(&diff, &mut mask, MOTION_LEVEL, 255.0, THRESH_BINARY)?;
+                count_non_zero(&mask)? as f64 / (64.0 * 36.0) > MOTION_FRACTION
+            }
+        };
+        self.prev = Some(grey);
+        Ok(moved)
+    }
+
+    /// Whether this frame is worth the networks.
+    fn analyse(&mut self, bgr: &opencv::core::Mat, gating: bool) -> bool {
+        // A frame that cannot be compared is analysed: gating only ever saves work.
+        let moved = !gating || self.moved(bgr).unwrap_or(true);
+        if moved || self.hold > 0 {
+            self.hold = self.hold.saturating_sub(1);
+            self.analysed += 1;
+            true
+        } else {
+            self.still += 1;
+            false
+        }
+    }
+}
+
 fn send(out: &mut impl Write, m: &FromVision) -> bool {
     let line = serde_json::to_string(m).expect("protocol serializes");
     writeln!(out, "{line}").and_then(|_| out.flush()).is_ok()
@@ -109,6 +162,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
         }
     }
     let mut last_seq: HashMap<String, u64> = HashMap::new();
+    let mut motion: HashMap<String, Motion> = HashMap::new();
     let mut last_run: HashMap<String, Instant> = HashMap::new();
     let mut last_stats = Instant::now() - Duration::from_secs(1);
     let result = loop {
@@ -152,6 +206,8 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
                     reconnects: cam.reconnects.load(Ordering::Relaxed),
                     finished: cam.finished.load(Ordering::Relaxed),
                     silent_ms: cam.silent_for().map(|d| d.as_millis() as u64),
+                    analysed: motion.get(gate).map_or(0, |m| m.analysed),
+                    still: motion.get(gate).map_or(0, |m| m.still),
                 };
                 if !send(&mut out, &m) {
                     break;
@@ -168,6 +224,10 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
             last_seq.insert(gate.clone(), frame.seq);
             last_run.insert(gate.clone(), Instant::now());
             let (read_faces, read_plates) = reads.get(gate).copied().unwrap_or((true, false));
+            let m = motion.entry(gate.clone()).or_default();
+            if !m.analyse(&frame.mat, v.motion_gating) {
+                continue; // nothing moved, nothing was there: no network runs
+            }
             let mut t = Timings::default();
             let faces = if read_faces {
                 match pipeline.analyse(&frame.mat, true, &mut t) {
@@ -220,6 +280,9 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
             if faces.is_empty() && qr.is_empty() && plate_reads.is_empty() {
                 continue;
             }
+            if let Some(m) = motion.get_mut(gate) {
+                m.hold = v.motion_hold_frames;
+            }
             if !send(&mut out, &FromVision::Frame { gate: gate.clone(), faces, qr, snapshot, plates: plate_reads }) {
                 break;
             }
@@ -257,5 +320,26 @@ mod tests {
         assert_eq!(decode_qr(&img), vec![payload]);
         let blank = Mat::new_rows_cols_with_default(720, 1280, CV_8UC3, Scalar::all(128.0)).unwrap();
         assert!(decode_qr(&blank).is_empty());
+    }
+
+    #[test]
+    fn a_still_scene_is_analysed_once_and_motion_wakes_the_networks() {
+        let still = Mat::new_rows_cols_with_default(720, 1280, CV_8UC3, Scalar::all(120.0)).unwrap();
+        let mut m = Motion::default();
+        assert!(m.analyse(&still, true), "the first frame has nothing to compare with");
+        for _ in 0..20 {
+            assert!(!m.analyse(&still, true));
+        }
+        assert_eq!((m.analysed, m.still), (1, 20));
+        // Someone walks in: a bright block over a tenth of the frame.
+        let mut moved = still.clone();
+        Mat::roi_mut(&mut moved, opencv::core::Rect::new(500, 200, 300, 300)).unwrap().set_to(&Scalar::all(230.0), &opencv::core::no_array()).unwrap();
+        assert!(m.analyse(&moved, true));
+        // Found something: held for a few frames though nothing moves.
+        m.hold = 3;
+        assert!((0..3).all(|_| m.analyse(&moved, true)));
+        assert!(!m.analyse(&moved, true));
+        // Gating off: every frame is analysed.
+        assert!((0..5).all(|_| m.analyse(&still, false)));
     }
 }

@@ -68,6 +68,9 @@ pub struct CameraStat {
     pub reconnects: u64,
     pub finished: bool,
     pub silent_ms: Option<u64>,
+    /// Frames the networks ran on, and frames motion gating skipped.
+    pub analysed: u64,
+    pub still: u64,
     /// When the vision process last reported it: a frozen process reports
     /// nothing, and its cameras go silent with it.
     pub updated: Option<Instant>,
@@ -205,8 +208,8 @@ impl VisionSupervisor {
                 // Frames are replaceable: if the gate task is behind, drop this one.
                 let _ = self.gates.try_send(GateMsg::Frame { gate, faces, qr, snapshot, plates });
             }
-            FromVision::Camera { gate, frames, connected, reconnects, finished, silent_ms } => {
-                let s = CameraStat { frames, connected, reconnects, finished, silent_ms, updated: Some(Instant::now()) };
+            FromVision::Camera { gate, frames, connected, reconnects, finished, silent_ms, analysed, still } => {
+                let s = CameraStat { frames, connected, reconnects, finished, silent_ms, analysed, still, updated: Some(Instant::now()) };
                 self.stats.lock().expect("camera stats").insert(gate, s);
             }
             FromVision::Pong { .. } => {}
@@ -419,6 +422,8 @@ impl GateTask {
             let l = crate::telemetry::CameraLabel { camera: gate.clone() };
             let m = &self.metrics;
             m.camera_frames.get_or_create(&l).set(cam.frames as i64);
+            m.camera_frames_analysed.get_or_create(&l).set(cam.analysed as i64);
+            m.camera_frames_still.get_or_create(&l).set(cam.still as i64);
             m.camera_connected.get_or_create(&l).set(cam.connected as i64);
             m.camera_reconnects.get_or_create(&l).set(cam.reconnects as i64);
             if cam.finished {
