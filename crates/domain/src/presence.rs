@@ -79,9 +79,12 @@ impl BandId {
 pub fn gateway_id(raw: &str) -> String {
     match BandId::mac_from_str(raw.trim()) {
         Some(mac) => mac.to_string(),
-        None => raw.trim().chars().take(64).collect(),
+        None => raw.trim().chars().take(MAX_GATEWAY_ID_CHARS).collect(),
     }
 }
+
+/// The longest gateway id kept (see `gateway_id`).
+pub const MAX_GATEWAY_ID_CHARS: usize = 64;
 
 impl FromStr for BandId {
     type Err = BandIdError;

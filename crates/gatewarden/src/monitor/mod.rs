@@ -775,13 +775,7 @@ impl Monitor {
                     Action::Save(a) => Some(a.clone()),
                     _ => None,
                 });
-                match alert {
-                    Some(a) => self.apply_then(acts, Some((reply, a))),
-                    None => {
-                        self.apply(acts);
-                        let _ = reply.send(Err(AckError::NotFound(0)));
-                    }
-                }
+                self.apply_then(acts, Some((reply, alert.expect("an acknowledgement or resolution saves the alert"))));
             }
             Err(e) => {
                 let _ = reply.send(Err(e));

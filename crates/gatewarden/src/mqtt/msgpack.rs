@@ -95,28 +95,13 @@ impl Reader<'_> {
             0xc0 => Value::Null,
             0xc2 => Value::Bool(false),
             0xc3 => Value::Bool(true),
-            0xc4 => {
-                let n = self.be(1)? as usize;
+            // bin 8/16/32 and ext 8/16/32: a 1-, 2- or 4-byte length.
+            0xc4..=0xc6 => {
+                let n = self.be(1 << (m - 0xc4))? as usize;
                 return self.bin(n);
             }
-            0xc5 => {
-                let n = self.be(2)? as usize;
-                return self.bin(n);
-            }
-            0xc6 => {
-                let n = self.be(4)? as usize;
-                return self.bin(n);
-            }
-            0xc7 => {
-                let n = self.be(1)? as usize;
-                return self.ext(n);
-            }
-            0xc8 => {
-                let n = self.be(2)? as usize;
-                return self.ext(n);
-            }
-            0xc9 => {
-                let n = self.be(4)? as usize;
+            0xc7..=0xc9 => {
+                let n = self.be(1 << (m - 0xc7))? as usize;
                 return self.ext(n);
             }
             0xca => Number::from_f64(f32::from_bits(self.be(4)? as u32) as f64).map_or(Value::Null, Value::Number),
@@ -129,37 +114,20 @@ impl Reader<'_> {
             0xd1 => Value::from(self.be(2)? as u16 as i16),
             0xd2 => Value::from(self.be(4)? as u32 as i32),
             0xd3 => Value::from(self.be(8)? as i64),
-            0xd4 => return self.ext(1),
-            0xd5 => return self.ext(2),
-            0xd6 => return self.ext(4),
-            0xd7 => return self.ext(8),
-            0xd8 => return self.ext(16),
-            0xd9 => {
-                let n = self.be(1)? as usize;
+            // fixext 1, 2, 4, 8, 16.
+            0xd4..=0xd8 => return self.ext(1 << (m - 0xd4)),
+            // str 8/16/32.
+            0xd9..=0xdb => {
+                let n = self.be(1 << (m - 0xd9))? as usize;
                 return self.str(n);
             }
-            0xda => {
-                let n = self.be(2)? as usize;
-                return self.str(n);
-            }
-            0xdb => {
-                let n = self.be(4)? as usize;
-                return self.str(n);
-            }
-            0xdc => {
-                let n = self.count(2, 1)?;
+            // array 16/32 (each element at least one byte), map 16/32 (two).
+            0xdc | 0xdd => {
+                let n = self.count(if m == 0xdc { 2 } else { 4 }, 1)?;
                 return self.array(n, depth);
             }
-            0xdd => {
-                let n = self.count(4, 1)?;
-                return self.array(n, depth);
-            }
-            0xde => {
-                let n = self.count(2, 2)?;
-                return self.map(n, depth);
-            }
-            0xdf => {
-                let n = self.count(4, 2)?;
+            0xde | 0xdf => {
+                let n = self.count(if m == 0xde { 2 } else { 4 }, 2)?;
                 return self.map(n, depth);
             }
             0xc1 => return Err("0xc1 is never used in MessagePack".into()),

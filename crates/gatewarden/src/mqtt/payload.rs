@@ -75,11 +75,8 @@ fn reject(reason: RejectReason, detail: impl Into<String>) -> Rejected {
     Rejected { reason, detail: detail.into() }
 }
 
-/// Gateway names come from topics and payloads: bounded, so a hostile
-/// publisher cannot grow what the daemon keeps per gateway.
-#[cfg(test)]
-const MAX_GATEWAY_CHARS: usize = 64;
-
+/// Gateway names come from topics and payloads: bounded (and MACs spelled
+/// one way), so a hostile publisher cannot grow what is kept per gateway.
 use domain::presence::gateway_id as gateway_name;
 
 /// The sources of `[mqtt]` and the payload bound.
@@ -394,6 +391,24 @@ fn id_from_text(s: &str) -> Option<BandId> {
     BandId::ibeacon(it.next()?, major, minor)
 }
 
+/// Add an identity once.
+fn add_id(ids: &mut Vec<BandId>, b: Option<BandId>) {
+    if let Some(b) = b.filter(|b| !ids.contains(b)) {
+        ids.push(b);
+    }
+}
+
+/// An iBeacon identity from a report's fields: major and minor must fit 16 bits.
+fn ibeacon_of(uuid: Option<&str>, major: Option<f64>, minor: Option<f64>) -> Option<BandId> {
+    let fit = |v: f64| (0.0..=65535.0).contains(&v).then_some(v as u16);
+    BandId::ibeacon(uuid?, fit(major?)?, fit(minor?)?)
+}
+
+/// An Eddystone-UID identity from a report's namespace and instance fields.
+fn eddystone_of(namespace: Option<&str>, instance: Option<&str>) -> Option<BandId> {
+    BandId::eddystone(&format!("{}{}", namespace?, instance?))
+}
+
 fn percent(b: Option<f64>) -> Result<Option<u8>, Rejected> {
     match b {
         None => Ok(None),
@@ -409,7 +424,7 @@ fn sighting(ids: Vec<BandId>, gateway: String, battery: Option<u8>, rssi: Option
 impl Msg<'_> {
     fn device(&self, value: Option<&Value>, f: SourceFormat, topic_gateway: impl FnOnce() -> String) -> Result<Parsed, Rejected> {
         let d: Device = match value {
-            Some(Value::Object(_)) => Device::deserialize(value.expect("object")).map_err(|e| reject(RejectReason::Malformed, e.to_string()))?,
+            Some(v @ Value::Object(_)) => Device::deserialize(v).map_err(|e| reject(RejectReason::Malformed, e.to_string()))?,
             Some(other) => {
                 return Err(reject(RejectReason::UnknownShape, format!("{} sends one JSON object per device, not a {}", f.as_str(), json_kind(other))))
             }
@@ -419,22 +434,10 @@ impl Msg<'_> {
             },
         };
         let mut ids = Vec::with_capacity(2);
-        let mut add = |b: Option<BandId>| {
-            if let Some(b) = b.filter(|b| !ids.contains(b)) {
-                ids.push(b);
-            }
-        };
-        let id = d.id.as_deref().map(id_from_text);
-        add(id.flatten());
-        add(d.mac.as_deref().and_then(BandId::mac_from_str));
-        if let (Some(u), Some(maj), Some(min)) = (&d.uuid, d.major.as_ref().and_then(Num::get), d.minor.as_ref().and_then(Num::get)) {
-            if (0.0..=65535.0).contains(&maj) && (0.0..=65535.0).contains(&min) {
-                add(BandId::ibeacon(u, maj as u16, min as u16));
-            }
-        }
-        if let (Some(ns), Some(inst)) = (&d.namespace, &d.instance) {
-            add(BandId::eddystone(&format!("{ns}{inst}")));
-        }
+        add_id(&mut ids, d.id.as_deref().and_then(id_from_text));
+        add_id(&mut ids, d.mac.as_deref().and_then(BandId::mac_from_str));
+        add_id(&mut ids, ibeacon_of(d.uuid.as_deref(), d.major.as_ref().and_then(Num::get), d.minor.as_ref().and_then(Num::get)));
+        add_id(&mut ids, eddystone_of(d.namespace.as_deref(), d.instance.as_deref()));
         if ids.is_empty() {
             return match (f, &d.id, &d.mac) {
                 // OpenMQTTGateway always sends the MAC as `id`: anything else is broken.
@@ -535,17 +538,10 @@ impl Msg<'_> {
             let rssi = o.get("rssi").and_then(Value::as_f64).unwrap_or(f64::NAN);
             let adv = o.get("rawData").and_then(Value::as_str).and_then(ble::hex).unwrap_or_default();
             let mut s = from_advert(mac, &adv, gw.clone(), rssi);
-            let n = |k: &str| o.get(k).and_then(Value::as_f64).filter(|v| (0.0..=65535.0).contains(v));
-            if let (Some(u), Some(maj), Some(min)) = (o.get("ibeaconUuid").and_then(Value::as_str), n("ibeaconMajor"), n("ibeaconMinor")) {
-                if let Some(b) = BandId::ibeacon(u, maj as u16, min as u16).filter(|b| !s.ids.contains(b)) {
-                    s.ids.push(b);
-                }
-            }
-            if let (Some(ns), Some(inst)) = (o.get("namespace").and_then(Value::as_str), o.get("instance").and_then(Value::as_str)) {
-                if let Some(b) = BandId::eddystone(&format!("{ns}{inst}")).filter(|b| !s.ids.contains(b)) {
-                    s.ids.push(b);
-                }
-            }
+            let text = |k: &str| o.get(k).and_then(Value::as_str);
+            let num = |k: &str| o.get(k).and_then(Value::as_f64);
+            add_id(&mut s.ids, ibeacon_of(text("ibeaconUuid"), num("ibeaconMajor"), num("ibeaconMinor")));
+            add_id(&mut s.ids, eddystone_of(text("namespace"), text("instance")));
             if let Some(b) = o.get("battery").and_then(Value::as_f64).filter(|b| (0.0..=100.0).contains(b)) {
                 s.battery = Some(b.round() as u8);
             }
@@ -952,7 +948,7 @@ mod tests {
     fn gateway_names_are_bounded_and_macs_spelled_one_way() {
         let long = "g".repeat(500);
         let s = one(&format!("room_presence/{long}"), br#"{"id":"c3a1f0001101"}"#);
-        assert_eq!(s[0].gateway.chars().count(), MAX_GATEWAY_CHARS);
+        assert_eq!(s[0].gateway.chars().count(), domain::presence::MAX_GATEWAY_ID_CHARS);
         assert_eq!(gateway_name("aabbccddeeff"), gateway_name("AA-BB-CC-DD-EE-FF"));
     }
 
