@@ -318,13 +318,14 @@ async fn the_docker_image_runs_the_daemon_as_the_service_user() {
         .args(["run", "-d", "--name", &name, "--network", "host", "-v"])
         .arg(format!("{}/gatewarden.toml:/etc/gatewarden/gatewarden.toml:ro", dir.path().display()))
         .arg(&tag));
-    let health = eventually("the container's /healthz", 30, async || {
+    // /healthz answers before the first MQTT connect completes: wait for the connection, not the port.
+    let health = eventually("the container's /healthz with MQTT connected", 30, async || {
         let r = reqwest::get(format!("http://127.0.0.1:{http}/healthz")).await.ok()?;
-        r.json::<serde_json::Value>().await.ok()
+        let v = r.json::<serde_json::Value>().await.ok()?;
+        (v["mqtt_connected"] == true).then_some(v)
     })
     .await;
     assert_eq!(health["store"], true, "{health}");
-    assert_eq!(health["mqtt_connected"], true, "{health}");
     let user = out(&run(Command::new("docker").args(["exec", &name, "id", "-un"])));
     assert_eq!(user.trim(), "gatewarden");
     run(Command::new("docker").args(["stop", "-t", "20", &name]));
