@@ -114,6 +114,8 @@ case "$cmd" in
     "$venv/bin/python" deploy/bench/plate_reference.py --frame "$frame" --iters 200 2>/dev/null | grep JSON
     "$venv/bin/python" deploy/bench/plate_reference.py --frame "$frame" --iters 200 --no-spin 2>/dev/null | grep JSON
     rm -f "$frame"
+    echo "== cameras per box: N cameras with people walking up (vs the Python reference, one process per stream)"
+    target/release/gatewarden-bench-cameras --cameras 1,2,4,8 --secs 30 --python "$venv/bin/python"
     echo "== store: backup (writers paused) and restore on a compound-sized store"
     target/release/gatewarden-bench-store
     ;;

@@ -105,4 +105,5 @@ def main():
     q = lambda v, p: v[round((len(v) - 1) * p)]
     print("JSON " + json.dumps({"p50_ms": round(q(totals, .5), 2), "p95_ms": round(q(totals, .95), 2), "match_p50_ms": round(q(matches, .5), 3), "iters": o.iters, "threads": o.threads, "spinning": SPIN}))
 
-main()
+if __name__ == "__main__":
+    main()

@@ -16,6 +16,21 @@ pub struct AccessConfig {
     pub agree_frames: usize,
     #[serde(default = "AccessConfig::default_window")]
     pub window_frames: usize,
+    /// A strong, unambiguous match (cosine ≥ `strong_match`, ahead of the next
+    /// enrolled person by ≥ `strong_margin`) decides on this many frames.
+    #[serde(default = "AccessConfig::default_strong_agree")]
+    pub strong_agree_frames: usize,
+    #[serde(default = "AccessConfig::default_strong_match")]
+    pub strong_match: f32,
+    #[serde(default = "AccessConfig::default_strong_margin")]
+    pub strong_margin: f32,
+    /// Liveness is the median over a face's track: it opens a gate once it
+    /// covers this many frames…
+    #[serde(default = "AccessConfig::default_liveness_frames")]
+    pub liveness_frames: u32,
+    /// …and counts as a spoof attempt only once it covers this many.
+    #[serde(default = "AccessConfig::default_spoof_frames")]
+    pub spoof_frames: u32,
     /// One person at one gate opens it at most once per cooldown.
     #[serde(default = "AccessConfig::default_cooldown")]
     pub cooldown: Dur,
@@ -67,6 +82,11 @@ pub struct AccessConfig {
     /// …or after one read at least this confident.
     #[serde(default = "AccessConfig::default_plate_sure")]
     pub plate_sure_confidence: f32,
+    /// A read whose province character is less sure than this is never
+    /// confirmed on its own and counts half a vote: the province is the
+    /// OCR's most common slip.
+    #[serde(default = "AccessConfig::default_plate_province")]
+    pub plate_province_confidence: f32,
     /// A car unseen this long has left: coming back lifts the barrier again.
     #[serde(default = "AccessConfig::default_plate_gone_after")]
     pub plate_gone_after: Dur,
@@ -83,6 +103,24 @@ impl AccessConfig {
     }
     fn default_window() -> usize {
         5
+    }
+    fn default_plate_province() -> f32 {
+        0.8
+    }
+    fn default_strong_agree() -> usize {
+        2
+    }
+    fn default_strong_match() -> f32 {
+        0.5
+    }
+    fn default_strong_margin() -> f32 {
+        0.1
+    }
+    fn default_liveness_frames() -> u32 {
+        2
+    }
+    fn default_spoof_frames() -> u32 {
+        3
     }
     fn default_cooldown() -> Dur {
         Dur::secs(10)

@@ -402,6 +402,24 @@ impl Config {
         if self.access.agree_frames == 0 || self.access.agree_frames > self.access.window_frames {
             bad("access.agree_frames".into(), "must be 1..=access.window_frames".into());
         }
+        if self.access.strong_agree_frames == 0 || self.access.strong_agree_frames > self.access.agree_frames {
+            bad("access.strong_agree_frames".into(), "must be 1..=access.agree_frames".into());
+        }
+        if !(self.vision.match_threshold..=1.0).contains(&self.access.strong_match) {
+            bad("access.strong_match".into(), "must be between vision.match_threshold and 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.access.strong_margin) {
+            bad("access.strong_margin".into(), "must be in 0..1".into());
+        }
+        if !(self.vision.track_fps > 0.0 && self.vision.track_fps <= 60.0) {
+            bad("vision.track_fps".into(), "must be in (0, 60]".into());
+        }
+        if self.vision.track_max_embeds == 0 || self.vision.track_liveness_frames == 0 {
+            bad("vision.track_max_embeds".into(), "track_max_embeds and track_liveness_frames must be at least 1".into());
+        }
+        if self.access.liveness_frames == 0 || self.access.spoof_frames == 0 {
+            bad("access.liveness_frames".into(), "liveness_frames and spoof_frames must be at least 1".into());
+        }
         if !(0.0..=1.0).contains(&self.vision.match_threshold) {
             bad("vision.match_threshold".into(), "must be a cosine similarity in 0..1".into());
         }

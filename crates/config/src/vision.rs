@@ -40,6 +40,21 @@ pub struct VisionConfig {
     pub motion_gating: bool,
     #[serde(default = "VisionConfig::default_motion_hold_frames")]
     pub motion_hold_frames: u32,
+    /// Follow each face across frames (IoU tracker): embed it once (again only
+    /// while its match is borderline, up to `track_max_embeds`), and judge its
+    /// liveness as the median over up to `track_liveness_frames` frames. Off:
+    /// every frame runs every network, each face judged alone.
+    #[serde(default = "VisionConfig::default_tracking")]
+    pub tracking: bool,
+    #[serde(default = "VisionConfig::default_track_max_embeds")]
+    pub track_max_embeds: u32,
+    #[serde(default = "VisionConfig::default_track_liveness_frames")]
+    pub track_liveness_frames: u32,
+    /// While a face is tracked at a camera, analyse up to this many frames a
+    /// second (the camera's own rate caps it); an empty scene goes back to
+    /// the gate's `max_fps`.
+    #[serde(default = "VisionConfig::default_track_fps")]
+    pub track_fps: f32,
 }
 impl VisionConfig {
     fn default_models_dir() -> PathBuf {
@@ -62,6 +77,18 @@ impl VisionConfig {
     }
     fn default_motion_hold_frames() -> u32 {
         10
+    }
+    fn default_tracking() -> bool {
+        true
+    }
+    fn default_track_max_embeds() -> u32 {
+        5
+    }
+    fn default_track_liveness_frames() -> u32 {
+        5
+    }
+    fn default_track_fps() -> f32 {
+        10.0
     }
     fn default_heartbeat_timeout() -> crate::Dur {
         crate::Dur::secs(20)

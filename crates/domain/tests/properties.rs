@@ -220,3 +220,71 @@ proptest! {
         }
     }
 }
+
+mod gate_faces {
+    //! The face path of the gate policy: whatever a tracker reports, frame
+    //! after frame, a gate opens only for a live, matched face, never on one
+    //! frame, and a low liveness median becomes a spoof attempt only once it
+    //! covers `spoof_min_frames`.
+    use super::t0;
+    use gatewarden_domain::gate::log::Direction;
+    use gatewarden_domain::gate::policy::{Action, FaceSeen, GateRule, Input, Person, PersonKind, Policy, Settings};
+    use proptest::prelude::*;
+
+    fn face() -> impl Strategy<Value = Option<FaceSeen>> {
+        proptest::option::weighted(
+            0.9,
+            (proptest::option::of(prop_oneof![Just("R1".to_string()), Just("R2".to_string())]), 0.0f32..1.0, 0.0f32..1.0, 1u32..8, 0.0f32..0.6)
+                .prop_map(|(person, score, liveness, liveness_frames, margin)| FaceSeen { person, score, liveness, liveness_frames, margin }),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn a_face_opens_only_when_live_over_enough_frames_matched_and_agreed(frames in proptest::collection::vec(face(), 1..40)) {
+            let s = Settings::default();
+            let mut p = Policy::new(s, vec![GateRule { name: "north".into(), direction: Direction::In, visitor_hours: None, resident_hours: None }]);
+            for id in ["R1", "R2"] {
+                p.upsert(Person {
+                    id: id.into(), name: id.into(), kind: PersonKind::Resident, unit: "1-101".into(), elder: None,
+                    pin_hash: None, cards: vec![], qr_hash: None, valid_from: None, valid_until: None,
+                });
+            }
+            // Faces since the last decision: agreement never reaches back past one.
+            let mut history: Vec<FaceSeen> = Vec::new();
+            for f in frames {
+                let mut decided = false;
+                let acts = p.handle(Input::Frame { gate: "north".into(), faces: f.iter().cloned().collect() }, t0());
+                if let Some(f) = &f {
+                    history.push(f.clone());
+                }
+                for a in &acts {
+                    if let Action::Open { person, .. } = a {
+                        let last = f.as_ref().expect("a frame without a face decides nothing");
+                        prop_assert_eq!(last.person.as_deref(), Some(person.as_str()));
+                        prop_assert!(last.score >= s.match_threshold && last.liveness >= s.liveness_threshold);
+                        prop_assert!(last.liveness_frames >= s.liveness_min_frames);
+                        let agreeing = history.iter().filter(|h| h.person.as_deref() == Some(person.as_str())
+                            && h.score >= s.match_threshold && h.liveness >= s.liveness_threshold).count();
+                        let needed = if s.is_strong(last.score, last.margin) { s.agree_strong } else { s.agree_m };
+                        prop_assert!(agreeing >= needed.max(2), "{} agreeing frames, {} needed", agreeing, needed);
+                    }
+                    if matches!(a, Action::Log(_)) {
+                        decided = true;
+                    }
+                    if let Action::Log(e) = a {
+                        if e.reason.contains("spoof") {
+                            let last = f.as_ref().expect("a frame without a face decides nothing");
+                            prop_assert!(last.liveness_frames >= s.spoof_min_frames && last.liveness < s.liveness_threshold);
+                        }
+                    }
+                }
+                if decided {
+                    history.clear();
+                }
+            }
+        }
+    }
+}

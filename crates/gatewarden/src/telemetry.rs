@@ -87,6 +87,10 @@ pub struct Metrics {
     pub camera_frames: Family<CameraLabel, Gauge>,
     pub camera_frames_analysed: Family<CameraLabel, Gauge>,
     pub camera_frames_still: Family<CameraLabel, Gauge>,
+    pub camera_face_tracks: Family<CameraLabel, Gauge>,
+    pub camera_face_embeddings: Family<CameraLabel, Gauge>,
+    /// From the capture of a face track's first frame to the actuator's command.
+    pub gate_face_latency_seconds: Histogram,
     pub camera_connected: Family<CameraLabel, Gauge>,
     pub camera_reconnects: Family<CameraLabel, Gauge>,
     /// How long making a gate decision durable took (the fsync before the barrier moves).
@@ -163,6 +167,9 @@ impl Metrics {
             camera_frames: Family::default(),
             camera_frames_analysed: Family::default(),
             camera_frames_still: Family::default(),
+            camera_face_tracks: Family::default(),
+            camera_face_embeddings: Family::default(),
+            gate_face_latency_seconds: Histogram::new([0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.0].into_iter()),
             camera_connected: Family::default(),
             camera_reconnects: Family::default(),
             entry_sync_seconds: Histogram::new([0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0].into_iter()),
@@ -203,6 +210,9 @@ impl Metrics {
         r.register("camera_frames", "Frames read from each camera", m.camera_frames.clone());
         r.register("camera_frames_analysed", "Frames the face and plate networks ran on", m.camera_frames_analysed.clone());
         r.register("camera_frames_still", "Frames skipped by motion gating (nothing moved, nothing there)", m.camera_frames_still.clone());
+        r.register("camera_face_tracks", "Face tracks opened at each camera (one per person walking up)", m.camera_face_tracks.clone());
+        r.register("camera_face_embeddings", "Face embeddings computed at each camera (about one per track)", m.camera_face_embeddings.clone());
+        r.register("gate_face_latency_seconds", "From the capture of a face track's first frame to the barrier's command", m.gate_face_latency_seconds.clone());
         r.register("camera_connected", "1 while the camera delivers frames", m.camera_connected.clone());
         r.register("camera_reconnects", "Times each camera was reopened after a loss", m.camera_reconnects.clone());
         m

@@ -480,6 +480,82 @@ async fn nothing_runs_the_face_networks_while_the_scene_is_empty_and_a_person_wa
     eventually("frames analysed again once the scene changes", 60, async || (m("analysed").await > analysed + 2.0).then_some(())).await;
 }
 
+/// A 720p clip of a person walking up to the camera: two seconds of empty
+/// scene, then the photo growing in the frame (a slow zoom), at 10 fps.
+fn walk_up(photo: &Path, out: &Path, secs: u32) {
+    let st = Command::new(ffmpeg())
+        .args(["-y", "-loglevel", "error", "-f", "lavfi", "-i", "color=c=0x6e6e6e:s=1280x720:r=10:d=2", "-loop", "1", "-i"])
+        .arg(photo)
+        .args([
+            "-filter_complex",
+            &format!(
+                "[1:v]scale=1280:720:force_original_aspect_ratio=decrease,pad=1280:720:(ow-iw)/2:(oh-ih)/2,setsar=1,\
+                 zoompan=z='min(1+0.004*on,1.3)':x='iw/2-(iw/zoom/2)':y='ih/2-(ih/zoom/2)':d=1:s=1280x720:fps=10,trim=duration={secs}[p];\
+                 [0:v][p]concat=n=2:v=1[v]"
+            ),
+            "-map",
+            "[v]",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+        ])
+        .arg(out)
+        .status()
+        .unwrap();
+    assert!(st.success(), "ffmpeg could not make {}", out.display());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tracked_person_is_embedded_once_per_track_and_still_opens_the_gate() {
+    let Some(faces) = shared_testdata("faces/people") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start();
+    let http = free_port();
+    let mut d = Daemon::start(dir.path(), &config(dir.path(), broker.port, http, &gate_config("")), http).await;
+    let photo = faces.join("img1.jpg");
+    let o =
+        d.cli(&["resident", "add", "--name", "张三", "--id", "R1", "--photo", photo.to_str().unwrap(), "--consent-by", "张三", "--consent-how", "paper form"]);
+    assert!(o.status.success(), "{}", out(&o));
+    // Someone else enrolled too, so the margin over the next person is real.
+    let o = d.cli(&[
+        "resident",
+        "add",
+        "--name",
+        "李四",
+        "--id",
+        "R2",
+        "--photo",
+        faces.join("img26.jpg").to_str().unwrap(),
+        "--consent-by",
+        "李四",
+        "--consent-how",
+        "paper form",
+    ]);
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(d.terminate().success());
+    let video = dir.path().join("walk.mp4");
+    walk_up(&faces.join("img2.jpg"), &video, 5); // another photo of the same person
+    let gates = format!("[[gates]]\nname = \"north\"\ncamera = \"{}\"\nmax_fps = 5.0\nactuator = {{ kind = \"log\" }}\n", video.display());
+    std::fs::write(&d.config, config(dir.path(), broker.port, http, &gate_config(&gates))).unwrap();
+    d.restart().await;
+    let m = async |k: &str| d.metric(&format!("gatewarden_camera_{k}{{camera=\"north\"}}")).await;
+    eventually("the clip played", 60, async || (m("frames").await >= 60.0 && m("connected").await == 0.0).then_some(())).await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let log = entries(&d).await;
+    let opened: Vec<_> = log.iter().filter(|e| e["entry"]["opened"] == true).collect();
+    assert_eq!(opened.len(), 1, "{log:?}");
+    assert_eq!(opened[0]["entry"]["person"], "R1");
+    let (tracks, embeds, analysed) = (m("face_tracks").await, m("face_embeddings").await, m("frames_analysed").await);
+    assert_eq!(tracks, 1.0, "one person walking up is one track");
+    assert_eq!(embeds, 1.0, "a strong match is embedded once per track (analysed {analysed} frames)");
+    assert!(analysed >= 10.0, "the track was followed frame after frame: {analysed}");
+    // The decision was timed from the track's first frame to the barrier's command.
+    assert_eq!(d.metric("gatewarden_gate_face_latency_seconds_count").await, 1.0);
+    let latency = d.metric("gatewarden_gate_face_latency_seconds_sum").await;
+    assert!(latency > 0.0 && latency < 5.0, "{latency}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_actuator_that_fails_is_logged_and_alerted() {
     let dir = tempfile::tempdir().unwrap();

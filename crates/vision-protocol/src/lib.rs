@@ -16,7 +16,29 @@ use serde::{Deserialize, Serialize};
 pub struct FaceOut {
     pub person: Option<String>,
     pub score: f32,
+    /// The median of the track's per-frame liveness scores…
     pub liveness: f32,
+    /// …over this many frames.
+    #[serde(default = "one")]
+    pub liveness_frames: u32,
+    /// The score's lead over the best other enrolled person.
+    #[serde(default)]
+    pub margin: f32,
+    /// The tracker's id for this face: one per person walking up.
+    #[serde(default)]
+    pub track: u64,
+    /// How long ago (monotonic ms, at sending) the track's first frame was
+    /// captured: where the face → barrier latency starts.
+    #[serde(default)]
+    pub track_age_ms: u64,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn one_f() -> f32 {
+    1.0
 }
 
 /// One plate in one frame that passed the GA 36 shape check.
@@ -24,6 +46,9 @@ pub struct FaceOut {
 pub struct PlateOut {
     pub text: String,
     pub confidence: f32,
+    /// The province character's own probability.
+    #[serde(default = "one_f")]
+    pub province_confidence: f32,
     pub colour: domain::gate::plate::Colour,
     pub double_layer: bool,
 }
@@ -57,6 +82,11 @@ pub enum FromVision {
         /// Frames skipped by motion gating: nothing moved and nothing was there.
         #[serde(default)]
         still: u64,
+        /// Face tracks opened, and embeddings computed (about one per track).
+        #[serde(default)]
+        tracks: u64,
+        #[serde(default)]
+        embeddings: u64,
     },
     Enrolled {
         id: u64,
@@ -110,7 +140,7 @@ mod tests {
     fn messages_round_trip_as_single_json_lines() {
         let m = FromVision::Frame {
             gate: "north".into(),
-            faces: vec![FaceOut { person: Some("R1".into()), score: 0.7, liveness: 0.99 }],
+            faces: vec![FaceOut { person: Some("R1".into()), score: 0.7, liveness: 0.99, liveness_frames: 2, margin: 0.3, track: 4, track_age_ms: 180 }],
             qr: vec![],
             snapshot: None,
             plates: vec![],

@@ -12,6 +12,7 @@ pub mod pipeline;
 pub mod plate;
 pub use vision_protocol as protocol;
 pub mod runtime;
+pub mod track;
 pub mod worker;
 
 use std::path::PathBuf;

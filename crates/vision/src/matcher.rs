@@ -88,6 +88,23 @@ impl Gallery {
         assert_eq!(probe.len(), DIM, "embeddings are {DIM}-d");
         scan(probe, &self.data, &self.scales).map(|(i, score)| Match { person: self.owners[i].clone(), score })
     }
+
+    /// The best match and its lead over the best *other* person (1.0 when
+    /// nobody else is enrolled): a high score with a twin close behind is
+    /// not a match to decide on quickly. Runs once per track, not per frame.
+    pub fn best_with_margin(&self, probe: &[f32]) -> Option<(Match, f32)> {
+        let m = self.best(probe)?;
+        let runner_up = self
+            .data
+            .chunks_exact(DIM)
+            .zip(&self.scales)
+            .zip(&self.owners)
+            .filter(|(_, o)| **o != m.person)
+            .map(|((e, s), _)| dot_q(probe, e) * s)
+            .fold(None, |a: Option<f32>, s| Some(a.map_or(s, |a| a.max(s))));
+        let margin = runner_up.map_or(1.0, |r| (m.score - r).max(0.0));
+        Some((m, margin))
+    }
 }
 
 /// Index and score of the best row. The generic body is compiled twice: as
@@ -145,7 +162,11 @@ mod tests {
             h.add("x", &unit(a));
             assert!((h.best(&unit(b)).unwrap().score - cosine(&unit(a), &unit(b))).abs() < 5e-3);
         }
+        let (m, margin) = g.best_with_margin(&unit(3)).unwrap();
+        assert_eq!(m.person, "b");
+        assert!((margin - (m.score - cosine(&unit(1), &unit(3)))).abs() < 1e-2, "the lead over a, not over b's other template: {margin}");
         g.remove_person("b");
+        assert_eq!(g.best_with_margin(&unit(3)).unwrap().1, 1.0, "nobody else enrolled");
         assert_eq!(g.len(), 1);
         assert_eq!(g.best(&unit(3)).unwrap().person, "a");
     }

@@ -83,28 +83,40 @@ impl FacePipeline {
     /// Analyse every face in a frame. Liveness runs only when asked (gates ask
     /// for it on faces that could open something).
     pub fn analyse(&mut self, bgr: &Mat, with_liveness: bool, t: &mut Timings) -> Result<Vec<Face>> {
+        let dets = self.detect(bgr, t)?;
+        dets.into_iter().map(|d| self.examine(bgr, d, true, with_liveness, t)).collect()
+    }
+
+    /// Find the faces. The detector sees the frame down-scaled to 640 on its
+    /// long side; alignment and liveness crop from the full-resolution frame.
+    pub fn detect(&mut self, bgr: &Mat, t: &mut Timings) -> Result<Vec<Detection>> {
         let t0 = Instant::now();
         let dets = self.detector.detect(bgr)?;
         t.detect += t0.elapsed();
-        let mut out = Vec::with_capacity(dets.len());
-        for d in dets {
-            let t1 = Instant::now();
-            let aligned = face::align(bgr, &d)?;
-            let q = face::quality(&d, &aligned, &self.gates)?;
-            t.align += t1.elapsed();
-            let (mut embedding, mut live) = (None, None);
-            if q == Quality::Ok {
+        Ok(dets)
+    }
+
+    /// Judge one detected face, running the embedder and the liveness pair
+    /// only when asked and only on a face that passes the quality gates (a
+    /// tracker asks once per track, not once per frame).
+    pub fn examine(&mut self, bgr: &Mat, d: Detection, embed: bool, live: bool, t: &mut Timings) -> Result<Face> {
+        let t1 = Instant::now();
+        let aligned = face::align(bgr, &d)?;
+        let q = face::quality(&d, &aligned, &self.gates)?;
+        t.align += t1.elapsed();
+        let (mut embedding, mut liveness) = (None, None);
+        if q == Quality::Ok {
+            if embed {
                 let t2 = Instant::now();
                 embedding = Some(self.embedder.embed(&aligned)?);
                 t.embed += t2.elapsed();
-                if with_liveness {
-                    let t3 = Instant::now();
-                    live = Some(self.liveness.score(bgr, d.bbox)?);
-                    t.liveness += t3.elapsed();
-                }
             }
-            out.push(Face { detection: d, quality: q, embedding, liveness: live });
+            if live {
+                let t3 = Instant::now();
+                liveness = Some(self.liveness.score(bgr, d.bbox)?);
+                t.liveness += t3.elapsed();
+            }
         }
-        Ok(out)
+        Ok(Face { detection: d, quality: q, embedding, liveness })
     }
 }

@@ -4,6 +4,7 @@
 use super::matcher::Gallery;
 use super::pipeline::{FacePipeline, Timings};
 use super::protocol::{EnrolResult, FaceOut, FromVision, PlateOut, ToVision};
+use super::track::{Identity, Tracker};
 use crate::capture::Camera;
 use base64::Engine as _;
 use config::Config;
@@ -85,6 +86,73 @@ impl Motion {
     }
 }
 
+/// The faces of one frame, largest (nearest) first, each with its track's
+/// identity and liveness. With tracking on, the embedder runs while a
+/// track's identity is unsettled and the liveness pair until the track has
+/// its frames; after that a tracked face costs only its detection.
+fn faces_in(
+    pipeline: &mut FacePipeline,
+    gallery: &Gallery,
+    tracker: &mut Tracker,
+    frame: &crate::capture::Frame,
+    v: &config::VisionConfig,
+    settings: &domain::gate::policy::Settings,
+    embedded: &mut u64,
+) -> super::Result<Vec<FaceOut>> {
+    let mut t = Timings::default();
+    let dets = pipeline.detect(&frame.mat, &mut t)?;
+    let boxes: Vec<[f32; 4]> = dets.iter().map(|d| d.bbox).collect();
+    let ids = tracker.update(&boxes, frame.at);
+    let mut seen: Vec<(f32, FaceOut)> = Vec::new();
+    for (d, id) in dets.into_iter().zip(ids) {
+        let area = d.bbox[2] * d.bbox[3];
+        let tr = tracker.get_mut(id).expect("the tracker just returned it");
+        let (want_embed, want_live) = match v.tracking {
+            true => (tr.wants_embedding(v.track_max_embeds, frame.at), tr.wants_liveness(v.track_liveness_frames)),
+            // Untracked: every frame judged alone.
+            false => (true, true),
+        };
+        let f = pipeline.examine(&frame.mat, d, want_embed, want_live, &mut t)?;
+        if f.quality != super::face::Quality::Ok {
+            continue; // a poor view decides nothing, and costs no embedding
+        }
+        if let Some(e) = f.embedding.as_deref() {
+            *embedded += 1;
+            tr.embeds += 1;
+            tr.last_embed = Some(frame.at);
+            let (person, score, margin) = match gallery.best_with_margin(e) {
+                Some((m, margin)) if m.score >= v.match_threshold => (Some(m.person), m.score, margin),
+                Some((m, _)) => (None, m.score, 0.0),
+                None => (None, 0.0, 0.0),
+            };
+            let strong = person.is_some() && settings.is_strong(score, margin);
+            tr.identity = Some(Identity { person, score, margin, strong });
+        }
+        if let Some(l) = f.liveness {
+            // Untracked, liveness runs on every frame: keep a recent window.
+            if tr.live.len() >= 15 {
+                tr.live.remove(0);
+            }
+            tr.live.push(l);
+        }
+        let Some(id) = tr.identity.clone() else { continue };
+        seen.push((
+            area,
+            FaceOut {
+                person: id.person,
+                score: id.score,
+                liveness: tr.liveness().unwrap_or(0.0),
+                liveness_frames: tr.live.len() as u32,
+                margin: id.margin,
+                track: tr.id,
+                track_age_ms: tr.born.elapsed().as_millis() as u64,
+            },
+        ));
+    }
+    seen.sort_by(|a, b| b.0.total_cmp(&a.0));
+    Ok(seen.into_iter().map(|(_, f)| f).collect())
+}
+
 fn send(out: &mut impl Write, m: &FromVision) -> bool {
     let line = serde_json::to_string(m).expect("protocol serializes");
     writeln!(out, "{line}").and_then(|_| out.flush()).is_ok()
@@ -118,6 +186,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
         true => Some(super::plate::PlateReader::load(&v.models_dir, v.ort_library.as_deref(), v.intra_threads)?),
         false => None,
     };
+    let settings = cfg.gate_settings();
     let reads: HashMap<String, (bool, bool)> = cfg.gates.iter().map(|g| (g.name.clone(), (g.read_faces, g.read_plates))).collect();
     let (tx, rx) = mpsc::channel::<ToVision>();
     let stdin_open = Arc::new(AtomicBool::new(true));
@@ -163,8 +232,11 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
     }
     let mut last_seq: HashMap<String, u64> = HashMap::new();
     let mut motion: HashMap<String, Motion> = HashMap::new();
+    let mut trackers: HashMap<String, Tracker> = HashMap::new();
+    let mut embeddings: HashMap<String, u64> = HashMap::new();
     let mut last_run: HashMap<String, Instant> = HashMap::new();
     let mut last_stats = Instant::now() - Duration::from_secs(1);
+    let track_interval = Duration::from_secs_f32(1.0 / v.track_fps);
     let result = loop {
         if !stdin_open.load(Ordering::Relaxed) {
             break Ok(());
@@ -173,8 +245,15 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
         while let Ok(m) = rx.try_recv() {
             busy = true;
             match m {
-                ToVision::GalleryAdd { person, embedding } => gallery.add(&person, &embedding),
-                ToVision::GalleryRemove { person } => gallery.remove_person(&person),
+                // Who is enrolled changed: people already in view are identified again.
+                ToVision::GalleryAdd { person, embedding } => {
+                    gallery.add(&person, &embedding);
+                    trackers.values_mut().for_each(Tracker::forget_identities);
+                }
+                ToVision::GalleryRemove { person } => {
+                    gallery.remove_person(&person);
+                    trackers.values_mut().for_each(Tracker::forget_identities);
+                }
                 ToVision::Enrol { id, image } => {
                     let result = match base64::engine::general_purpose::STANDARD.decode(image.trim()) {
                         Err(e) => EnrolResult::Error(format!("not base64: {e}")),
@@ -208,6 +287,8 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
                     silent_ms: cam.silent_for().map(|d| d.as_millis() as u64),
                     analysed: motion.get(gate).map_or(0, |m| m.analysed),
                     still: motion.get(gate).map_or(0, |m| m.still),
+                    tracks: trackers.get(gate).map_or(0, |t| t.opened),
+                    embeddings: embeddings.get(gate).copied().unwrap_or(0),
                 };
                 if !send(&mut out, &m) {
                     break;
@@ -215,6 +296,9 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
             }
         }
         for (gate, cam, interval) in &cameras {
+            // A face in view: follow it at the tracking rate; otherwise the gate's own.
+            let tracking_now = trackers.get(gate).is_some_and(Tracker::is_open);
+            let interval = if tracking_now { interval.min(&track_interval) } else { interval };
             if last_run.get(gate).is_some_and(|t| t.elapsed() < *interval) {
                 continue;
             }
@@ -228,9 +312,10 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
             if !m.analyse(&frame.mat, v.motion_gating) {
                 continue; // nothing moved, nothing was there: no network runs
             }
-            let mut t = Timings::default();
             let faces = if read_faces {
-                match pipeline.analyse(&frame.mat, true, &mut t) {
+                let tracker = trackers.entry(gate.clone()).or_default();
+                let embedded = embeddings.entry(gate.clone()).or_default();
+                match faces_in(&mut pipeline, &gallery, tracker, &frame, v, &settings, embedded) {
                     Ok(f) => f,
                     Err(e) => {
                         tracing::error!(gate = %gate, error = %e, "face analysis failed");
@@ -245,7 +330,13 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
                     Ok(rs) => rs
                         .into_iter()
                         .filter(|x| domain::gate::plate::validate(&x.text).is_ok())
-                        .map(|x| PlateOut { text: x.text, confidence: x.confidence, colour: x.colour, double_layer: x.double_layer })
+                        .map(|x| PlateOut {
+                            text: x.text,
+                            confidence: x.confidence,
+                            province_confidence: x.province_confidence,
+                            colour: x.colour,
+                            double_layer: x.double_layer,
+                        })
                         .collect(),
                     Err(e) => {
                         tracing::error!(gate = %gate, error = %e, "plate reading failed");
@@ -254,20 +345,6 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
                 },
                 _ => vec![],
             };
-            let mut seen: Vec<(f32, FaceOut)> = faces
-                .iter()
-                .filter_map(|f| {
-                    let e = f.embedding.as_deref()?;
-                    let (person, score) = match gallery.best(e) {
-                        Some(m) if m.score >= v.match_threshold => (Some(m.person), m.score),
-                        Some(m) => (None, m.score),
-                        None => (None, 0.0),
-                    };
-                    Some((f.detection.bbox[2] * f.detection.bbox[3], FaceOut { person, score, liveness: f.liveness.unwrap_or(0.0) }))
-                })
-                .collect();
-            seen.sort_by(|a, b| b.0.total_cmp(&a.0));
-            let faces: Vec<FaceOut> = seen.into_iter().map(|(_, f)| f).collect();
             let snapshot = if faces.first().is_some_and(|f| f.person.is_none()) {
                 let mut buf = opencv::core::Vector::<u8>::new();
                 opencv::imgcodecs::imencode(".jpg", &frame.mat, &mut buf, &opencv::core::Vector::new())

@@ -99,6 +99,109 @@ fn liveness_samples_are_classified_right() {
     }
 }
 
+/// A person walking up, from one photo: `n` frames zooming in on the centre
+/// (1.0× to 1.18×), each through a JPEG round trip as a camera stream would be.
+fn walk_up_frames(img: &opencv::core::Mat, n: usize) -> Vec<opencv::core::Mat> {
+    use opencv::core::{Mat, Point2f, Scalar, Vector, BORDER_REPLICATE};
+    use opencv::prelude::*;
+    (0..n)
+        .map(|k| {
+            let z = 1.0 + 0.03 * k as f64;
+            let c = Point2f::new(img.cols() as f32 / 2.0, img.rows() as f32 / 2.0);
+            let m = opencv::imgproc::get_rotation_matrix_2d(c, 0.0, z).unwrap();
+            let mut zoomed = Mat::default();
+            opencv::imgproc::warp_affine(img, &mut zoomed, &m, img.size().unwrap(), opencv::imgproc::INTER_LINEAR, BORDER_REPLICATE, Scalar::all(0.0)).unwrap();
+            let mut buf = Vector::<u8>::new();
+            opencv::imgcodecs::imencode(".jpg", &zoomed, &mut buf, &Vector::from_slice(&[opencv::imgcodecs::IMWRITE_JPEG_QUALITY, 80])).unwrap();
+            opencv::imgcodecs::imdecode(&buf, opencv::imgcodecs::IMREAD_COLOR).unwrap()
+        })
+        .collect()
+}
+
+/// Liveness judged over a track, on every real photo in the shared test data
+/// played as a short walk-up video (genuine), and on the spoof samples.
+/// BPCER: genuine tracks refused; APCER: spoof tracks accepted. Prints the
+/// figures behind BENCHMARKS.md ("Liveness over a track").
+#[test]
+fn liveness_over_a_track_refuses_every_spoof_and_fewer_real_faces_than_frame_by_frame() {
+    let (Some(people), Some(obama), Some(live)) = (shared_testdata("faces/people"), shared_testdata("faces/obama_biden"), shared_testdata("liveness")) else {
+        return;
+    };
+    let mut p = pipeline();
+    let threshold = 0.5;
+    let mut genuine: Vec<PathBuf> = Vec::new();
+    for dir in [&people, &obama] {
+        let mut files: Vec<PathBuf> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|f| f.extension().is_some_and(|x| x == "jpg")).collect();
+        files.sort();
+        genuine.extend(files);
+    }
+    let labels = std::fs::read_to_string(live.join("labels.csv")).unwrap();
+    let mut spoofs = Vec::new();
+    for line in labels.lines().skip(1).filter(|l| !l.is_empty()) {
+        let (file, label) = line.split_once(',').unwrap();
+        match label {
+            "real" => genuine.push(live.join(file)),
+            _ => spoofs.push(live.join(file)),
+        }
+    }
+    const FRAMES: usize = 7;
+    // Per-track medians, and the frames' own scores.
+    let mut judge = |file: &Path| -> Option<(f32, Vec<f32>)> {
+        let img = image::load(file).unwrap();
+        let mut scores = Vec::new();
+        for f in walk_up_frames(&img, FRAMES) {
+            let dets = p.detector.detect(&f).unwrap();
+            let Some(d) = dets.iter().max_by(|a, b| (a.bbox[2] * a.bbox[3]).total_cmp(&(b.bbox[2] * b.bbox[3]))) else { continue };
+            if d.bbox[2].min(d.bbox[3]) < 60.0 {
+                continue; // too small for the gate's quality gates: never judged
+            }
+            scores.push(p.liveness.score(&f, d.bbox).unwrap());
+        }
+        (scores.len() >= 3).then(|| (gatewarden_vision::track::median(&scores).unwrap(), scores))
+    };
+    let (mut g_tracks, mut g_refused, mut g_frames, mut g_low_frames, mut g_any_low) = (0, 0, 0, 0, 0);
+    let (mut g_medians, mut s_medians) = (Vec::new(), Vec::new());
+    for f in &genuine {
+        let Some((median, scores)) = judge(f) else { continue };
+        g_medians.push(median);
+        g_tracks += 1;
+        g_frames += scores.len();
+        let low = scores.iter().filter(|s| **s < threshold).count();
+        g_low_frames += low;
+        g_any_low += (low > 0) as usize;
+        if median < threshold {
+            g_refused += 1;
+            println!("genuine refused: {} median {median:.3} frames {scores:.3?}", f.display());
+        }
+    }
+    let (mut s_tracks, mut s_accepted) = (0, 0);
+    for f in &spoofs {
+        let (median, scores) = judge(f).unwrap_or_else(|| panic!("{}: no face", f.display()));
+        s_tracks += 1;
+        s_medians.push(median);
+        println!("spoof {}: median {median:.3} frames {scores:.3?}", f.display());
+        s_accepted += (median >= threshold) as usize;
+    }
+    let bpcer = g_refused as f64 / g_tracks as f64;
+    println!(
+        "LIVENESS genuine tracks {g_tracks} ({g_frames} frames): BPCER over the track {bpcer:.3} ({g_refused}/{g_tracks}); \
+         frame by frame {:.3} ({g_low_frames}/{g_frames}); tracks with at least one low frame {g_any_low}/{g_tracks}; \
+         spoof tracks {s_tracks}: APCER {:.3} ({s_accepted}/{s_tracks})",
+        g_low_frames as f64 / g_frames as f64,
+        s_accepted as f64 / s_tracks as f64
+    );
+    // The operating curve on this set, for choosing vision.liveness_threshold.
+    for thr in [0.3f32, 0.35, 0.4, 0.45, 0.5] {
+        let refused = g_medians.iter().filter(|m| **m < thr).count();
+        let accepted = s_medians.iter().filter(|m| **m >= thr).count();
+        println!("LIVENESS threshold {thr:.2}: BPCER {refused}/{g_tracks}, APCER {accepted}/{s_tracks}");
+    }
+    assert!(g_tracks >= 40, "every real photo with a usable face is judged: {g_tracks}");
+    assert_eq!(s_accepted, 0, "every spoof sample is refused");
+    assert!(g_refused <= g_any_low, "the track median refuses no one a single low frame would not");
+}
+
 #[test]
 fn enrolment_photos_need_exactly_one_usable_face() {
     let Some(faces) = shared_testdata("faces/people") else { return };

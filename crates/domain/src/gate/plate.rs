@@ -122,34 +122,54 @@ pub fn match_plate<'a>(read: &str, enrolled: impl IntoIterator<Item = &'a String
 
 /// Confirms a plate once it is read the same way in `k` frames, or once with
 /// confidence ≥ `sure`, and then not again until the car has left (unseen for
-/// `gone_after`): a car waiting at the barrier is one decision.
+/// `gone_after`): a car waiting at the barrier is one decision. A read whose
+/// province character is doubtful (below `province_min`) is never sure on
+/// its own, and such reads count half: the province is the OCR's most
+/// common slip, so a doubtful one asks for more frames instead of a guess.
 #[derive(Debug)]
 pub struct Voter {
     pub k: usize,
     pub sure: f32,
+    pub province_min: f32,
     pub gone_after: Duration,
-    counts: HashMap<(String, String), (usize, Timestamp)>,
+    /// Per (gate, plate): confident reads, doubtful reads, last read.
+    counts: HashMap<(String, String), (usize, usize, Timestamp)>,
     confirmed: HashMap<(String, String), Timestamp>,
 }
 
 impl Voter {
     pub fn new(k: usize, sure: f32, gone_after: Duration) -> Self {
-        Self { k: k.max(1), sure, gone_after, counts: HashMap::new(), confirmed: HashMap::new() }
+        Self { k: k.max(1), sure, province_min: 0.0, gone_after, counts: HashMap::new(), confirmed: HashMap::new() }
+    }
+
+    pub fn with_province_min(mut self, min: f32) -> Self {
+        self.province_min = min;
+        self
     }
 
     /// Feed one read; returns true when this read confirms the plate.
     pub fn read(&mut self, gate: &str, plate: &str, conf: f32, now: Timestamp) -> bool {
+        self.read_with_province(gate, plate, conf, 1.0, now)
+    }
+
+    /// Feed one read with its province character's own confidence.
+    pub fn read_with_province(&mut self, gate: &str, plate: &str, conf: f32, province_conf: f32, now: Timestamp) -> bool {
         let key = (gate.to_string(), plate.to_string());
         self.confirmed.retain(|_, last| now - *last < self.gone_after);
-        self.counts.retain(|_, (_, last)| now - *last < self.gone_after);
+        self.counts.retain(|_, (_, _, last)| now - *last < self.gone_after);
         if let Some(last) = self.confirmed.get_mut(&key) {
             *last = now; // still at the barrier
             return false;
         }
-        let e = self.counts.entry(key.clone()).or_insert((0, now));
-        e.0 += 1;
-        e.1 = now;
-        if e.0 >= self.k || conf >= self.sure {
+        let doubtful = province_conf < self.province_min;
+        let e = self.counts.entry(key.clone()).or_insert((0, 0, now));
+        if doubtful {
+            e.1 += 1;
+        } else {
+            e.0 += 1;
+        }
+        e.2 = now;
+        if 2 * e.0 + e.1 >= 2 * self.k || (!doubtful && conf >= self.sure) {
             self.counts.remove(&key);
             self.confirmed.insert(key, now);
             return true;
@@ -187,6 +207,20 @@ mod tests {
         assert_eq!(match_plate("川A3SD9B", &enrolled, false), None, "two edits");
         assert_eq!(match_plate("渝A35D98", &enrolled, false), None, "province never tolerated");
         assert_eq!(match_plate("渝A35D98", &enrolled, true).map(|m| m.tolerant), Some(true), "unless configured");
+    }
+
+    #[test]
+    fn a_doubtful_province_asks_for_more_frames_instead_of_a_guess() {
+        let t = |s: i64| Utc.with_ymd_and_hms(2026, 11, 23, 8, 0, 0).unwrap() + Duration::seconds(s);
+        let mut v = Voter::new(3, 0.97, Duration::seconds(20));
+        v.province_min = 0.8;
+        assert!(!v.read_with_province("g", "川A35D98", 0.99, 0.5, t(0)), "sure overall, but the province is a guess");
+        for s in 1..5 {
+            assert!(!v.read_with_province("g", "川A35D98", 0.9, 0.5, t(s)), "doubtful reads count half ({s})");
+        }
+        assert!(v.read_with_province("g", "川A35D98", 0.9, 0.5, t(5)), "six doubtful reads: as good as three");
+        // A confident province: three reads, or one sure read.
+        assert!(v.read_with_province("g", "京AN7065", 0.99, 0.95, t(0)));
     }
 
     #[test]

@@ -94,9 +94,19 @@ pub struct GateRule {
 pub struct Settings {
     pub match_threshold: f32,
     pub liveness_threshold: f32,
-    /// A face decision needs the same result in `agree_m` of the last `agree_n` frames.
+    /// A face decision needs the same result in `agree_m` of the last `agree_n` frames…
     pub agree_m: usize,
     pub agree_n: usize,
+    /// …or, for a strong, unambiguous match (score ≥ `strong_score`, ahead of
+    /// the next person by ≥ `strong_margin`), in `agree_strong` frames.
+    pub agree_strong: usize,
+    pub strong_score: f32,
+    pub strong_margin: f32,
+    /// Liveness is the median over a face's track. A face opens a gate only
+    /// once that median covers `liveness_min_frames` frames, and is a spoof
+    /// attempt only once it covers `spoof_min_frames`: one low frame is not.
+    pub liveness_min_frames: u32,
+    pub spoof_min_frames: u32,
     pub cooldown: Duration,
     pub anti_passback: bool,
     /// Spoof attempts at one gate within `spoof_window` before an alert.
@@ -113,6 +123,8 @@ pub struct Settings {
     /// A plate is confirmed after this many identical reads, or one read this sure.
     pub plate_votes: usize,
     pub plate_sure: f32,
+    /// A read whose province character is less sure than this needs more frames.
+    pub plate_province_min: f32,
     /// A confirmed car that is unseen this long has left; its return is a new decision.
     pub plate_gone_after: Duration,
     /// Tolerate an OCR slip in the province character (off: a different province is a different car).
@@ -126,6 +138,11 @@ impl Default for Settings {
             liveness_threshold: 0.5,
             agree_m: 3,
             agree_n: 5,
+            agree_strong: 2,
+            strong_score: 0.5,
+            strong_margin: 0.1,
+            liveness_min_frames: 2,
+            spoof_min_frames: 3,
             cooldown: Duration::seconds(10),
             anti_passback: false,
             spoof_alert_after: 3,
@@ -136,6 +153,7 @@ impl Default for Settings {
             pin_site_window: Duration::minutes(10),
             plate_votes: 3,
             plate_sure: 0.97,
+            plate_province_min: 0.8,
             plate_gone_after: Duration::seconds(30),
             tolerate_province: false,
         }
@@ -148,7 +166,26 @@ pub struct FaceSeen {
     /// Best match, if its score reached the threshold.
     pub person: Option<String>,
     pub score: f32,
+    /// The median liveness over the face's track so far…
     pub liveness: f32,
+    /// …and how many frames it covers.
+    pub liveness_frames: u32,
+    /// How far `score` is ahead of the best other enrolled person.
+    pub margin: f32,
+}
+
+impl FaceSeen {
+    /// One frame judged alone (no tracker): a clear lead, one liveness frame.
+    pub fn single(person: Option<String>, score: f32, liveness: f32) -> Self {
+        FaceSeen { person, score, liveness, liveness_frames: 1, margin: 1.0 }
+    }
+}
+
+impl Settings {
+    /// A match sure enough to decide on `agree_strong` frames.
+    pub fn is_strong(&self, score: f32, margin: f32) -> bool {
+        score >= self.strong_score.max(self.match_threshold) && margin >= self.strong_margin
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -157,8 +194,9 @@ pub enum Input {
     Frame { gate: String, faces: Vec<FaceSeen> },
     /// PIN from a keypad, card number from a reader, or QR payload from the camera.
     Credential { gate: String, kind: Credential, secret_hash: String },
-    /// A plate read in one frame (already GA 36-shaped), with its OCR confidence.
-    Plate { gate: String, text: String, confidence: f32 },
+    /// A plate read in one frame (already GA 36-shaped), with its OCR
+    /// confidence and its province character's own.
+    Plate { gate: String, text: String, confidence: f32, province_confidence: f32 },
 }
 
 /// A vehicle allowed through the barrier, and whose it is.
@@ -211,7 +249,8 @@ pub enum Action {
 
 #[derive(Debug, Clone, PartialEq)]
 enum Vote {
-    Person(String, f32, f32),
+    /// Person, score, liveness, and whether the match is strong.
+    Person(String, f32, f32, bool),
     Unknown(f32),
     Spoof(Option<String>, f32),
 }
@@ -252,7 +291,8 @@ impl Policy {
             site_pin_failures: VecDeque::new(),
             site_pin_locked_until: None,
             vehicles: HashMap::new(),
-            voter: super::plate::Voter::new(settings.plate_votes, settings.plate_sure, settings.plate_gone_after),
+            voter: super::plate::Voter::new(settings.plate_votes, settings.plate_sure, settings.plate_gone_after)
+                .with_province_min(settings.plate_province_min),
         }
     }
 
@@ -291,13 +331,13 @@ impl Policy {
         match input {
             Input::Frame { gate, faces } => self.frame(gate, faces, now, &mut out),
             Input::Credential { gate, kind, secret_hash } => self.credential(gate, kind, secret_hash, now, &mut out),
-            Input::Plate { gate, text, confidence } => self.plate(gate, text, confidence, now, &mut out),
+            Input::Plate { gate, text, confidence, province_confidence } => self.plate(gate, text, confidence, province_confidence, now, &mut out),
         }
         out
     }
 
-    fn plate(&mut self, gate: String, text: String, confidence: f32, now: Timestamp, out: &mut Vec<Action>) {
-        if !self.voter.read(&gate, &text, confidence, now) {
+    fn plate(&mut self, gate: String, text: String, confidence: f32, province_confidence: f32, now: Timestamp, out: &mut Vec<Action>) {
+        if !self.voter.read_with_province(&gate, &text, confidence, province_confidence, now) {
             return;
         }
         let m = super::plate::match_plate(&text, self.vehicles.keys(), self.settings.tolerate_province);
@@ -337,18 +377,23 @@ impl Policy {
     fn frame(&mut self, gate: String, faces: Vec<FaceSeen>, now: Timestamp, out: &mut Vec<Action>) {
         let s = self.settings;
         // The nearest face decides: the caller puts the largest first.
-        let vote = faces.first().map(|f| {
+        let nearest = faces.first();
+        let vote = nearest.and_then(|f| {
             if f.liveness < s.liveness_threshold {
-                Vote::Spoof(f.person.clone(), f.liveness)
+                // Judged over the track: until it covers enough frames, a low
+                // median is a pending judgement, not a spoof attempt.
+                (f.liveness_frames >= s.spoof_min_frames).then(|| Vote::Spoof(f.person.clone(), f.liveness))
             } else {
-                match &f.person {
-                    Some(p) if f.score >= s.match_threshold => Vote::Person(p.clone(), f.score, f.liveness),
+                Some(match &f.person {
+                    Some(p) if f.score >= s.match_threshold => Vote::Person(p.clone(), f.score, f.liveness, s.is_strong(f.score, f.margin)),
                     _ => Vote::Unknown(f.liveness),
-                }
+                })
             }
         });
+        let live_frames = nearest.map_or(0, |f| f.liveness_frames);
         let st = self.state.entry(gate.clone()).or_default();
-        // A frame without a face says nothing; agreement counts frames with one.
+        // A frame without a face (or with a pending judgement) says nothing;
+        // agreement counts frames with a vote.
         let Some(vote) = vote else { return };
         st.votes.push_back(vote.clone());
         while st.votes.len() > s.agree_n {
@@ -361,7 +406,14 @@ impl Policy {
             _ => false,
         };
         let agreeing = st.votes.iter().filter(|v| same(v, &vote)).count();
-        if agreeing < s.agree_m {
+        let needed = match &vote {
+            // A strong, live, unambiguous match decides sooner, once its
+            // liveness median covers enough frames.
+            Vote::Person(_, _, _, true) if live_frames >= s.liveness_min_frames => s.agree_strong.clamp(1, s.agree_m.max(1)),
+            Vote::Person(..) => s.agree_m.max(s.agree_strong),
+            _ => s.agree_m,
+        };
+        if agreeing < needed || (matches!(vote, Vote::Person(..)) && live_frames < s.liveness_min_frames) {
             return;
         }
         st.votes.clear();
@@ -376,7 +428,7 @@ impl Policy {
         }
         st.last_decision.insert(key, now);
         match vote {
-            Vote::Person(p, score, live) => self.decide(&gate, &p, Credential::Face, Some(score), Some(live), now, out),
+            Vote::Person(p, score, live, _) => self.decide(&gate, &p, Credential::Face, Some(score), Some(live), now, out),
             Vote::Unknown(live) => {
                 out.push(Action::Snapshot { gate: gate.clone() });
                 out.push(self.log(&gate, Credential::Face, None, "unknown", None, Some(live), false, "unknown face", now));
@@ -545,7 +597,7 @@ mod tests {
         p
     }
     fn face(person: Option<&str>, score: f32, live: f32) -> Input {
-        Input::Frame { gate: "north".into(), faces: vec![FaceSeen { person: person.map(Into::into), score, liveness: live }] }
+        Input::Frame { gate: "north".into(), faces: vec![FaceSeen { person: person.map(Into::into), score, liveness: live, liveness_frames: 3, margin: 0.0 }] }
     }
     fn opens(a: &[Action]) -> usize {
         a.iter().filter(|x| matches!(x, Action::Open { .. })).count()
@@ -563,6 +615,58 @@ mod tests {
         let a = p.handle(face(Some("R1"), 0.6, 0.9), t(0));
         assert_eq!(opens(&a), 1);
         assert!(logs(&a)[0].opened);
+    }
+
+    fn tracked(person: Option<&str>, score: f32, margin: f32, live: f32, frames: u32) -> Input {
+        Input::Frame { gate: "north".into(), faces: vec![FaceSeen { person: person.map(Into::into), score, liveness: live, liveness_frames: frames, margin }] }
+    }
+
+    #[test]
+    fn a_strong_live_unambiguous_match_decides_on_two_frames_and_a_borderline_one_needs_three() {
+        let mut p = policy();
+        assert_eq!(opens(&p.handle(tracked(Some("R1"), 0.72, 0.4, 0.9, 1), t(0))), 0, "one frame never decides");
+        assert_eq!(opens(&p.handle(tracked(Some("R1"), 0.72, 0.4, 0.9, 2), t(0))), 1, "strong: the second frame opens");
+        // Borderline score: three agreeing frames, as before.
+        let mut p = policy();
+        for f in 1..=2 {
+            assert_eq!(opens(&p.handle(tracked(Some("R1"), 0.42, 0.4, 0.9, f), t(0))), 0);
+        }
+        assert_eq!(opens(&p.handle(tracked(Some("R1"), 0.42, 0.4, 0.9, 3), t(0))), 1);
+        // A high score with someone else close behind is ambiguous: three frames.
+        let mut p = policy();
+        for f in 1..=2 {
+            assert_eq!(opens(&p.handle(tracked(Some("R1"), 0.72, 0.05, 0.9, f), t(0))), 0);
+        }
+        assert_eq!(opens(&p.handle(tracked(Some("R1"), 0.72, 0.05, 0.9, 3), t(0))), 1);
+    }
+
+    #[test]
+    fn a_strong_match_waits_until_its_liveness_covers_enough_frames() {
+        let mut p = policy();
+        p.settings.liveness_min_frames = 3;
+        assert_eq!(opens(&p.handle(tracked(Some("R1"), 0.8, 0.5, 0.9, 1), t(0))), 0);
+        assert_eq!(opens(&p.handle(tracked(Some("R1"), 0.8, 0.5, 0.9, 2), t(0))), 0, "agreeing, but liveness covers 2 frames");
+        assert_eq!(opens(&p.handle(tracked(Some("R1"), 0.8, 0.5, 0.9, 3), t(0))), 1);
+    }
+
+    #[test]
+    fn one_low_liveness_frame_is_not_a_spoof_attempt_but_a_low_median_over_the_track_is() {
+        let mut p = policy();
+        // A genuine person with one bad frame: the median recovers, the gate opens, no spoof is logged.
+        let mut all = p.handle(tracked(Some("R1"), 0.72, 0.4, 0.2, 1), t(0));
+        all.extend(p.handle(tracked(Some("R1"), 0.72, 0.4, 0.2, 2), t(0)));
+        all.extend(p.handle(tracked(Some("R1"), 0.72, 0.4, 0.8, 3), t(0)));
+        all.extend(p.handle(tracked(Some("R1"), 0.72, 0.4, 0.8, 4), t(0)));
+        assert!(logs(&all).iter().all(|e| !e.reason.contains("spoof")), "{:?}", logs(&all));
+        assert_eq!(opens(&all), 1);
+        // A photo: the median stays low over three frames and more.
+        let mut p = policy();
+        let mut all = Vec::new();
+        for f in 1..=5 {
+            all.extend(p.handle(tracked(Some("R1"), 0.72, 0.4, 0.1, f), t(0)));
+        }
+        assert_eq!(opens(&all), 0);
+        assert_eq!(logs(&all).iter().filter(|e| e.reason.contains("spoof")).count(), 1);
     }
 
     #[test]
@@ -641,7 +745,8 @@ mod tests {
     fn a_confirmed_plate_lifts_the_barrier_once_and_tolerant_matches_are_logged() {
         let mut p = policy();
         p.upsert_vehicle(Vehicle { plate: "川A35D98".into(), owner: "R1".into(), valid_until: None });
-        let read = |p: &mut Policy, text: &str, at| p.handle(Input::Plate { gate: "north".into(), text: text.into(), confidence: 0.9 }, at);
+        let read =
+            |p: &mut Policy, text: &str, at| p.handle(Input::Plate { gate: "north".into(), text: text.into(), confidence: 0.9, province_confidence: 0.95 }, at);
         let mut all = Vec::new();
         for i in 0..20 {
             all.extend(read(&mut p, "川A3SD98", t(i)));

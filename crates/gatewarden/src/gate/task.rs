@@ -38,8 +38,22 @@ pub fn secret_hash(key: &[u8], kind: Credential, value: &str) -> String {
 pub use vision_protocol::QR_PREFIX;
 
 pub enum GateMsg {
-    Frame { gate: String, faces: Vec<FaceSeen>, qr: Vec<String>, snapshot: Option<Vec<u8>>, plates: Vec<(String, f32)> },
-    Credential { gate: String, kind: Credential, value: String, reply: Option<oneshot::Sender<Option<Entry>>> },
+    Frame {
+        gate: String,
+        faces: Vec<FaceSeen>,
+        qr: Vec<String>,
+        snapshot: Option<Vec<u8>>,
+        /// Text, confidence, the province character's confidence.
+        plates: Vec<(String, f32, f32)>,
+        /// When the nearest face's track began (its first frame's capture).
+        face_since: Option<Instant>,
+    },
+    Credential {
+        gate: String,
+        kind: Credential,
+        value: String,
+        reply: Option<oneshot::Sender<Option<Entry>>>,
+    },
     Reload(String),
     ReloadVehicle(String),
 }
@@ -71,6 +85,9 @@ pub struct CameraStat {
     /// Frames the networks ran on, and frames motion gating skipped.
     pub analysed: u64,
     pub still: u64,
+    /// Face tracks opened and embeddings computed.
+    pub tracks: u64,
+    pub embeddings: u64,
     /// When the vision process last reported it: a frozen process reports
     /// nothing, and its cameras go silent with it.
     pub updated: Option<Instant>,
@@ -202,14 +219,18 @@ impl VisionSupervisor {
                 tracing::info!(templates, "vision process ready");
             }
             FromVision::Frame { gate, faces, qr, snapshot, plates } => {
-                let plates = plates.into_iter().map(|p| (p.text, p.confidence)).collect();
-                let faces = faces.into_iter().map(|f| FaceSeen { person: f.person, score: f.score, liveness: f.liveness }).collect();
+                let plates = plates.into_iter().map(|p| (p.text, p.confidence, p.province_confidence)).collect();
+                let face_since = faces.first().and_then(|f| Instant::now().checked_sub(Duration::from_millis(f.track_age_ms)));
+                let faces = faces
+                    .into_iter()
+                    .map(|f| FaceSeen { person: f.person, score: f.score, liveness: f.liveness, liveness_frames: f.liveness_frames, margin: f.margin })
+                    .collect();
                 let snapshot = snapshot.and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok());
                 // Frames are replaceable: if the gate task is behind, drop this one.
-                let _ = self.gates.try_send(GateMsg::Frame { gate, faces, qr, snapshot, plates });
+                let _ = self.gates.try_send(GateMsg::Frame { gate, faces, qr, snapshot, plates, face_since });
             }
-            FromVision::Camera { gate, frames, connected, reconnects, finished, silent_ms, analysed, still } => {
-                let s = CameraStat { frames, connected, reconnects, finished, silent_ms, analysed, still, updated: Some(Instant::now()) };
+            FromVision::Camera { gate, frames, connected, reconnects, finished, silent_ms, analysed, still, tracks, embeddings } => {
+                let s = CameraStat { frames, connected, reconnects, finished, silent_ms, analysed, still, tracks, embeddings, updated: Some(Instant::now()) };
                 self.stats.lock().expect("camera stats").insert(gate, s);
             }
             FromVision::Pong { .. } => {}
@@ -273,17 +294,19 @@ impl GateTask {
                         Ok(None) => self.policy.remove_vehicle(&plate),
                         Err(e) => tracing::error!(error = %e, "cannot reload a vehicle"),
                     },
-                    Some(GateMsg::Frame { gate, faces, qr, snapshot, plates }) => {
+                    Some(GateMsg::Frame { gate, faces, qr, snapshot, plates, face_since }) => {
                         let now = self.clock.now();
                         let mut acts = if faces.is_empty() { vec![] } else { self.policy.handle(Input::Frame { gate: gate.clone(), faces }, now) };
-                        for (text, confidence) in plates {
-                            acts.extend(self.policy.handle(Input::Plate { gate: gate.clone(), text, confidence }, now));
+                        for (text, confidence, province_confidence) in plates {
+                            acts.extend(self.policy.handle(Input::Plate { gate: gate.clone(), text, confidence, province_confidence }, now));
                         }
                         for code in qr {
                             let h = secret_hash(&self.credential_key, Credential::Qr, &code);
                             acts.extend(self.policy.handle(Input::Credential { gate: gate.clone(), kind: Credential::Qr, secret_hash: h }, now));
                         }
-                        self.apply(acts, snapshot.as_deref(), &mut failing).await;
+                        // Only a face decision is timed from its track's start.
+                        let opened_by_face = acts.iter().any(|a| matches!(a, Action::Log(e) if e.opened && e.credential == Credential::Face));
+                        self.apply(acts, snapshot.as_deref(), &mut failing, face_since.filter(|_| opened_by_face)).await;
                     }
                     // Credentials arrive over MQTT with the gate named in the topic:
                     // only configured gates take them (a made-up gate would have
@@ -298,13 +321,13 @@ impl GateTask {
                         let now = self.clock.now();
                         let acts = if kind == Credential::Plate {
                             // A plate typed by staff or sent by an external LPR camera: as sure as it gets.
-                            self.policy.handle(Input::Plate { gate, text: value.trim().to_string(), confidence: 1.0 }, now)
+                            self.policy.handle(Input::Plate { gate, text: value.trim().to_string(), confidence: 1.0, province_confidence: 1.0 }, now)
                         } else {
                             let h = secret_hash(&self.credential_key, kind, &value);
                             self.policy.handle(Input::Credential { gate, kind, secret_hash: h }, now)
                         };
                         let entry = acts.iter().find_map(|a| if let Action::Log(e) = a { Some(e.clone()) } else { None });
-                        self.apply(acts, None, &mut failing).await;
+                        self.apply(acts, None, &mut failing, None).await;
                         if let Some(r) = reply { let _ = r.send(entry); }
                     }
                 },
@@ -319,7 +342,7 @@ impl GateTask {
     /// Carry out a decision. The entry-log records come first and are made
     /// durable (fsync) before the barrier moves or anyone is answered:
     /// whatever the gate did is in the log, even after a kill -9.
-    async fn apply(&mut self, mut acts: Vec<Action>, snapshot: Option<&[u8]>, failing: &mut HashMap<String, bool>) {
+    async fn apply(&mut self, mut acts: Vec<Action>, snapshot: Option<&[u8]>, failing: &mut HashMap<String, bool>, face_since: Option<Instant>) {
         // A stable sort: the log first, everything else in the policy's order.
         acts.sort_by_key(|a| !matches!(a, Action::Log(_)));
         let mut logged = false;
@@ -336,7 +359,14 @@ impl GateTask {
                     };
                     match r {
                         Ok(()) => {
-                            tracing::info!(gate = %gate, person = %person, "gate opened");
+                            match face_since {
+                                Some(t) => {
+                                    let s = t.elapsed().as_secs_f64();
+                                    self.metrics.gate_face_latency_seconds.observe(s);
+                                    tracing::info!(gate = %gate, person = %person, latency_ms = (s * 1000.0).round() as u64, "gate opened");
+                                }
+                                None => tracing::info!(gate = %gate, person = %person, "gate opened"),
+                            }
                             if failing.insert(gate.clone(), false) == Some(true) {
                                 self.alert(AlertKind::ActuatorFailure, &gate, "actuator works again".into(), false).await;
                             }
@@ -424,6 +454,8 @@ impl GateTask {
             m.camera_frames.get_or_create(&l).set(cam.frames as i64);
             m.camera_frames_analysed.get_or_create(&l).set(cam.analysed as i64);
             m.camera_frames_still.get_or_create(&l).set(cam.still as i64);
+            m.camera_face_tracks.get_or_create(&l).set(cam.tracks as i64);
+            m.camera_face_embeddings.get_or_create(&l).set(cam.embeddings as i64);
             m.camera_connected.get_or_create(&l).set(cam.connected as i64);
             m.camera_reconnects.get_or_create(&l).set(cam.reconnects as i64);
             if cam.finished {

@@ -1,0 +1,263 @@
+//! Face tracks across frames: IoU association with a short memory, so that a
+//! person walking up is one track, embedded once and judged for liveness over
+//! several frames, instead of a full network pass on every frame.
+//!
+//! Pure bookkeeping (boxes in, track ids out): the worker runs the networks
+//! and asks each track what it still needs.
+
+use std::time::Instant;
+
+/// One face followed across frames.
+#[derive(Debug, Clone)]
+pub struct Track {
+    pub id: u64,
+    pub bbox: [f32; 4],
+    /// Capture time of the track's first frame: the decision latency starts here.
+    pub born: Instant,
+    /// Analysed frames since this track last matched a box.
+    missed: u32,
+    /// Embeddings computed for this track, the last one's time, and what it said.
+    pub embeds: u32,
+    pub last_embed: Option<Instant>,
+    pub identity: Option<Identity>,
+    /// Per-frame liveness scores.
+    pub live: Vec<f32>,
+}
+
+/// The gallery's answer for a track's embedding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    /// The best enrolled person at or above the match threshold.
+    pub person: Option<String>,
+    pub score: f32,
+    /// Lead over the best other person.
+    pub margin: f32,
+    /// Sure enough to decide without another embedding.
+    pub strong: bool,
+}
+
+impl Track {
+    /// Embed again only while the identity is not settled: none yet, or a
+    /// borderline one (the policy then wants independent agreeing frames),
+    /// up to `max_embeds`; after that an unsettled track is looked at again
+    /// once every `RECHECK` (someone standing at the gate while enrolled).
+    pub fn wants_embedding(&self, max_embeds: u32, now: Instant) -> bool {
+        match &self.identity {
+            None => true,
+            Some(i) if i.strong => false,
+            Some(_) if self.embeds < max_embeds => true,
+            Some(_) => self.last_embed.is_none_or(|t| now.saturating_duration_since(t) >= RECHECK),
+        }
+    }
+
+    /// Forget the identity (the gallery changed): the next frame embeds again.
+    pub fn forget_identity(&mut self) {
+        self.identity = None;
+        self.embeds = 0;
+    }
+
+    /// Liveness runs until the track holds `max_frames` scores.
+    pub fn wants_liveness(&self, max_frames: u32) -> bool {
+        (self.live.len() as u32) < max_frames
+    }
+
+    /// The median of the per-frame liveness scores (None before the first).
+    pub fn liveness(&self) -> Option<f32> {
+        median(&self.live)
+    }
+}
+
+/// How often a track whose identity stays unsettled is embedded again.
+pub const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+pub fn median(v: &[f32]) -> Option<f32> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    Some(if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 })
+}
+
+pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
+    let (x1, y1) = (a[0].max(b[0]), a[1].max(b[1]));
+    let (x2, y2) = ((a[0] + a[2]).min(b[0] + b[2]), (a[1] + a[3]).min(b[1] + b[3]));
+    let inter = (x2 - x1).max(0.0) * (y2 - y1).max(0.0);
+    inter / (a[2] * a[3] + b[2] * b[3] - inter).max(1e-6)
+}
+
+/// The tracks of one camera.
+#[derive(Debug, Clone)]
+pub struct Tracker {
+    tracks: Vec<Track>,
+    next: u64,
+    /// A box continues a track only if it overlaps it this much. Faces
+    /// walking up at 5–15 fps overlap well above it; two people side by side
+    /// do not overlap at all.
+    pub min_iou: f32,
+    /// A track survives this many analysed frames without its face (a frame
+    /// where the detector blinks), then closes.
+    pub max_missed: u32,
+    /// Tracks ever opened (for the metrics).
+    pub opened: u64,
+}
+
+impl Default for Tracker {
+    fn default() -> Self {
+        Tracker { tracks: Vec::new(), next: 1, min_iou: 0.3, max_missed: 3, opened: 0 }
+    }
+}
+
+impl Tracker {
+    /// Associate this frame's face boxes with the open tracks (greedy, best
+    /// overlap first), open a track for each box left over, and close tracks
+    /// missing too long. Returns the track id of each box, in order.
+    pub fn update(&mut self, boxes: &[[f32; 4]], at: Instant) -> Vec<u64> {
+        let mut pairs: Vec<(f32, usize, usize)> = Vec::new();
+        for (b, bx) in boxes.iter().enumerate() {
+            for (t, tr) in self.tracks.iter().enumerate() {
+                let o = iou(bx, &tr.bbox);
+                if o >= self.min_iou {
+                    pairs.push((o, b, t));
+                }
+            }
+        }
+        pairs.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let mut box_track: Vec<Option<usize>> = vec![None; boxes.len()];
+        let mut taken = vec![false; self.tracks.len()];
+        for (_, b, t) in pairs {
+            if box_track[b].is_none() && !taken[t] {
+                box_track[b] = Some(t);
+                taken[t] = true;
+            }
+        }
+        for (t, tr) in self.tracks.iter_mut().enumerate() {
+            if taken[t] {
+                tr.missed = 0;
+            } else {
+                tr.missed += 1;
+            }
+        }
+        let mut ids = Vec::with_capacity(boxes.len());
+        for (b, bx) in boxes.iter().enumerate() {
+            match box_track[b] {
+                Some(t) => {
+                    self.tracks[t].bbox = *bx;
+                    ids.push(self.tracks[t].id);
+                }
+                None => {
+                    let id = self.next;
+                    self.next += 1;
+                    self.opened += 1;
+                    self.tracks.push(Track { id, bbox: *bx, born: at, missed: 0, embeds: 0, last_embed: None, identity: None, live: Vec::new() });
+                    ids.push(id);
+                }
+            }
+        }
+        let max = self.max_missed;
+        self.tracks.retain(|t| t.missed <= max);
+        ids
+    }
+
+    /// The gallery changed: every open track is identified again.
+    pub fn forget_identities(&mut self) {
+        self.tracks.iter_mut().for_each(Track::forget_identity);
+    }
+
+    pub fn get_mut(&mut self, id: u64) -> Option<&mut Track> {
+        self.tracks.iter_mut().find(|t| t.id == id)
+    }
+
+    /// Someone is in front of the camera (or was, a frame or two ago).
+    pub fn is_open(&self) -> bool {
+        !self.tracks.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.tracks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tracks.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn walk(x: f32, size: f32) -> [f32; 4] {
+        [x, 100.0, size, size]
+    }
+
+    #[test]
+    fn a_face_walking_up_keeps_one_track_and_a_second_person_gets_another() {
+        let mut t = Tracker::default();
+        let now = Instant::now();
+        let mut ids = Vec::new();
+        // Walking up: the box grows and drifts a little each frame.
+        for i in 0..10 {
+            ids.push(t.update(&[walk(300.0 + i as f32 * 4.0, 80.0 + i as f32 * 6.0)], now)[0]);
+        }
+        assert!(ids.iter().all(|&i| i == ids[0]), "{ids:?}");
+        // Someone else appears beside them: a new track; the first keeps its id.
+        let two = t.update(&[walk(340.0, 140.0), walk(900.0, 90.0)], now);
+        assert_eq!(two[0], ids[0]);
+        assert_ne!(two[1], ids[0]);
+        assert_eq!(t.opened, 2);
+    }
+
+    #[test]
+    fn a_track_survives_a_missed_frame_and_closes_after_max_missed() {
+        let mut t = Tracker::default();
+        let now = Instant::now();
+        let id = t.update(&[walk(300.0, 100.0)], now)[0];
+        for _ in 0..t.max_missed {
+            t.update(&[], now + Duration::from_millis(100));
+        }
+        assert!(t.is_open());
+        assert_eq!(t.update(&[walk(305.0, 102.0)], now)[0], id, "the detector blinked; same person");
+        for _ in 0..=t.max_missed {
+            t.update(&[], now);
+        }
+        assert!(!t.is_open());
+        assert_ne!(t.update(&[walk(305.0, 102.0)], now)[0], id, "gone too long: a new track");
+    }
+
+    #[test]
+    fn a_strong_identity_stops_embedding_and_a_borderline_one_embeds_up_to_the_cap_then_once_a_second() {
+        let mut t = Tracker::default();
+        let now = Instant::now();
+        let id = t.update(&[walk(0.0, 100.0)], now)[0];
+        let tr = t.get_mut(id).unwrap();
+        assert!(tr.wants_embedding(5, now));
+        tr.embeds = 1;
+        tr.last_embed = Some(now);
+        tr.identity = Some(Identity { person: Some("R1".into()), score: 0.8, margin: 0.5, strong: true });
+        assert!(!tr.wants_embedding(5, now + Duration::from_secs(60)), "settled for the whole track");
+        tr.identity = Some(Identity { person: Some("R1".into()), score: 0.4, margin: 0.5, strong: false });
+        assert!(tr.wants_embedding(5, now));
+        tr.embeds = 5;
+        assert!(!tr.wants_embedding(5, now + Duration::from_millis(200)));
+        assert!(tr.wants_embedding(5, now + RECHECK), "still unsettled: looked at again, sparingly");
+        // A new enrolment: every open track is identified again at once.
+        t.forget_identities();
+        let tr = t.get_mut(id).unwrap();
+        assert!(tr.identity.is_none() && tr.wants_embedding(5, now));
+    }
+
+    #[test]
+    fn liveness_is_the_median_so_one_bad_frame_does_not_decide() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[0.1, 0.9, 0.95]), Some(0.9));
+        assert_eq!(median(&[0.2, 0.8]), Some(0.5));
+        let mut t = Tracker::default();
+        let id = t.update(&[walk(0.0, 100.0)], Instant::now())[0];
+        let tr = t.get_mut(id).unwrap();
+        tr.live = vec![0.05, 0.97, 0.93, 0.99];
+        assert!(tr.liveness().unwrap() > 0.9);
+        assert!(!tr.wants_liveness(4));
+    }
+}
