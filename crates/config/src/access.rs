@@ -120,7 +120,7 @@ impl AccessConfig {
         2
     }
     fn default_spoof_frames() -> u32 {
-        3
+        5
     }
     fn default_cooldown() -> Dur {
         Dur::secs(10)

@@ -417,6 +417,10 @@ impl Config {
         if self.vision.track_max_embeds == 0 || self.vision.track_liveness_frames == 0 {
             bad("vision.track_max_embeds".into(), "track_max_embeds and track_liveness_frames must be at least 1".into());
         }
+        if self.access.spoof_frames.max(self.access.liveness_frames) > self.vision.track_liveness_frames {
+            // The tracker keeps this many liveness scores: a longer requirement could never be met.
+            bad("access.spoof_frames".into(), "access.liveness_frames and access.spoof_frames must not exceed vision.track_liveness_frames".into());
+        }
         if self.access.liveness_frames == 0 || self.access.spoof_frames == 0 {
             bad("access.liveness_frames".into(), "liveness_frames and spoof_frames must be at least 1".into());
         }

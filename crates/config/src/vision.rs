@@ -17,7 +17,12 @@ pub struct VisionConfig {
     /// Defaults to ORT_DYLIB_PATH, else <models_dir>/onnxruntime/libonnxruntime.so.1.31.1.
     #[serde(default)]
     pub ort_library: Option<PathBuf>,
-    /// ONNX Runtime intra-op threads per model.
+    /// ONNX Runtime intra-op threads per model. 0 (the default) chooses:
+    /// the vision loop runs one model at a time, so with no more cameras than
+    /// cores each model gets up to 2 threads (a single frame decides sooner),
+    /// and with more cameras than cores each model gets 1: the frames are
+    /// small, and measured at 8 cameras one thread per model used less CPU at
+    /// a lower p95 than two (BENCHMARKS.md, "Cameras per box").
     #[serde(default = "VisionConfig::default_intra_threads")]
     pub intra_threads: usize,
     /// Cosine similarity for a face match (see README: TAR/FAR).
@@ -61,7 +66,16 @@ impl VisionConfig {
         PathBuf::from("models")
     }
     fn default_intra_threads() -> usize {
-        2
+        0
+    }
+
+    /// The intra-op threads each model gets for `cameras` cameras on `cores` cores.
+    pub fn intra_threads_for(&self, cameras: usize, cores: usize) -> usize {
+        match self.intra_threads {
+            0 if cameras > cores => 1,
+            0 => cores.clamp(1, 2),
+            n => n,
+        }
     }
     fn default_match_threshold() -> f32 {
         domain::gate::policy::DEFAULT_MATCH_THRESHOLD
@@ -97,5 +111,22 @@ impl VisionConfig {
 impl Default for VisionConfig {
     fn default() -> Self {
         toml::from_str("").expect("vision defaults")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::VisionConfig;
+
+    #[test]
+    fn intra_threads_are_chosen_by_cameras_and_cores_unless_set() {
+        let v = VisionConfig::default();
+        assert_eq!(v.intra_threads_for(1, 2), 2);
+        assert_eq!(v.intra_threads_for(2, 2), 2);
+        assert_eq!(v.intra_threads_for(8, 2), 1, "more cameras than cores: one thread per model");
+        assert_eq!(v.intra_threads_for(1, 1), 1);
+        assert_eq!(v.intra_threads_for(1, 16), 2);
+        let v = VisionConfig { intra_threads: 3, ..VisionConfig::default() };
+        assert_eq!(v.intra_threads_for(8, 2), 3, "an explicit setting wins");
     }
 }

@@ -20,6 +20,8 @@ pub use vision_protocol::models::PLATE_CLASSIFIER as CLASSIFIER;
 pub use vision_protocol::models::PLATE_DETECTOR as DETECTOR;
 pub use vision_protocol::models::PLATE_RECOGNIZER as RECOGNIZER;
 const DET: i32 = 320;
+/// Plates narrower than this at the detector's scale get their corners refined.
+const REFINE_BELOW: f32 = 40.0;
 
 pub use domain::gate::plate::Colour;
 
@@ -226,8 +228,11 @@ impl PlateReader {
         let x0 = (cx - side / 2.0).clamp(0.0, (iw - 1.0).max(0.0));
         let y0 = (cy - side / 2.0).clamp(0.0, (ih - 1.0).max(0.0));
         let (cw, ch) = ((iw - x0).min(side), (ih - y0).min(side));
-        if side >= iw.max(ih) * 0.6 || cw < 16.0 || ch < 16.0 {
-            return Ok(d); // already large in the frame
+        // Refine only a plate the detector saw under REFINE_BELOW pixels wide
+        // (at its 320 input): larger ones already have exact corners, and the
+        // second detection costs as much as the first.
+        if w * DET as f32 / iw.max(ih) >= REFINE_BELOW || cw < 16.0 || ch < 16.0 {
+            return Ok(d);
         }
         let roi = Mat::roi(img, opencv::core::Rect::new(x0 as i32, y0 as i32, cw as i32, ch as i32))?.try_clone()?;
         let again = self.detect(&roi)?;

@@ -40,6 +40,9 @@ pub fn session(env: &ort::environment::Environment, models_dir: &Path, file: &st
     // Four models run one after another on a two-core box. Spinning pool
     // threads of the model that just finished would steal the cores from the
     // next one (SFace measured 3× slower with spinning on).
-    let mut b = b.with_intra_op_spinning(false).map_err(|e| err(e.into()))?;
+    let b = b.with_intra_op_spinning(false).map_err(|e| err(e.into()))?;
+    // Memory patterns pre-plan each input shape's buffers and keep them:
+    // 25 MB of peak RSS at 8 cameras for no measurable speed (BENCHMARKS.md).
+    let mut b = b.with_memory_pattern(false).map_err(|e| err(e.into()))?;
     b.commit_from_file(&path).map_err(err)
 }

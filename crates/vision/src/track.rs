@@ -16,6 +16,9 @@ pub struct Track {
     pub born: Instant,
     /// Analysed frames since this track last matched a box.
     missed: u32,
+    /// The face was lost for a frame or more and found again since the last
+    /// embedding: it may be someone else who stepped into the same place.
+    pub refound: bool,
     /// Embeddings computed for this track, the last one's time, and what it said.
     pub embeds: u32,
     pub last_embed: Option<Instant>,
@@ -44,7 +47,7 @@ impl Track {
     pub fn wants_embedding(&self, max_embeds: u32, now: Instant) -> bool {
         match &self.identity {
             None => true,
-            Some(i) if i.strong => false,
+            Some(i) if i.strong => self.refound,
             Some(_) if self.embeds < max_embeds => true,
             Some(_) => self.last_embed.is_none_or(|t| now.saturating_duration_since(t) >= RECHECK),
         }
@@ -56,9 +59,38 @@ impl Track {
         self.embeds = 0;
     }
 
-    /// Liveness runs until the track holds `max_frames` scores.
-    pub fn wants_liveness(&self, max_frames: u32) -> bool {
-        (self.live.len() as u32) < max_frames
+    /// Record an embedding's answer. A different person than the settled
+    /// identity means someone else took this place: their liveness starts over.
+    pub fn identified(&mut self, id: Identity, at: Instant) {
+        if self.identity.as_ref().is_some_and(|old| old.strong && old.person != id.person) {
+            self.live.clear();
+        }
+        self.identity = Some(id);
+        self.embeds += 1;
+        self.last_embed = Some(at);
+        self.refound = false;
+    }
+
+    /// Liveness runs until the track holds `max_frames` scores, and goes on
+    /// (over the last `max_frames`) while their median stays below
+    /// `threshold`: a face first seen small and far away is judged again as
+    /// it comes closer, and a photo held up keeps failing.
+    pub fn wants_liveness(&self, max_frames: u32, threshold: f32) -> bool {
+        (self.live.len() as u32) < max_frames || self.liveness().is_some_and(|m| m < threshold)
+    }
+
+    /// Add a liveness score, keeping the last `max_frames`.
+    pub fn add_liveness(&mut self, score: f32, max_frames: u32) {
+        self.live.push(score);
+        let max = max_frames.max(1) as usize;
+        if self.live.len() > max {
+            self.live.drain(..self.live.len() - max);
+        }
+    }
+
+    /// Identified for good and judged live: nothing left to run but the detector.
+    pub fn settled(&self, max_frames: u32, threshold: f32) -> bool {
+        self.identity.as_ref().is_some_and(|i| i.strong) && !self.wants_liveness(max_frames, threshold)
     }
 
     /// The median of the per-frame liveness scores (None before the first).
@@ -134,6 +166,7 @@ impl Tracker {
         }
         for (t, tr) in self.tracks.iter_mut().enumerate() {
             if taken[t] {
+                tr.refound |= tr.missed > 0;
                 tr.missed = 0;
             } else {
                 tr.missed += 1;
@@ -150,7 +183,17 @@ impl Tracker {
                     let id = self.next;
                     self.next += 1;
                     self.opened += 1;
-                    self.tracks.push(Track { id, bbox: *bx, born: at, missed: 0, embeds: 0, last_embed: None, identity: None, live: Vec::new() });
+                    self.tracks.push(Track {
+                        id,
+                        bbox: *bx,
+                        born: at,
+                        missed: 0,
+                        refound: false,
+                        embeds: 0,
+                        last_embed: None,
+                        identity: None,
+                        live: Vec::new(),
+                    });
                     ids.push(id);
                 }
             }
@@ -172,6 +215,11 @@ impl Tracker {
     /// Someone is in front of the camera (or was, a frame or two ago).
     pub fn is_open(&self) -> bool {
         !self.tracks.is_empty()
+    }
+
+    /// A track still needs frames to be decided (the camera is worth the tracking rate).
+    pub fn undecided(&self, max_frames: u32, threshold: f32) -> bool {
+        self.tracks.iter().any(|t| !t.settled(max_frames, threshold))
     }
 
     pub fn len(&self) -> usize {
@@ -249,6 +297,29 @@ mod tests {
     }
 
     #[test]
+    fn a_settled_track_whose_face_was_lost_is_identified_again_and_a_new_person_starts_liveness_over() {
+        let mut t = Tracker::default();
+        let now = Instant::now();
+        let id = t.update(&[walk(300.0, 100.0)], now)[0];
+        let strong = |p: &str| Identity { person: Some(p.into()), score: 0.8, margin: 0.5, strong: true };
+        let tr = t.get_mut(id).unwrap();
+        tr.identified(strong("R1"), now);
+        tr.live = vec![0.9, 0.95];
+        assert!(!tr.wants_embedding(5, now));
+        // Followed without a gap: never embedded again.
+        t.update(&[walk(302.0, 101.0)], now);
+        assert!(!t.get_mut(id).unwrap().wants_embedding(5, now));
+        // The face is lost for a frame, then a face is found in the same place.
+        t.update(&[], now);
+        assert_eq!(t.update(&[walk(303.0, 101.0)], now)[0], id);
+        let tr = t.get_mut(id).unwrap();
+        assert!(tr.wants_embedding(5, now), "who is it now?");
+        tr.identified(strong("R2"), now);
+        assert!(tr.live.is_empty(), "someone else: liveness starts over");
+        assert_eq!((tr.embeds, tr.refound), (2, false));
+    }
+
+    #[test]
     fn liveness_is_the_median_so_one_bad_frame_does_not_decide() {
         assert_eq!(median(&[]), None);
         assert_eq!(median(&[0.1, 0.9, 0.95]), Some(0.9));
@@ -258,6 +329,14 @@ mod tests {
         let tr = t.get_mut(id).unwrap();
         tr.live = vec![0.05, 0.97, 0.93, 0.99];
         assert!(tr.liveness().unwrap() > 0.9);
-        assert!(!tr.wants_liveness(4));
+        assert!(!tr.wants_liveness(4, 0.5), "judged: no more liveness runs");
+        // Failing: judged again on every frame, over the last four.
+        tr.live = vec![0.1, 0.2, 0.3, 0.4];
+        assert!(tr.wants_liveness(4, 0.5));
+        for s in [0.8, 0.9, 0.85] {
+            tr.add_liveness(s, 4);
+        }
+        assert_eq!(tr.live, vec![0.4, 0.8, 0.9, 0.85]);
+        assert!(!tr.wants_liveness(4, 0.5), "came closer and passed");
     }
 }

@@ -108,7 +108,7 @@ fn faces_in(
         let area = d.bbox[2] * d.bbox[3];
         let tr = tracker.get_mut(id).expect("the tracker just returned it");
         let (want_embed, want_live) = match v.tracking {
-            true => (tr.wants_embedding(v.track_max_embeds, frame.at), tr.wants_liveness(v.track_liveness_frames)),
+            true => (tr.wants_embedding(v.track_max_embeds, frame.at), tr.wants_liveness(v.track_liveness_frames, v.liveness_threshold)),
             // Untracked: every frame judged alone.
             false => (true, true),
         };
@@ -118,22 +118,16 @@ fn faces_in(
         }
         if let Some(e) = f.embedding.as_deref() {
             *embedded += 1;
-            tr.embeds += 1;
-            tr.last_embed = Some(frame.at);
             let (person, score, margin) = match gallery.best_with_margin(e) {
                 Some((m, margin)) if m.score >= v.match_threshold => (Some(m.person), m.score, margin),
                 Some((m, _)) => (None, m.score, 0.0),
                 None => (None, 0.0, 0.0),
             };
             let strong = person.is_some() && settings.is_strong(score, margin);
-            tr.identity = Some(Identity { person, score, margin, strong });
+            tr.identified(Identity { person, score, margin, strong }, frame.at);
         }
         if let Some(l) = f.liveness {
-            // Untracked, liveness runs on every frame: keep a recent window.
-            if tr.live.len() >= 15 {
-                tr.live.remove(0);
-            }
-            tr.live.push(l);
+            tr.add_liveness(l, v.track_liveness_frames);
         }
         let Some(id) = tr.identity.clone() else { continue };
         seen.push((
@@ -153,6 +147,13 @@ fn faces_in(
     Ok(seen.into_iter().map(|(_, f)| f).collect())
 }
 
+/// `vision.intra_threads`, resolved for this box's cameras and cores.
+fn intra_threads(cfg: &Config) -> usize {
+    let cameras = cfg.gates.iter().filter(|g| g.camera.is_some()).count();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cfg.vision.intra_threads_for(cameras, cores)
+}
+
 fn send(out: &mut impl Write, m: &FromVision) -> bool {
     let line = serde_json::to_string(m).expect("protocol serializes");
     writeln!(out, "{line}").and_then(|_| out.flush()).is_ok()
@@ -164,8 +165,9 @@ fn send(out: &mut impl Write, m: &FromVision) -> bool {
 /// The install script and operators use it to prove a box can see.
 pub fn check(cfg: &Config, photo: Option<&std::path::Path>) -> anyhow::Result<String> {
     let v = &cfg.vision;
-    let mut pipeline = FacePipeline::load(&v.models_dir, v.ort_library.as_deref(), v.intra_threads)?;
-    super::plate::PlateReader::load(&v.models_dir, v.ort_library.as_deref(), v.intra_threads)?;
+    let threads = intra_threads(cfg);
+    let mut pipeline = FacePipeline::load(&v.models_dir, v.ort_library.as_deref(), threads)?;
+    super::plate::PlateReader::load(&v.models_dir, v.ort_library.as_deref(), threads)?;
     let mut report = format!("vision OK: face and plate models loaded from {}", v.models_dir.display());
     if let Some(p) = photo {
         let img = super::image::load(p)?;
@@ -178,12 +180,14 @@ pub fn check(cfg: &Config, photo: Option<&std::path::Path>) -> anyhow::Result<St
 
 pub fn run(cfg: &Config) -> anyhow::Result<()> {
     let v = &cfg.vision;
-    let mut pipeline = FacePipeline::load(&v.models_dir, v.ort_library.as_deref(), v.intra_threads)?;
+    let threads = intra_threads(cfg);
+    tracing::info!(threads, cameras = cfg.gates.iter().filter(|g| g.camera.is_some()).count(), "ONNX Runtime intra-op threads per model");
+    let mut pipeline = FacePipeline::load(&v.models_dir, v.ort_library.as_deref(), threads)?;
     pipeline.gates.min_face_px = v.min_face_px;
     pipeline.liveness.threshold = v.liveness_threshold;
     let mut gallery = Gallery::default();
     let mut plates = match cfg.gates.iter().any(|g| g.read_plates && g.camera.is_some()) {
-        true => Some(super::plate::PlateReader::load(&v.models_dir, v.ort_library.as_deref(), v.intra_threads)?),
+        true => Some(super::plate::PlateReader::load(&v.models_dir, v.ort_library.as_deref(), threads)?),
         false => None,
     };
     let settings = cfg.gate_settings();
@@ -296,8 +300,9 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
             }
         }
         for (gate, cam, interval) in &cameras {
-            // A face in view: follow it at the tracking rate; otherwise the gate's own.
-            let tracking_now = trackers.get(gate).is_some_and(Tracker::is_open);
+            // A face in view and not yet decided: follow it at the tracking
+            // rate; otherwise (nobody there, or everyone settled) the gate's own.
+            let tracking_now = trackers.get(gate).is_some_and(|t| t.undecided(v.track_liveness_frames, v.liveness_threshold));
             let interval = if tracking_now { interval.min(&track_interval) } else { interval };
             if last_run.get(gate).is_some_and(|t| t.elapsed() < *interval) {
                 continue;

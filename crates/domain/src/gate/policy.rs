@@ -142,7 +142,7 @@ impl Default for Settings {
             strong_score: 0.5,
             strong_margin: 0.1,
             liveness_min_frames: 2,
-            spoof_min_frames: 3,
+            spoof_min_frames: 5,
             cooldown: Duration::seconds(10),
             anti_passback: false,
             spoof_alert_after: 3,
@@ -597,7 +597,7 @@ mod tests {
         p
     }
     fn face(person: Option<&str>, score: f32, live: f32) -> Input {
-        Input::Frame { gate: "north".into(), faces: vec![FaceSeen { person: person.map(Into::into), score, liveness: live, liveness_frames: 3, margin: 0.0 }] }
+        Input::Frame { gate: "north".into(), faces: vec![FaceSeen { person: person.map(Into::into), score, liveness: live, liveness_frames: 5, margin: 0.0 }] }
     }
     fn opens(a: &[Action]) -> usize {
         a.iter().filter(|x| matches!(x, Action::Open { .. })).count()
@@ -659,10 +659,10 @@ mod tests {
         all.extend(p.handle(tracked(Some("R1"), 0.72, 0.4, 0.8, 4), t(0)));
         assert!(logs(&all).iter().all(|e| !e.reason.contains("spoof")), "{:?}", logs(&all));
         assert_eq!(opens(&all), 1);
-        // A photo: the median stays low over three frames and more.
+        // A photo: the median stays low over the spoof frames and more.
         let mut p = policy();
         let mut all = Vec::new();
-        for f in 1..=5 {
+        for f in 1..=7 {
             all.extend(p.handle(tracked(Some("R1"), 0.72, 0.4, 0.1, f), t(0)));
         }
         assert_eq!(opens(&all), 0);

@@ -60,8 +60,16 @@ fn proc_kb(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The processes a process started, from any of its threads (tokio spawns
+/// the vision process from a worker thread).
 fn children(pid: u32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default().split_whitespace().filter_map(|p| p.parse().ok()).collect()
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return vec![] };
+    tasks
+        .flatten()
+        .flat_map(|t| {
+            std::fs::read_to_string(t.path().join("children")).unwrap_or_default().split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<u32>>()
+        })
+        .collect()
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
@@ -73,7 +81,9 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 }
 
 /// Camera `i`'s clip: `secs` of an empty gateway at 10 fps, with two people
-/// walking up (4 s each, growing in the frame), at times that differ per camera.
+/// walking up (4 s each, growing in the frame), at times that differ per
+/// camera. The photo fills the frame: pasted on a flat background with a
+/// border, it would be a photo held up, and liveness would rightly say so.
 fn make_clip(faces: &Path, i: usize, secs: u32, out: &Path) -> anyhow::Result<Vec<f64>> {
     let first = 3.0 + (i as f64 * 1.7) % 8.0;
     let second = first + 4.0 + 9.0;
@@ -83,7 +93,7 @@ fn make_clip(faces: &Path, i: usize, secs: u32, out: &Path) -> anyhow::Result<Ve
     let seg = |d: f64| format!("color=c=0x6e6e6e:s=1280x720:r=10:d={d:.1}");
     let walkf = |n: usize| {
         format!(
-            "[{n}:v]scale=1280:720:force_original_aspect_ratio=decrease,pad=1280:720:(ow-iw)/2:(oh-ih)/2:color=0x6e6e6e,setsar=1,\
+            "[{n}:v]scale=1280:720:force_original_aspect_ratio=increase,crop=1280:720,setsar=1,\
              zoompan=z='min(1+0.006*on,1.4)':x='iw/2-(iw/zoom/2)':y='ih/2-(ih/zoom/2)':d=1:s=1280x720:fps=10,trim=duration={walk}[w{n}]"
         )
     };
@@ -102,9 +112,10 @@ fn make_clip(faces: &Path, i: usize, secs: u32, out: &Path) -> anyhow::Result<Ve
 }
 
 fn daemon_config(dir: &Path, http: u16, mqtt: u16, models: &Path, gates: &str) -> String {
+    let intra = arg("--intra", "0");
     format!(
         "site = \"bench\"\n[store]\npath = \"{}\"\n[http]\nlisten = \"127.0.0.1:{http}\"\nadmin_token = \"{TOKEN}\"\n[log]\nlevel = \"info\"\n\
-         [mqtt]\nbroker = \"mqtt://127.0.0.1:{mqtt}\"\n[vision]\nenabled = true\nmodels_dir = \"{}\"\n[access]\ncooldown = \"5s\"\n{gates}",
+         [mqtt]\nbroker = \"mqtt://127.0.0.1:{mqtt}\"\n[vision]\nenabled = true\nmodels_dir = \"{}\"\nintra_threads = {intra}\n[access]\ncooldown = \"5s\"\n{gates}",
         dir.join("db").display(),
         models.display()
     )
@@ -185,6 +196,16 @@ async fn gatewarden_run(gw: &Path, dir: &Path, models: &Path, mqtt: u16, clips: 
     let text = std::fs::read_to_string(&log)?;
     let mut lat: Vec<f64> = text.lines().filter(|l| l.contains("gate opened")).filter_map(latency_ms).collect();
     let opens = lat.len();
+    // What the gates said to the faces they did not let in, for the record.
+    let log: serde_json::Value =
+        reqwest::Client::new().get(format!("http://127.0.0.1:{http}/api/v1/log")).bearer_auth(TOKEN).send().await?.json().await.unwrap_or_default();
+    let mut denied: std::collections::BTreeMap<String, usize> = Default::default();
+    for e in log.as_array().into_iter().flatten().map(|e| &e["entry"]).filter(|e| e["opened"] == false) {
+        *denied.entry(format!("{} {}", e["person"].as_str().unwrap_or("-"), e["reason"].as_str().unwrap_or(""))).or_default() += 1;
+    }
+    if !denied.is_empty() {
+        eprintln!("{} cameras: denied {denied:?}", clips.len());
+    }
     drop(d);
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
     Ok(Row {

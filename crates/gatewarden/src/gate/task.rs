@@ -130,6 +130,10 @@ impl VisionSupervisor {
                 .arg(&self.config)
                 // OpenCV's own cap, behind the header check in `vision_protocol::image`.
                 .env("OPENCV_IO_MAX_IMAGE_PIXELS", vision_protocol::image::MAX_IMAGE_PIXELS.to_string())
+                // One capture thread per camera plus ONNX Runtime's pools: glibc
+                // would give each thread its own malloc arena (up to 8 per core),
+                // each keeping freed frames. Two arenas keep RSS flat with many cameras.
+                .env("MALLOC_ARENA_MAX", std::env::var("MALLOC_ARENA_MAX").unwrap_or_else(|_| "2".into()))
                 .stdin(std::process::Stdio::piped())
                 .stdout(std::process::Stdio::piped())
                 .kill_on_drop(true)

@@ -89,15 +89,15 @@ fn main() -> anyhow::Result<()> {
             let ids = tracker.update(&boxes, t0);
             let (d, id) = dets.into_iter().zip(ids).next().expect("a face");
             let tr = tracker.get_mut(id).expect("tracked");
-            let (we, wl) = (tr.identity.is_none(), tr.wants_liveness(live_frames));
+            let (we, wl) = (tr.identity.is_none(), tr.wants_liveness(live_frames, 0.5));
             let f = p.examine(&img, d, we, wl, &mut t)?;
             if let Some(e) = f.embedding.as_deref() {
                 let (m, margin) = g.best_with_margin(e).expect("match");
                 assert_eq!(m.person, "target");
-                tr.identity = Some(gatewarden_vision::track::Identity { person: Some(m.person), score: m.score, margin, strong: true });
+                tr.identified(gatewarden_vision::track::Identity { person: Some(m.person), score: m.score, margin, strong: true }, t0);
             }
             if let Some(l) = f.liveness {
-                tr.live.push(l);
+                tr.add_liveness(l, live_frames);
             }
             tracked.push(ms(t0.elapsed()));
         }
