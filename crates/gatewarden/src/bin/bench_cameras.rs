@@ -196,6 +196,8 @@ async fn gatewarden_run(gw: &Path, dir: &Path, models: &Path, mqtt: u16, clips: 
     let text = std::fs::read_to_string(&log)?;
     let mut lat: Vec<f64> = text.lines().filter(|l| l.contains("gate opened")).filter_map(latency_ms).collect();
     let opens = lat.len();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    eprintln!("{} cameras: every face → barrier latency (ms): {lat:?}", clips.len());
     // What the gates said to the faces they did not let in, for the record.
     let log: serde_json::Value =
         reqwest::Client::new().get(format!("http://127.0.0.1:{http}/api/v1/log")).bearer_auth(TOKEN).send().await?.json().await.unwrap_or_default();
