@@ -12,27 +12,24 @@ fn ffmpeg() -> &'static str {
     "ffmpeg"
 }
 
+/// Finish an ffmpeg command as an H.264 file at `out`, and run it.
+fn h264(mut ffmpeg: Command, out: &Path) {
+    let st = ffmpeg.args(["-c:v", "libx264", "-pix_fmt", "yuv420p"]).arg(out).status().unwrap();
+    assert!(st.success(), "ffmpeg could not make {}", out.display());
+}
+
 /// A 720p H.264 clip of one still photo, like a person standing at the camera.
 fn clip(photo: &Path, out: &Path, secs: u32) {
-    let st = Command::new(ffmpeg())
-        .args(["-y", "-loglevel", "error", "-loop", "1", "-i"])
-        .arg(photo)
-        .args([
-            "-t",
-            &secs.to_string(),
-            "-r",
-            "10",
-            "-vf",
-            "scale=1280:720:force_original_aspect_ratio=decrease,pad=1280:720:(ow-iw)/2:(oh-ih)/2",
-            "-c:v",
-            "libx264",
-            "-pix_fmt",
-            "yuv420p",
-        ])
-        .arg(out)
-        .status()
-        .unwrap();
-    assert!(st.success(), "ffmpeg could not make {}", out.display());
+    let mut c = Command::new(ffmpeg());
+    c.args(["-y", "-loglevel", "error", "-loop", "1", "-i"]).arg(photo).args([
+        "-t",
+        &secs.to_string(),
+        "-r",
+        "10",
+        "-vf",
+        "scale=1280:720:force_original_aspect_ratio=decrease,pad=1280:720:(ow-iw)/2:(oh-ih)/2",
+    ]);
+    h264(c, out);
 }
 
 fn models_dir() -> String {
@@ -483,27 +480,18 @@ async fn nothing_runs_the_face_networks_while_the_scene_is_empty_and_a_person_wa
 /// A 720p clip of a person walking up to the camera: two seconds of empty
 /// scene, then the photo growing in the frame (a slow zoom), at 10 fps.
 fn walk_up(photo: &Path, out: &Path, secs: u32) {
-    let st = Command::new(ffmpeg())
-        .args(["-y", "-loglevel", "error", "-f", "lavfi", "-i", "color=c=0x6e6e6e:s=1280x720:r=10:d=2", "-loop", "1", "-i"])
-        .arg(photo)
-        .args([
-            "-filter_complex",
-            &format!(
-                "[1:v]scale=1280:720:force_original_aspect_ratio=decrease,pad=1280:720:(ow-iw)/2:(oh-ih)/2,setsar=1,\
-                 zoompan=z='min(1+0.004*on,1.3)':x='iw/2-(iw/zoom/2)':y='ih/2-(ih/zoom/2)':d=1:s=1280x720:fps=10,trim=duration={secs}[p];\
-                 [0:v][p]concat=n=2:v=1[v]"
-            ),
-            "-map",
-            "[v]",
-            "-c:v",
-            "libx264",
-            "-pix_fmt",
-            "yuv420p",
-        ])
-        .arg(out)
-        .status()
-        .unwrap();
-    assert!(st.success(), "ffmpeg could not make {}", out.display());
+    let mut c = Command::new(ffmpeg());
+    c.args(["-y", "-loglevel", "error", "-f", "lavfi", "-i", "color=c=0x6e6e6e:s=1280x720:r=10:d=2", "-loop", "1", "-i"]).arg(photo).args([
+        "-filter_complex",
+        &format!(
+            "[1:v]scale=1280:720:force_original_aspect_ratio=decrease,pad=1280:720:(ow-iw)/2:(oh-ih)/2,setsar=1,\
+             zoompan=z='min(1+0.004*on,1.3)':x='iw/2-(iw/zoom/2)':y='ih/2-(ih/zoom/2)':d=1:s=1280x720:fps=10,trim=duration={secs}[p];\
+             [0:v][p]concat=n=2:v=1[v]"
+        ),
+        "-map",
+        "[v]",
+    ]);
+    h264(c, out);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -166,8 +166,7 @@ impl PlateReader {
             })
             .collect();
         let (text, confs) = beam_decode(&steps, row, BEAM_WIDTH);
-        let conf = if confs.is_empty() { 0.0 } else { confs.iter().sum::<f32>() / confs.len() as f32 };
-        Ok((text, conf, confs))
+        Ok((text, mean(&confs), confs))
     }
 
     pub fn colour(&mut self, crop: &Mat) -> Result<Colour> {
@@ -268,8 +267,7 @@ impl PlateReader {
         let (t1, _, mut c1) = self.recognise(&top, Row::Top)?;
         let (t2, _, c2) = self.recognise(&bottom, Row::Bottom)?;
         c1.extend(c2);
-        let conf = if c1.is_empty() { 0.0 } else { c1.iter().sum::<f32>() / c1.len() as f32 };
-        Ok((t1 + &t2, conf, c1))
+        Ok((t1 + &t2, mean(&c1), c1))
     }
 }
 
@@ -286,6 +284,15 @@ pub enum Row {
     Top,
     /// The bottom row: the serial.
     Bottom,
+}
+
+/// The mean character probability (0 for no characters).
+fn mean(confs: &[f32]) -> f32 {
+    if confs.is_empty() {
+        0.0
+    } else {
+        confs.iter().sum::<f32>() / confs.len() as f32
+    }
 }
 
 const BLANK: char = '\0';

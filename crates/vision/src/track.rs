@@ -5,6 +5,7 @@
 //! Pure bookkeeping (boxes in, track ids out): the worker runs the networks
 //! and asks each track what it still needs.
 
+use crate::face::iou;
 use std::time::Instant;
 
 /// One face followed across frames.
@@ -112,13 +113,6 @@ pub fn median(v: &[f32]) -> Option<f32> {
     Some(if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 })
 }
 
-pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
-    let (x1, y1) = (a[0].max(b[0]), a[1].max(b[1]));
-    let (x2, y2) = ((a[0] + a[2]).min(b[0] + b[2]), (a[1] + a[3]).min(b[1] + b[3]));
-    let inter = (x2 - x1).max(0.0) * (y2 - y1).max(0.0);
-    inter / (a[2] * a[3] + b[2] * b[3] - inter).max(1e-6)
-}
-
 /// The tracks of one camera.
 #[derive(Debug, Clone)]
 pub struct Tracker {
@@ -131,13 +125,14 @@ pub struct Tracker {
     /// A track survives this many analysed frames without its face (a frame
     /// where the detector blinks), then closes.
     pub max_missed: u32,
-    /// Tracks ever opened (for the metrics).
+    /// Tracks ever opened, and embeddings computed for them (for the metrics).
     pub opened: u64,
+    pub embedded: u64,
 }
 
 impl Default for Tracker {
     fn default() -> Self {
-        Tracker { tracks: Vec::new(), next: 1, min_iou: 0.3, max_missed: 3, opened: 0 }
+        Tracker { tracks: Vec::new(), next: 1, min_iou: 0.3, max_missed: 3, opened: 0, embedded: 0 }
     }
 }
 
@@ -220,14 +215,6 @@ impl Tracker {
     /// A track still needs frames to be decided (the camera is worth the tracking rate).
     pub fn undecided(&self, max_frames: u32, threshold: f32) -> bool {
         self.tracks.iter().any(|t| !t.settled(max_frames, threshold))
-    }
-
-    pub fn len(&self) -> usize {
-        self.tracks.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tracks.is_empty()
     }
 }
 

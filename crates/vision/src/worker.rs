@@ -97,13 +97,13 @@ fn faces_in(
     frame: &crate::capture::Frame,
     v: &config::VisionConfig,
     settings: &domain::gate::policy::Settings,
-    embedded: &mut u64,
 ) -> super::Result<Vec<FaceOut>> {
     let mut t = Timings::default();
     let dets = pipeline.detect(&frame.mat, &mut t)?;
     let boxes: Vec<[f32; 4]> = dets.iter().map(|d| d.bbox).collect();
     let ids = tracker.update(&boxes, frame.at);
     let mut seen: Vec<(f32, FaceOut)> = Vec::new();
+    let mut embedded = 0;
     for (d, id) in dets.into_iter().zip(ids) {
         let area = d.bbox[2] * d.bbox[3];
         let tr = tracker.get_mut(id).expect("the tracker just returned it");
@@ -117,7 +117,7 @@ fn faces_in(
             continue; // a poor view decides nothing, and costs no embedding
         }
         if let Some(e) = f.embedding.as_deref() {
-            *embedded += 1;
+            embedded += 1;
             let (person, score, margin) = match gallery.best_with_margin(e) {
                 Some((m, margin)) if m.score >= v.match_threshold => (Some(m.person), m.score, margin),
                 Some((m, _)) => (None, m.score, 0.0),
@@ -143,6 +143,7 @@ fn faces_in(
             },
         ));
     }
+    tracker.embedded += embedded;
     seen.sort_by(|a, b| b.0.total_cmp(&a.0));
     Ok(seen.into_iter().map(|(_, f)| f).collect())
 }
@@ -237,7 +238,6 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
     let mut last_seq: HashMap<String, u64> = HashMap::new();
     let mut motion: HashMap<String, Motion> = HashMap::new();
     let mut trackers: HashMap<String, Tracker> = HashMap::new();
-    let mut embeddings: HashMap<String, u64> = HashMap::new();
     let mut last_run: HashMap<String, Instant> = HashMap::new();
     let mut last_stats = Instant::now() - Duration::from_secs(1);
     let track_interval = Duration::from_secs_f32(1.0 / v.track_fps);
@@ -292,7 +292,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
                     analysed: motion.get(gate).map_or(0, |m| m.analysed),
                     still: motion.get(gate).map_or(0, |m| m.still),
                     tracks: trackers.get(gate).map_or(0, |t| t.opened),
-                    embeddings: embeddings.get(gate).copied().unwrap_or(0),
+                    embeddings: trackers.get(gate).map_or(0, |t| t.embedded),
                 };
                 if !send(&mut out, &m) {
                     break;
@@ -319,8 +319,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
             }
             let faces = if read_faces {
                 let tracker = trackers.entry(gate.clone()).or_default();
-                let embedded = embeddings.entry(gate.clone()).or_default();
-                match faces_in(&mut pipeline, &gallery, tracker, &frame, v, &settings, embedded) {
+                match faces_in(&mut pipeline, &gallery, tracker, &frame, v, &settings) {
                     Ok(f) => f,
                     Err(e) => {
                         tracing::error!(gate = %gate, error = %e, "face analysis failed");

@@ -123,7 +123,7 @@ fn walk_up_frames(img: &opencv::core::Mat, n: usize) -> Vec<opencv::core::Mat> {
 /// BPCER: genuine tracks refused; APCER: spoof tracks accepted. Prints the
 /// figures behind BENCHMARKS.md ("Liveness over a track").
 #[test]
-fn liveness_over_a_track_refuses_every_spoof_and_fewer_real_faces_than_frame_by_frame() {
+fn liveness_over_a_track_refuses_every_spoof_and_at_most_5_percent_of_real_faces() {
     let (Some(people), Some(obama), Some(live)) = (shared_testdata("faces/people"), shared_testdata("faces/obama_biden"), shared_testdata("liveness")) else {
         return;
     };
@@ -199,7 +199,8 @@ fn liveness_over_a_track_refuses_every_spoof_and_fewer_real_faces_than_frame_by_
     }
     assert!(g_tracks >= 40, "every real photo with a usable face is judged: {g_tracks}");
     assert_eq!(s_accepted, 0, "every spoof sample is refused");
-    assert!(g_refused <= g_any_low, "the track median refuses no one a single low frame would not");
+    // A regression bound on the figure in BENCHMARKS.md (2/47 at the default threshold).
+    assert!(g_refused * 100 <= g_tracks * 5, "the track median refuses {g_refused} of {g_tracks} real faces");
 }
 
 #[test]

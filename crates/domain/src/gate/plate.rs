@@ -147,13 +147,9 @@ impl Voter {
         self
     }
 
-    /// Feed one read; returns true when this read confirms the plate.
-    pub fn read(&mut self, gate: &str, plate: &str, conf: f32, now: Timestamp) -> bool {
-        self.read_with_province(gate, plate, conf, 1.0, now)
-    }
-
-    /// Feed one read with its province character's own confidence.
-    pub fn read_with_province(&mut self, gate: &str, plate: &str, conf: f32, province_conf: f32, now: Timestamp) -> bool {
+    /// Feed one read with its province character's own confidence; returns
+    /// true when this read confirms the plate.
+    pub fn read(&mut self, gate: &str, plate: &str, conf: f32, province_conf: f32, now: Timestamp) -> bool {
         let key = (gate.to_string(), plate.to_string());
         self.confirmed.retain(|_, last| now - *last < self.gone_after);
         self.counts.retain(|_, (_, _, last)| now - *last < self.gone_after);
@@ -214,25 +210,25 @@ mod tests {
         let t = |s: i64| Utc.with_ymd_and_hms(2026, 11, 23, 8, 0, 0).unwrap() + Duration::seconds(s);
         let mut v = Voter::new(3, 0.97, Duration::seconds(20));
         v.province_min = 0.8;
-        assert!(!v.read_with_province("g", "川A35D98", 0.99, 0.5, t(0)), "sure overall, but the province is a guess");
+        assert!(!v.read("g", "川A35D98", 0.99, 0.5, t(0)), "sure overall, but the province is a guess");
         for s in 1..5 {
-            assert!(!v.read_with_province("g", "川A35D98", 0.9, 0.5, t(s)), "doubtful reads count half ({s})");
+            assert!(!v.read("g", "川A35D98", 0.9, 0.5, t(s)), "doubtful reads count half ({s})");
         }
-        assert!(v.read_with_province("g", "川A35D98", 0.9, 0.5, t(5)), "six doubtful reads: as good as three");
+        assert!(v.read("g", "川A35D98", 0.9, 0.5, t(5)), "six doubtful reads: as good as three");
         // A confident province: three reads, or one sure read.
-        assert!(v.read_with_province("g", "京AN7065", 0.99, 0.95, t(0)));
+        assert!(v.read("g", "京AN7065", 0.99, 0.95, t(0)));
     }
 
     #[test]
     fn a_waiting_car_is_one_decision_and_a_returning_car_another() {
         let t = |s: i64| Utc.with_ymd_and_hms(2026, 11, 23, 8, 0, 0).unwrap() + Duration::seconds(s);
         let mut v = Voter::new(3, 0.98, Duration::seconds(20));
-        assert!(!v.read("g", "川A35D98", 0.9, t(0)));
-        assert!(!v.read("g", "川A35D98", 0.9, t(1)));
-        assert!(v.read("g", "川A35D98", 0.9, t(2)), "3 agreeing frames");
+        assert!(!v.read("g", "川A35D98", 0.9, 1.0, t(0)));
+        assert!(!v.read("g", "川A35D98", 0.9, 1.0, t(1)));
+        assert!(v.read("g", "川A35D98", 0.9, 1.0, t(2)), "3 agreeing frames");
         for s in 3..60 {
-            assert!(!v.read("g", "川A35D98", 0.99, t(s)), "waiting at the barrier");
+            assert!(!v.read("g", "川A35D98", 0.99, 1.0, t(s)), "waiting at the barrier");
         }
-        assert!(v.read("g", "川A35D98", 0.99, t(200)), "came back after leaving: one sure read suffices");
+        assert!(v.read("g", "川A35D98", 0.99, 1.0, t(200)), "came back after leaving: one sure read suffices");
     }
 }

@@ -174,13 +174,6 @@ pub struct FaceSeen {
     pub margin: f32,
 }
 
-impl FaceSeen {
-    /// One frame judged alone (no tracker): a clear lead, one liveness frame.
-    pub fn single(person: Option<String>, score: f32, liveness: f32) -> Self {
-        FaceSeen { person, score, liveness, liveness_frames: 1, margin: 1.0 }
-    }
-}
-
 impl Settings {
     /// A match sure enough to decide on `agree_strong` frames.
     pub fn is_strong(&self, score: f32, margin: f32) -> bool {
@@ -337,7 +330,7 @@ impl Policy {
     }
 
     fn plate(&mut self, gate: String, text: String, confidence: f32, province_confidence: f32, now: Timestamp, out: &mut Vec<Action>) {
-        if !self.voter.read_with_province(&gate, &text, confidence, province_confidence, now) {
+        if !self.voter.read(&gate, &text, confidence, province_confidence, now) {
             return;
         }
         let m = super::plate::match_plate(&text, self.vehicles.keys(), self.settings.tolerate_province);

@@ -5,27 +5,17 @@
 //! Run with `bash deploy/gw.sh bench` (builds in release and installs mosquitto).
 
 use rumqttc::{AsyncClient, MqttOptions, QoS};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The admin token the bench gives its daemon (long enough for config validation).
 const TOKEN: &str = "bench-admin-token-0123456789";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+mod bench_util;
+use bench_util::{cpu_us, free_port, proc_kb, Kill};
 
 fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    bench_util::arg(name, "").parse().unwrap_or(default)
 }
 
 fn mac(i: usize) -> String {
@@ -67,27 +57,6 @@ async fn publish_all(c: &AsyncClient, n: usize, elders: usize, qos: QoS, prefix:
         };
         c.publish(topic, qos, false, payload).await.unwrap();
     }
-}
-
-/// User and system CPU time of a process so far, in microseconds.
-fn cpu_us(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command's closing parenthesis; utime and stime are the 12th and 13th.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-    let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
-    // The kernel's USER_HZ is 100 on every Linux this runs on.
-    ticks * 10_000
-}
-
-fn proc_kb(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 async fn sightings(http: &reqwest::Client, port: u16) -> f64 {

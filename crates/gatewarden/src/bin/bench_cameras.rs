@@ -17,7 +17,10 @@
 //! `target/release/gatewarden-bench-cameras --cameras 1,2,4,8 --secs 40 --python target/bench-venv/bin/python`
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
+mod bench_util;
+use bench_util::{arg, cpu_us, free_port, proc_kb, Kill};
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "bench-admin-token-0123456789";
@@ -25,40 +28,6 @@ const TOKEN: &str = "bench-admin-token-0123456789";
 /// Enrolment photo and a different photo of the same person (walking up).
 const PEOPLE: [(&str, &str, &str); 4] =
     [("R0", "img1.jpg", "img2.jpg"), ("R1", "img26.jpg", "img27.jpg"), ("R2", "img8.jpg", "img9.jpg"), ("R3", "img29.jpg", "img30.jpg")];
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned().unwrap_or_else(|| default.to_string())
-}
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// utime + stime of a process, in clock ticks (100 Hz on Linux).
-fn cpu_ticks(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    f.get(11).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
-}
-
-fn proc_kb(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
-}
 
 /// The processes a process started, from any of its threads (tokio spawns
 /// the vision process from a worker thread).
@@ -171,7 +140,7 @@ async fn gatewarden_run(gw: &Path, dir: &Path, models: &Path, mqtt: u16, clips: 
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let ticks0: u64 = std::iter::once(pid).chain(children(pid)).map(cpu_ticks).sum();
+    let cpu0: u64 = std::iter::once(pid).chain(children(pid)).map(cpu_us).sum();
     let (mut read, mut analysed, mut still);
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -190,7 +159,7 @@ async fn gatewarden_run(gw: &Path, dir: &Path, models: &Path, mqtt: u16, clips: 
     }
     let wall = t0.elapsed().as_secs_f64();
     let vision = children(pid);
-    let ticks1: u64 = std::iter::once(pid).chain(vision.iter().copied()).map(cpu_ticks).sum();
+    let cpu1: u64 = std::iter::once(pid).chain(vision.iter().copied()).map(cpu_us).sum();
     let rss_kb: u64 = vision.iter().map(|p| proc_kb(*p, "VmHWM:")).sum();
     tokio::time::sleep(Duration::from_millis(1500)).await; // the last decisions' log lines
     let text = std::fs::read_to_string(&log)?;
@@ -212,7 +181,7 @@ async fn gatewarden_run(gw: &Path, dir: &Path, models: &Path, mqtt: u16, clips: 
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
     Ok(Row {
         n: clips.len(),
-        cpu_pct: (ticks1 - ticks0) as f64 / 100.0 / wall / cores * 100.0,
+        cpu_pct: (cpu1 - cpu0) as f64 / 1e6 / wall / cores * 100.0,
         read,
         analysed,
         still,
