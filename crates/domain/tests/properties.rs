@@ -235,7 +235,7 @@ mod gate_faces {
         proptest::option::weighted(
             0.9,
             (proptest::option::of(prop_oneof![Just("R1".to_string()), Just("R2".to_string())]), 0.0f32..1.0, 0.0f32..1.0, 1u32..8, 0.0f32..0.6)
-                .prop_map(|(person, score, liveness, liveness_frames, margin)| FaceSeen { person, score, liveness, liveness_frames, margin }),
+                .prop_map(|(person, score, liveness, liveness_frames, margin)| FaceSeen { person, score, liveness, liveness_frames, margin, track: None }),
         )
     }
 

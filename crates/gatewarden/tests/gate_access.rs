@@ -319,6 +319,56 @@ actuator = { kind = "mqtt", topic = "shellies/gate-north/relay/0/command", pulse
         .await;
 }
 
+/// A 720p grey frame with `payload` as a QR code (8 px a module, white quiet
+/// zone), like a phone screen held up to the camera, as a PGM file.
+fn qr_frame(payload: &str, out: &Path) {
+    let code = qrcode::QrCode::new(payload.as_bytes()).unwrap();
+    let (w, dark) = (code.width(), code.to_colors());
+    let (scale, quiet) = (8, 4);
+    let side = (w + 2 * quiet) * scale;
+    let (x0, y0) = (500, (720 - side) / 2);
+    let mut px = vec![110u8; 1280 * 720];
+    for y in 0..side {
+        for x in 0..side {
+            let (mx, my) = ((x / scale).wrapping_sub(quiet), (y / scale).wrapping_sub(quiet));
+            let black = mx < w && my < w && dark[my * w + mx] == qrcode::Color::Dark;
+            px[(y0 + y) * 1280 + x0 + x] = if black { 0 } else { 255 };
+        }
+    }
+    let mut pgm = b"P5\n1280 720\n255\n".to_vec();
+    pgm.extend(px);
+    std::fs::write(out, pgm).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_visitor_pass_shown_to_the_camera_opens_once_while_it_is_held_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start();
+    let http = free_port();
+    let mut d = Daemon::start(dir.path(), &config(dir.path(), broker.port, http, &gate_config("")), http).await;
+    let o = d.cli(&["visitor", "register", "--name", "王五", "--id-number", "11010519491231002X", "--host-unit", "3-401", "--valid-for", "4h", "--json"]);
+    assert!(o.status.success(), "{}", out(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(d.terminate().success());
+    // Held up for 4 s: read on every analysed frame, one credential per cooldown.
+    let (still, video) = (dir.path().join("qr.pgm"), dir.path().join("qr.mp4"));
+    qr_frame(v["qr"].as_str().unwrap(), &still);
+    let mut c = Command::new(ffmpeg());
+    c.args(["-y", "-loglevel", "error", "-loop", "1", "-i"]).arg(&still).args(["-t", "4", "-r", "10"]);
+    h264(c, &video);
+    let gates = format!("[[gates]]\nname = \"north\"\ncamera = \"{}\"\nmax_fps = 5.0\nactuator = {{ kind = \"log\" }}\n", video.display());
+    std::fs::write(&d.config, config(dir.path(), broker.port, http, &gate_config(&gates))).unwrap();
+    d.restart().await;
+    let m = async |k: &str| d.metric(&format!("gatewarden_camera_{k}{{camera=\"north\"}}")).await;
+    eventually("the clip played", 60, async || (m("frames").await >= 40.0 && m("connected").await == 0.0).then_some(())).await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let log = entries(&d).await;
+    assert_eq!(log.len(), 1, "one decision for a code held up for 4 s: {log:?}");
+    let e = &log[0]["entry"];
+    assert_eq!((e["credential"].as_str(), e["opened"].as_bool(), e["person"].as_str()), (Some("qr"), Some(true), v["id"].as_str()), "{e}");
+    assert!(m("frames_analysed").await >= 5.0, "the code was in view frame after frame");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_enrolment_input_gets_a_clear_reason() {
     let Some(faces) = shared_testdata("faces/people") else { return };
@@ -480,12 +530,17 @@ async fn nothing_runs_the_face_networks_while_the_scene_is_empty_and_a_person_wa
 /// A 720p clip of a person walking up to the camera: two seconds of empty
 /// scene, then the photo growing in the frame (a slow zoom), at 10 fps.
 fn walk_up(photo: &Path, out: &Path, secs: u32) {
+    walk_up_with(photo, out, secs, "null");
+}
+
+/// `walk_up`, with an ffmpeg filter applied to the walk-up part (its time `t` starts at 0).
+fn walk_up_with(photo: &Path, out: &Path, secs: u32, filter: &str) {
     let mut c = Command::new(ffmpeg());
     c.args(["-y", "-loglevel", "error", "-f", "lavfi", "-i", "color=c=0x6e6e6e:s=1280x720:r=10:d=2", "-loop", "1", "-i"]).arg(photo).args([
         "-filter_complex",
         &format!(
             "[1:v]scale=1280:720:force_original_aspect_ratio=decrease,pad=1280:720:(ow-iw)/2:(oh-ih)/2,setsar=1,\
-             zoompan=z='min(1+0.004*on,1.3)':x='iw/2-(iw/zoom/2)':y='ih/2-(ih/zoom/2)':d=1:s=1280x720:fps=10,trim=duration={secs}[p];\
+             zoompan=z='min(1+0.004*on,1.3)':x='iw/2-(iw/zoom/2)':y='ih/2-(ih/zoom/2)':d=1:s=1280x720:fps=10,trim=duration={secs},{filter}[p];\
              [0:v][p]concat=n=2:v=1[v]"
         ),
         "-map",
@@ -542,6 +597,47 @@ async fn a_tracked_person_is_embedded_once_per_track_and_still_opens_the_gate() 
     assert_eq!(d.metric("gatewarden_gate_face_latency_seconds_count").await, 1.0);
     let latency = d.metric("gatewarden_gate_face_latency_seconds_sum").await;
     assert!(latency > 0.0 && latency < 5.0, "{latency}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_person_live_on_most_frames_is_let_in_though_the_first_frames_look_like_a_spoof() {
+    let Some(faces) = shared_testdata("faces/people") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start();
+    let http = free_port();
+    let mut d = Daemon::start(dir.path(), &config(dir.path(), broker.port, http, &gate_config("")), http).await;
+    let photo = faces.join("img1.jpg");
+    let o =
+        d.cli(&["resident", "add", "--name", "张三", "--id", "R1", "--photo", photo.to_str().unwrap(), "--consent-by", "张三", "--consent-how", "paper form"]);
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(d.terminate().success());
+    // The camera's IR-cut filter switches as the person arrives: the first two
+    // frames with the face are monochrome, which the liveness pair scores as
+    // a reproduction. Every frame after is in colour.
+    let video = dir.path().join("walk.mp4");
+    walk_up_with(&faces.join("img2.jpg"), &video, 5, "hue=s=0:enable='lt(t,0.15)'");
+    let gates = format!("[[gates]]\nname = \"north\"\ncamera = \"{}\"\nmax_fps = 5.0\nactuator = {{ kind = \"log\" }}\n", video.display());
+    let text = config(dir.path(), broker.port, http, &gate_config(&gates)).replace("level = \"info\"", "level = \"info,gatewarden_vision::worker=debug\"");
+    std::fs::write(&d.config, text).unwrap();
+    d.restart().await;
+    let m = async |k: &str| d.metric(&format!("gatewarden_camera_{k}{{camera=\"north\"}}")).await;
+    eventually("the clip played", 60, async || (m("frames").await >= 60.0 && m("connected").await == 0.0).then_some(())).await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    // The low frames were judged: the vision process logged their scores.
+    let scores: Vec<f32> = d
+        .log()
+        .lines()
+        .filter(|l| l.contains("liveness gate=\"north\""))
+        .filter_map(|l| l.split(" score=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .collect();
+    eprintln!("liveness frame by frame: {scores:?}");
+    assert!(scores.first().is_some_and(|s| *s < 0.5), "the first frame judged was monochrome and scored low: {scores:?}");
+    assert!(scores.iter().filter(|s| **s >= 0.5).count() > scores.len() / 2, "live on most frames: {scores:?}");
+    let log = entries(&d).await;
+    assert!(log.iter().all(|e| !e["entry"]["reason"].as_str().unwrap_or("").contains("liveness")), "no spoof attempt: {log:?}");
+    let opened: Vec<_> = log.iter().filter(|e| e["entry"]["opened"] == true).collect();
+    assert_eq!(opened.len(), 1, "{log:?}");
+    assert_eq!((opened[0]["entry"]["person"].as_str(), opened[0]["entry"]["credential"].as_str()), (Some("R1"), Some("face")));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -55,6 +55,12 @@ impl Camera {
         }
     }
 
+    /// The capture time of the newest frame, if it is newer than `after`
+    /// (left in place: the worker decides whether it is due).
+    pub fn pending_after(&self, after: u64) -> Option<Instant> {
+        self.slot.lock().expect("camera slot").as_ref().filter(|f| f.seq > after).map(|f| f.at)
+    }
+
     /// How long since the last frame (None: never had one).
     pub fn silent_for(&self) -> Option<Duration> {
         let ms = self.last_frame_ms.load(Ordering::Relaxed);

@@ -26,6 +26,8 @@ pub struct Track {
     pub identity: Option<Identity>,
     /// Per-frame liveness scores.
     pub live: Vec<f32>,
+    /// When a snapshot of this (unknown) face was last sent.
+    pub snapshot_at: Option<Instant>,
 }
 
 /// The gallery's answer for a track's embedding.
@@ -94,11 +96,25 @@ impl Track {
         self.identity.as_ref().is_some_and(|i| i.strong) && !self.wants_liveness(max_frames, threshold)
     }
 
+    /// An unknown face is photographed once per `SNAPSHOT_EVERY` of its
+    /// track, not on every frame: the daemon keeps the latest for the
+    /// decision, and a JPEG costs 5–10 ms of the frame's path.
+    pub fn snapshot_due(&mut self, now: Instant) -> bool {
+        let due = self.snapshot_at.is_none_or(|t| now.saturating_duration_since(t) >= SNAPSHOT_EVERY);
+        if due {
+            self.snapshot_at = Some(now);
+        }
+        due
+    }
+
     /// The median of the per-frame liveness scores (None before the first).
     pub fn liveness(&self) -> Option<f32> {
         median(&self.live)
     }
 }
+
+/// How often an unknown face's track sends a snapshot.
+pub const SNAPSHOT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How often a track whose identity stays unsettled is embedded again.
 pub const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
@@ -188,6 +204,7 @@ impl Tracker {
                         last_embed: None,
                         identity: None,
                         live: Vec::new(),
+                        snapshot_at: None,
                     });
                     ids.push(id);
                 }

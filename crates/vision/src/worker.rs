@@ -93,13 +93,14 @@ impl Motion {
 fn faces_in(
     pipeline: &mut FacePipeline,
     gallery: &Gallery,
-    tracker: &mut Tracker,
+    feed: &mut Feed,
     frame: &crate::capture::Frame,
     v: &config::VisionConfig,
     settings: &domain::gate::policy::Settings,
+    t: &mut Timings,
 ) -> super::Result<Vec<FaceOut>> {
-    let mut t = Timings::default();
-    let dets = pipeline.detect(&frame.mat, &mut t)?;
+    let (gate, tracker) = (feed.gate.as_str(), &mut feed.tracker);
+    let dets = pipeline.detect(&frame.mat, t)?;
     let boxes: Vec<[f32; 4]> = dets.iter().map(|d| d.bbox).collect();
     let ids = tracker.update(&boxes, frame.at);
     let mut seen: Vec<(f32, FaceOut)> = Vec::new();
@@ -112,8 +113,9 @@ fn faces_in(
             // Untracked: every frame judged alone.
             false => (true, true),
         };
-        let f = pipeline.examine(&frame.mat, d, want_embed, want_live, &mut t)?;
+        let f = pipeline.examine(&frame.mat, d, want_embed, want_live, t)?;
         if f.quality != super::face::Quality::Ok {
+            tracing::debug!(gate, track = tr.id, age_ms = age_ms(tr, frame), quality = %f.quality, "face not usable");
             continue; // a poor view decides nothing, and costs no embedding
         }
         if let Some(e) = f.embedding.as_deref() {
@@ -124,10 +126,12 @@ fn faces_in(
                 None => (None, 0.0, 0.0),
             };
             let strong = person.is_some() && settings.is_strong(score, margin);
+            tracing::debug!(gate, track = tr.id, age_ms = age_ms(tr, frame), ?person, score, margin, strong, "face embedded");
             tr.identified(Identity { person, score, margin, strong }, frame.at);
         }
         if let Some(l) = f.liveness {
             tr.add_liveness(l, v.track_liveness_frames);
+            tracing::debug!(gate, track = tr.id, age_ms = age_ms(tr, frame), score = l, median = tr.liveness(), "liveness");
         }
         let Some(id) = tr.identity.clone() else { continue };
         seen.push((
@@ -146,6 +150,55 @@ fn faces_in(
     tracker.embedded += embedded;
     seen.sort_by(|a, b| b.0.total_cmp(&a.0));
     Ok(seen.into_iter().map(|(_, f)| f).collect())
+}
+
+/// One camera as the worker sees it.
+struct Feed {
+    gate: String,
+    cam: Arc<Camera>,
+    /// The gate's own analysis interval (`max_fps`).
+    interval: Duration,
+    faces: bool,
+    plates: bool,
+    /// The last frame taken, and its capture time.
+    last_seq: u64,
+    last_at: Option<Instant>,
+    motion: Motion,
+    tracker: Tracker,
+    /// QR payloads sent, and when: a code held up to the camera is one
+    /// credential per `access.cooldown`, not one per frame.
+    qr_sent: HashMap<String, Instant>,
+}
+
+/// While a face is in view and undecided, its camera's frames go before
+/// the others' by this much of their age: the decision is waiting on them.
+/// Bounded, so a busy gate cannot starve the rest.
+const TRACK_PRIORITY: Duration = Duration::from_millis(150);
+
+/// The camera whose frame to analyse next, if any is due. A frame is due
+/// when its capture time is an interval after the last one taken (paced by
+/// capture time, so it is taken as soon as it arrives, not up to a frame
+/// late; 10 % slack for the camera's jitter). Among the due ones, the
+/// oldest goes first, an undecided track's counting `TRACK_PRIORITY` older.
+fn next_due(feeds: &[Feed], v: &config::VisionConfig, track_interval: Duration) -> Option<usize> {
+    feeds
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| {
+            let at = f.cam.pending_after(f.last_seq)?;
+            let tracking = f.tracker.undecided(v.track_liveness_frames, v.liveness_threshold);
+            let interval = if tracking { f.interval.min(track_interval) } else { f.interval };
+            let due = f.last_at.is_none_or(|l| at.saturating_duration_since(l) >= interval.mul_f32(0.9));
+            let urgency = if tracking { at.checked_sub(TRACK_PRIORITY).unwrap_or(at) } else { at };
+            due.then_some((i, urgency))
+        })
+        .min_by_key(|(_, u)| *u)
+        .map(|(i, _)| i)
+}
+
+/// Time from the track's first capture to this frame's (for the debug log).
+fn age_ms(tr: &super::track::Track, frame: &crate::capture::Frame) -> u64 {
+    frame.at.saturating_duration_since(tr.born).as_millis() as u64
 }
 
 /// `vision.intra_threads`, resolved for this box's cameras and cores.
@@ -192,7 +245,6 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
         false => None,
     };
     let settings = cfg.gate_settings();
-    let reads: HashMap<String, (bool, bool)> = cfg.gates.iter().map(|g| (g.name.clone(), (g.read_faces, g.read_plates))).collect();
     let (tx, rx) = mpsc::channel::<ToVision>();
     let stdin_open = Arc::new(AtomicBool::new(true));
     let open = stdin_open.clone();
@@ -225,22 +277,45 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
         return Ok(());
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let mut cameras: Vec<(String, Arc<Camera>, Duration)> = Vec::new();
+    let mut feeds: Vec<Feed> = Vec::new();
     for g in &cfg.gates {
         if let Some(src) = &g.camera {
             let cam = Camera::new(&g.name);
             let (c, s, st) = (cam.clone(), src.clone(), stop.clone());
             let (ot, rt) = (g.open_timeout.get(), g.read_timeout.get());
             std::thread::Builder::new().name(format!("camera-{}", g.name)).spawn(move || crate::capture::run(c, s, ot, rt, st))?;
-            cameras.push((g.name.clone(), cam, Duration::from_secs_f32(1.0 / g.max_fps)));
+            feeds.push(Feed {
+                gate: g.name.clone(),
+                cam,
+                interval: Duration::from_secs_f32(1.0 / g.max_fps),
+                faces: g.read_faces,
+                plates: g.read_plates,
+                last_seq: 0,
+                last_at: None,
+                motion: Motion::default(),
+                tracker: Tracker::default(),
+                qr_sent: HashMap::new(),
+            });
         }
     }
-    let mut last_seq: HashMap<String, u64> = HashMap::new();
-    let mut motion: HashMap<String, Motion> = HashMap::new();
-    let mut trackers: HashMap<String, Tracker> = HashMap::new();
-    let mut last_run: HashMap<String, Instant> = HashMap::new();
+    // QR codes are read on a thread of their own, off the face path (about
+    // 10 ms a 720p frame). Full-queue policy: the frame's QR read is dropped
+    // (counted); the code is still in front of the camera on the next frame.
+    let (qr_tx, qr_in) = mpsc::sync_channel::<(usize, opencv::core::Mat)>(feeds.len().max(1));
+    let (qr_found, qr_rx) = mpsc::sync_channel::<(usize, Vec<String>)>(16);
+    std::thread::Builder::new().name("vision-qr".into()).spawn(move || {
+        for (feed, bgr) in qr_in {
+            let codes = decode_qr(&bgr);
+            // Blocks while the worker is behind: codes found are never dropped.
+            if !codes.is_empty() && qr_found.send((feed, codes)).is_err() {
+                break;
+            }
+        }
+    })?;
+    let mut qr_dropped = 0u64;
     let mut last_stats = Instant::now() - Duration::from_secs(1);
     let track_interval = Duration::from_secs_f32(1.0 / v.track_fps);
+    let qr_repeat = settings.cooldown.to_std().unwrap_or(Duration::from_secs(10));
     let result = loop {
         if !stdin_open.load(Ordering::Relaxed) {
             break Ok(());
@@ -252,11 +327,11 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
                 // Who is enrolled changed: people already in view are identified again.
                 ToVision::GalleryAdd { person, embedding } => {
                     gallery.add(&person, &embedding);
-                    trackers.values_mut().for_each(Tracker::forget_identities);
+                    feeds.iter_mut().for_each(|f| f.tracker.forget_identities());
                 }
                 ToVision::GalleryRemove { person } => {
                     gallery.remove_person(&person);
-                    trackers.values_mut().for_each(Tracker::forget_identities);
+                    feeds.iter_mut().for_each(|f| f.tracker.forget_identities());
                 }
                 ToVision::Enrol { id, image } => {
                     let result = match base64::engine::general_purpose::STANDARD.decode(image.trim()) {
@@ -279,97 +354,123 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
                 }
             }
         }
+        while let Ok((i, codes)) = qr_rx.try_recv() {
+            busy = true;
+            let f = &mut feeds[i];
+            f.motion.hold = v.motion_hold_frames;
+            let now = Instant::now();
+            f.qr_sent.retain(|_, at| now.saturating_duration_since(*at) < qr_repeat);
+            let qr: Vec<String> = codes.into_iter().filter(|c| !f.qr_sent.contains_key(c)).collect();
+            if qr.is_empty() {
+                continue;
+            }
+            f.qr_sent.extend(qr.iter().map(|c| (c.clone(), now)));
+            if !send(&mut out, &FromVision::Frame { gate: f.gate.clone(), faces: vec![], qr, snapshot: None, plates: vec![] }) {
+                break;
+            }
+        }
         if last_stats.elapsed() >= Duration::from_millis(500) {
             last_stats = Instant::now();
-            for (gate, cam, _) in &cameras {
+            if qr_dropped > 0 {
+                tracing::debug!(qr_dropped, "frames not read for QR codes (the QR reader was behind)");
+            }
+            for f in &feeds {
                 let m = FromVision::Camera {
-                    gate: gate.clone(),
-                    frames: cam.frames.load(Ordering::Relaxed),
-                    connected: cam.connected.load(Ordering::Relaxed),
-                    reconnects: cam.reconnects.load(Ordering::Relaxed),
-                    finished: cam.finished.load(Ordering::Relaxed),
-                    silent_ms: cam.silent_for().map(|d| d.as_millis() as u64),
-                    analysed: motion.get(gate).map_or(0, |m| m.analysed),
-                    still: motion.get(gate).map_or(0, |m| m.still),
-                    tracks: trackers.get(gate).map_or(0, |t| t.opened),
-                    embeddings: trackers.get(gate).map_or(0, |t| t.embedded),
+                    gate: f.gate.clone(),
+                    frames: f.cam.frames.load(Ordering::Relaxed),
+                    connected: f.cam.connected.load(Ordering::Relaxed),
+                    reconnects: f.cam.reconnects.load(Ordering::Relaxed),
+                    finished: f.cam.finished.load(Ordering::Relaxed),
+                    silent_ms: f.cam.silent_for().map(|d| d.as_millis() as u64),
+                    analysed: f.motion.analysed,
+                    still: f.motion.still,
+                    tracks: f.tracker.opened,
+                    embeddings: f.tracker.embedded,
                 };
                 if !send(&mut out, &m) {
                     break;
                 }
             }
         }
-        for (gate, cam, interval) in &cameras {
-            // A face in view and not yet decided: follow it at the tracking
-            // rate; otherwise (nobody there, or everyone settled) the gate's own.
-            let tracking_now = trackers.get(gate).is_some_and(|t| t.undecided(v.track_liveness_frames, v.liveness_threshold));
-            let interval = if tracking_now { interval.min(&track_interval) } else { interval };
-            if last_run.get(gate).is_some_and(|t| t.elapsed() < *interval) {
-                continue;
+        let Some(i) = next_due(&feeds, v, track_interval) else {
+            if !busy {
+                std::thread::sleep(Duration::from_millis(2));
             }
-            let after = last_seq.get(gate).copied().unwrap_or(0);
-            let Some(frame) = cam.latest_after(after) else { continue };
-            busy = true;
-            last_seq.insert(gate.clone(), frame.seq);
-            last_run.insert(gate.clone(), Instant::now());
-            let (read_faces, read_plates) = reads.get(gate).copied().unwrap_or((true, false));
-            let m = motion.entry(gate.clone()).or_default();
-            if !m.analyse(&frame.mat, v.motion_gating) {
-                continue; // nothing moved, nothing was there: no network runs
-            }
-            let faces = if read_faces {
-                let tracker = trackers.entry(gate.clone()).or_default();
-                match faces_in(&mut pipeline, &gallery, tracker, &frame, v, &settings) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        tracing::error!(gate = %gate, error = %e, "face analysis failed");
-                        continue;
-                    }
+            continue;
+        };
+        let f = &mut feeds[i];
+        let Some(frame) = f.cam.latest_after(f.last_seq) else { continue };
+        f.last_seq = frame.seq;
+        f.last_at = Some(frame.at);
+        if !f.motion.analyse(&frame.mat, v.motion_gating) {
+            continue; // nothing moved, nothing was there: no network runs
+        }
+        let started = Instant::now();
+        let mut t = Timings::default();
+        let faces = if f.faces {
+            match faces_in(&mut pipeline, &gallery, f, &frame, v, &settings, &mut t) {
+                Ok(faces) => faces,
+                Err(e) => {
+                    tracing::error!(gate = %f.gate, error = %e, "face analysis failed");
+                    continue;
                 }
-            } else {
-                vec![]
-            };
-            let plate_reads: Vec<PlateOut> = match (&mut plates, read_plates) {
-                (Some(r), true) => match r.read(&frame.mat) {
-                    Ok(rs) => rs
-                        .into_iter()
-                        .filter(|x| domain::gate::plate::validate(&x.text).is_ok())
-                        .map(|x| PlateOut {
-                            text: x.text,
-                            confidence: x.confidence,
-                            province_confidence: x.province_confidence,
-                            colour: x.colour,
-                            double_layer: x.double_layer,
-                        })
-                        .collect(),
-                    Err(e) => {
-                        tracing::error!(gate = %gate, error = %e, "plate reading failed");
-                        vec![]
-                    }
-                },
-                _ => vec![],
-            };
-            let snapshot = if faces.first().is_some_and(|f| f.person.is_none()) {
+            }
+        } else {
+            vec![]
+        };
+        let faces_done = Instant::now();
+        let plate_reads: Vec<PlateOut> = match (&mut plates, f.plates) {
+            (Some(r), true) => match r.read(&frame.mat) {
+                Ok(rs) => rs
+                    .into_iter()
+                    .filter(|x| domain::gate::plate::validate(&x.text).is_ok())
+                    .map(|x| PlateOut {
+                        text: x.text,
+                        confidence: x.confidence,
+                        province_confidence: x.province_confidence,
+                        colour: x.colour,
+                        double_layer: x.double_layer,
+                    })
+                    .collect(),
+                Err(e) => {
+                    tracing::error!(gate = %f.gate, error = %e, "plate reading failed");
+                    vec![]
+                }
+            },
+            _ => vec![],
+        };
+        let plates_done = Instant::now();
+        let unknown_track = faces.first().filter(|x| x.person.is_none()).map(|x| x.track);
+        let snapshot = match unknown_track.and_then(|id| f.tracker.get_mut(id)).map(|tr| tr.snapshot_due(frame.at)) {
+            Some(true) => {
                 let mut buf = opencv::core::Vector::<u8>::new();
                 opencv::imgcodecs::imencode(".jpg", &frame.mat, &mut buf, &opencv::core::Vector::new())
                     .ok()
                     .map(|_| base64::engine::general_purpose::STANDARD.encode(buf.as_slice()))
-            } else {
-                None
-            };
-            let qr = decode_qr(&frame.mat);
-            if faces.is_empty() && qr.is_empty() && plate_reads.is_empty() {
-                continue;
             }
-            if let Some(m) = motion.get_mut(gate) {
-                m.hold = v.motion_hold_frames;
-            }
-            if !send(&mut out, &FromVision::Frame { gate: gate.clone(), faces, qr, snapshot, plates: plate_reads }) {
-                break;
-            }
+            _ => None,
+        };
+        let ms = |d: Duration| d.as_secs_f32() * 1000.0;
+        tracing::debug!(
+            gate = %f.gate,
+            waited_ms = ms(started.saturating_duration_since(frame.at)),
+            detect_ms = ms(t.detect),
+            embed_ms = ms(t.embed),
+            liveness_ms = ms(t.liveness),
+            faces_ms = ms(faces_done - started),
+            plates_ms = ms(plates_done - faces_done),
+            snapshot_ms = ms(plates_done.elapsed()),
+            "frame analysed"
+        );
+        if let Err(mpsc::TrySendError::Full(_)) = qr_tx.try_send((i, frame.mat)) {
+            qr_dropped += 1;
         }
-        if !busy {
-            std::thread::sleep(Duration::from_millis(5));
+        if faces.is_empty() && plate_reads.is_empty() {
+            continue;
+        }
+        f.motion.hold = v.motion_hold_frames;
+        if !send(&mut out, &FromVision::Frame { gate: f.gate.clone(), faces, qr: vec![], snapshot, plates: plate_reads }) {
+            break Ok(());
         }
     };
     stop.store(true, Ordering::Relaxed);

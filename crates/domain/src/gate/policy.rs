@@ -172,6 +172,8 @@ pub struct FaceSeen {
     pub liveness_frames: u32,
     /// How far `score` is ahead of the best other enrolled person.
     pub margin: f32,
+    /// The camera's track for this face (the same id while it stays in view).
+    pub track: Option<u64>,
 }
 
 impl Settings {
@@ -255,7 +257,12 @@ struct GateState {
     spoofs: VecDeque<Timestamp>,
     pin_failures: VecDeque<Timestamp>,
     pin_locked_until: Option<Timestamp>,
+    /// The camera track last decided as a person, and when.
+    decided_track: Option<(u64, Timestamp)>,
 }
+
+/// How long the track of a person already decided at a gate is remembered.
+const DECIDED_TRACK_MEMORY: Duration = Duration::minutes(2);
 
 pub struct Policy {
     pub settings: Settings,
@@ -384,7 +391,16 @@ impl Policy {
             }
         });
         let live_frames = nearest.map_or(0, |f| f.liveness_frames);
+        let track = nearest.and_then(|f| f.track);
         let st = self.state.entry(gate.clone()).or_default();
+        // The person just decided, still in view as they pass under the
+        // camera (closer, turned, cut by the frame's edge): their track
+        // falling below the match threshold is not an unknown face, and
+        // their photo is not filed as one. Someone behind them is another track.
+        let decided = st.decided_track.is_some_and(|(t, at)| track == Some(t) && now - at < DECIDED_TRACK_MEMORY);
+        if decided && matches!(vote, Some(Vote::Unknown(_) | Vote::Spoof(..))) {
+            return;
+        }
         // A frame without a face (or with a pending judgement) says nothing;
         // agreement counts frames with a vote.
         let Some(vote) = vote else { return };
@@ -420,6 +436,9 @@ impl Policy {
             return;
         }
         st.last_decision.insert(key, now);
+        if let (Vote::Person(..), Some(t)) = (&vote, track) {
+            st.decided_track = Some((t, now));
+        }
         match vote {
             Vote::Person(p, score, live, _) => self.decide(&gate, &p, Credential::Face, Some(score), Some(live), now, out),
             Vote::Unknown(live) => {
@@ -590,7 +609,10 @@ mod tests {
         p
     }
     fn face(person: Option<&str>, score: f32, live: f32) -> Input {
-        Input::Frame { gate: "north".into(), faces: vec![FaceSeen { person: person.map(Into::into), score, liveness: live, liveness_frames: 5, margin: 0.0 }] }
+        Input::Frame {
+            gate: "north".into(),
+            faces: vec![FaceSeen { person: person.map(Into::into), score, liveness: live, liveness_frames: 5, margin: 0.0, track: None }],
+        }
     }
     fn opens(a: &[Action]) -> usize {
         a.iter().filter(|x| matches!(x, Action::Open { .. })).count()
@@ -611,7 +633,36 @@ mod tests {
     }
 
     fn tracked(person: Option<&str>, score: f32, margin: f32, live: f32, frames: u32) -> Input {
-        Input::Frame { gate: "north".into(), faces: vec![FaceSeen { person: person.map(Into::into), score, liveness: live, liveness_frames: frames, margin }] }
+        Input::Frame {
+            gate: "north".into(),
+            faces: vec![FaceSeen { person: person.map(Into::into), score, liveness: live, liveness_frames: frames, margin, track: None }],
+        }
+    }
+
+    fn on_track(track: u64, person: Option<&str>, score: f32, live: f32) -> Input {
+        Input::Frame {
+            gate: "north".into(),
+            faces: vec![FaceSeen { person: person.map(Into::into), score, liveness: live, liveness_frames: 5, margin: 0.3, track: Some(track) }],
+        }
+    }
+
+    #[test]
+    fn a_resident_let_in_is_not_logged_as_an_unknown_face_as_they_pass_but_a_stranger_behind_them_is() {
+        let mut p = policy();
+        let opened: usize = (0..3).map(|_| opens(&p.handle(on_track(7, Some("R1"), 0.42, 0.9), t(0)))).sum();
+        assert_eq!(opened, 1);
+        // R1 walks under the camera: the same track now scores below the threshold.
+        for i in 0..6 {
+            let a = p.handle(on_track(7, None, 0.3, 0.9), t(1 + i));
+            assert!(a.is_empty(), "frame {i} of the decided track did something: {a:?}");
+        }
+        // A stranger right behind them is a new track, and is logged with a snapshot.
+        let a: Vec<Action> = (0..3).flat_map(|i| p.handle(on_track(8, None, 0.2, 0.9), t(8 + i))).collect();
+        assert!(a.iter().any(|x| matches!(x, Action::Snapshot { .. })));
+        assert_eq!(logs(&a).iter().filter(|e| e.reason == "unknown face" && !e.opened).count(), 1);
+        // Long after, the old track id (a restarted vision process counts from 1 again) is a face like any other.
+        let later: Vec<Action> = (0..3).flat_map(|i| p.handle(on_track(7, None, 0.2, 0.9), t(400 + i))).collect();
+        assert_eq!(logs(&later).iter().filter(|e| e.reason == "unknown face").count(), 1);
     }
 
     #[test]

@@ -178,6 +178,13 @@ async fn gatewarden_run(gw: &Path, dir: &Path, models: &Path, mqtt: u16, clips: 
         eprintln!("{} cameras: denied {denied:?}", clips.len());
     }
     drop(d);
+    // `--keep-logs DIR`: the daemon's log (with RUST_LOG=…,gatewarden_vision=debug, every track's timeline).
+    let keep = arg("--keep-logs", "");
+    if !keep.is_empty() {
+        let keep = PathBuf::from(keep);
+        std::fs::create_dir_all(&keep)?;
+        std::fs::copy(dir.join(format!("daemon-{}.log", clips.len())), keep.join(format!("daemon-{}.log", clips.len())))?;
+    }
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
     Ok(Row {
         n: clips.len(),

@@ -227,7 +227,14 @@ impl VisionSupervisor {
                 let face_since = faces.first().and_then(|f| Instant::now().checked_sub(Duration::from_millis(f.track_age_ms)));
                 let faces = faces
                     .into_iter()
-                    .map(|f| FaceSeen { person: f.person, score: f.score, liveness: f.liveness, liveness_frames: f.liveness_frames, margin: f.margin })
+                    .map(|f| FaceSeen {
+                        person: f.person,
+                        score: f.score,
+                        liveness: f.liveness,
+                        liveness_frames: f.liveness_frames,
+                        margin: f.margin,
+                        track: Some(f.track),
+                    })
                     .collect();
                 let snapshot = snapshot.and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok());
                 // Frames are replaceable: if the gate task is behind, drop this one.
@@ -255,6 +262,10 @@ async fn write(stdin: &mut tokio::process::ChildStdin, m: &ToVision) -> bool {
     matches!(tokio::time::timeout(Duration::from_secs(10), stdin.write_all(&line)).await, Ok(Ok(())))
 }
 
+/// An unknown-face snapshot older than this is not filed with a decision
+/// (the vision process sends one per unknown track every 2 s).
+const SNAPSHOT_FRESH: Duration = Duration::from_secs(5);
+
 pub struct GateTask {
     pub cfg: Arc<Config>,
     pub store: Store,
@@ -279,6 +290,9 @@ impl GateTask {
         let mut check = tokio::time::interval(Duration::from_secs(1));
         let mut offline: HashMap<String, bool> = HashMap::new();
         let mut failing: HashMap<String, bool> = HashMap::new();
+        // The latest unknown-face snapshot per gate: the vision process sends
+        // one per unknown track every few seconds, not with every frame.
+        let mut snapshots: HashMap<String, (Instant, Vec<u8>)> = HashMap::new();
         let started = Instant::now();
         loop {
             tokio::select! {
@@ -310,6 +324,13 @@ impl GateTask {
                         }
                         // Only a face decision is timed from its track's start.
                         let opened_by_face = acts.iter().any(|a| matches!(a, Action::Log(e) if e.opened && e.credential == Credential::Face));
+                        if let Some(s) = snapshot {
+                            snapshots.insert(gate.clone(), (Instant::now(), s));
+                        }
+                        let snapshot = match acts.iter().any(|a| matches!(a, Action::Snapshot { .. })) {
+                            true => snapshots.remove(&gate).filter(|(at, _)| at.elapsed() < SNAPSHOT_FRESH).map(|(_, s)| s),
+                            false => None,
+                        };
                         self.apply(acts, snapshot.as_deref(), &mut failing, face_since.filter(|_| opened_by_face)).await;
                     }
                     // Credentials arrive over MQTT with the gate named in the topic:

@@ -27,8 +27,9 @@ pub fn cpu_us(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command's closing parenthesis; utime and stime are the 12th and 13th.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-    let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
+    // Skip the state letter; the rest are numbers, some negative (tpgid is -1 without a terminal).
+    let f: Vec<i64> = rest.split_whitespace().skip(1).map(|x| x.parse().unwrap_or(0)).collect();
+    let ticks = (f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0)).max(0) as u64;
     // The kernel's USER_HZ is 100 on every Linux this runs on.
     ticks * 10_000
 }
