@@ -89,6 +89,7 @@ pub struct Metrics {
     pub camera_frames_still: Family<CameraLabel, Gauge>,
     pub camera_face_tracks: Family<CameraLabel, Gauge>,
     pub camera_face_embeddings: Family<CameraLabel, Gauge>,
+    pub camera_plate_reads: Family<CameraLabel, Gauge>,
     /// From the capture of a face track's first frame to the actuator's command.
     pub gate_face_latency_seconds: Histogram,
     pub camera_connected: Family<CameraLabel, Gauge>,
@@ -169,6 +170,7 @@ impl Metrics {
             camera_frames_still: Family::default(),
             camera_face_tracks: Family::default(),
             camera_face_embeddings: Family::default(),
+            camera_plate_reads: Family::default(),
             gate_face_latency_seconds: Histogram::new([0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.0].into_iter()),
             camera_connected: Family::default(),
             camera_reconnects: Family::default(),
@@ -212,6 +214,7 @@ impl Metrics {
         r.register("camera_frames_still", "Frames skipped by motion gating (nothing moved, nothing there)", m.camera_frames_still.clone());
         r.register("camera_face_tracks", "Face tracks opened at each camera (one per person walking up)", m.camera_face_tracks.clone());
         r.register("camera_face_embeddings", "Face embeddings computed at each camera (about one per track)", m.camera_face_embeddings.clone());
+        r.register("camera_plate_reads", "Plate OCR runs at each camera (until each plate is confirmed, then one a second)", m.camera_plate_reads.clone());
         r.register("gate_face_latency_seconds", "From the capture of a face track's first frame to the barrier's command", m.gate_face_latency_seconds.clone());
         r.register("camera_connected", "1 while the camera delivers frames", m.camera_connected.clone());
         r.register("camera_reconnects", "Times each camera was reopened after a loss", m.camera_reconnects.clone());

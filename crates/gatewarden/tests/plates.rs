@@ -81,6 +81,15 @@ async fn a_video_of_an_enrolled_car_lifts_the_barrier_exactly_once_and_an_unknow
     let x = at("exit");
     assert!(!x.is_empty() && x.iter().all(|e| e["opened"] == false), "{x:?}");
     assert_eq!(x[0]["reason"], "unknown vehicle 晋H41014");
+    // Each car was followed on every analysed frame, and read only until its
+    // reads confirmed it, then once a second (6 s in view).
+    for g in ["barrier", "exit"] {
+        let analysed = d.metric(&format!("gatewarden_camera_frames_analysed{{camera=\"{g}\"}}")).await;
+        let reads = d.metric(&format!("gatewarden_camera_plate_reads{{camera=\"{g}\"}}")).await;
+        eprintln!("{g}: {reads} plate reads over {analysed} analysed frames");
+        assert!(analysed >= 20.0, "{g}: the parked car stayed analysed though nothing moved: {analysed}");
+        assert!((3.0..=12.0).contains(&reads), "{g}: {reads} OCR runs over {analysed} analysed frames");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

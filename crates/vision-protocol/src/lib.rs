@@ -87,6 +87,9 @@ pub enum FromVision {
         tracks: u64,
         #[serde(default)]
         embeddings: u64,
+        /// Plate OCR runs (until each plate is confirmed, then one a second).
+        #[serde(default)]
+        plate_reads: u64,
     },
     Enrolled {
         id: u64,

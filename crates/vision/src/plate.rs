@@ -193,26 +193,27 @@ impl PlateReader {
             padded = Some(p);
         }
         let img = padded.as_ref().unwrap_or(bgr);
-        let mut out = Vec::new();
-        for d in dets {
-            let d = self.refine(img, d)?;
-            let crop = Self::warp(img, &d.corners)?;
-            // Green plates are new-energy plates, with 8 characters; the others have 7.
-            let colour = self.colour(&crop)?;
-            let row = if colour == Colour::Green { Row::NewEnergy } else { Row::Classic };
-            let (text, confidence, confs) = if d.double_layer {
-                self.read_double(&crop)?
-            } else {
-                match self.recognise(&crop, row)? {
-                    r if complete(row, &r.0) => r,
-                    // The colour may be wrong: any plate shape, then.
-                    _ => self.recognise(&crop, Row::Whole)?,
-                }
-            };
-            let province_confidence = confs.first().copied().unwrap_or(0.0);
-            out.push(Reading { text, confidence, province_confidence, colour, double_layer: d.double_layer, detection_score: d.score });
-        }
-        Ok(out)
+        dets.into_iter().map(|d| self.read_detection(img, d)).collect()
+    }
+
+    /// Read one detected plate: corners refined if small, warp, colour, OCR.
+    pub fn read_detection(&mut self, img: &Mat, d: Detection) -> Result<Reading> {
+        let d = self.refine(img, d)?;
+        let crop = Self::warp(img, &d.corners)?;
+        // Green plates are new-energy plates, with 8 characters; the others have 7.
+        let colour = self.colour(&crop)?;
+        let row = if colour == Colour::Green { Row::NewEnergy } else { Row::Classic };
+        let (text, confidence, confs) = if d.double_layer {
+            self.read_double(&crop)?
+        } else {
+            match self.recognise(&crop, row)? {
+                r if complete(row, &r.0) => r,
+                // The colour may be wrong: any plate shape, then.
+                _ => self.recognise(&crop, Row::Whole)?,
+            }
+        };
+        let province_confidence = confs.first().copied().unwrap_or(0.0);
+        Ok(Reading { text, confidence, province_confidence, colour, double_layer: d.double_layer, detection_score: d.score })
     }
 
     /// The detector sees the frame at 320 on its long side, so a plate that

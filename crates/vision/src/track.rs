@@ -6,6 +6,7 @@
 //! and asks each track what it still needs.
 
 use crate::face::iou;
+use domain::gate::plate::Voter;
 use std::time::Instant;
 
 /// One face followed across frames.
@@ -129,6 +130,117 @@ pub fn median(v: &[f32]) -> Option<f32> {
     Some(if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 })
 }
 
+/// Greedy IoU association, best overlap first: for each box the index of
+/// the track it continues (if any), and for each track whether it was taken.
+fn associate(boxes: &[[f32; 4]], tracks: impl Iterator<Item = [f32; 4]>, min_iou: f32) -> (Vec<Option<usize>>, Vec<bool>) {
+    let tracks: Vec<[f32; 4]> = tracks.collect();
+    let mut pairs: Vec<(f32, usize, usize)> = Vec::new();
+    for (b, bx) in boxes.iter().enumerate() {
+        for (t, tb) in tracks.iter().enumerate() {
+            let o = iou(bx, tb);
+            if o >= min_iou {
+                pairs.push((o, b, t));
+            }
+        }
+    }
+    pairs.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let mut box_track: Vec<Option<usize>> = vec![None; boxes.len()];
+    let mut taken = vec![false; tracks.len()];
+    for (_, b, t) in pairs {
+        if box_track[b].is_none() && !taken[t] {
+            box_track[b] = Some(t);
+            taken[t] = true;
+        }
+    }
+    (box_track, taken)
+}
+
+/// One plate followed across frames.
+#[derive(Debug, Clone)]
+pub struct PlateTrack {
+    pub id: u64,
+    bbox: [f32; 4],
+    missed: u32,
+    /// The gate policy's own vote counter, fed this track's reads: once it
+    /// confirms, the policy (fed the same reads) has confirmed too.
+    voter: Voter,
+    pub confirmed: bool,
+    last_read: Option<Instant>,
+}
+
+/// The plates of one camera. OCR (warp, colour, recognition: about 20 ms of
+/// a plate frame's 29) runs on a plate until its reads confirm it, then once
+/// every `RECHECK` while the car stays (the policy's "still at the
+/// barrier"); a car waiting at the barrier costs only its detection.
+#[derive(Debug, Clone)]
+pub struct PlateTracker {
+    tracks: Vec<PlateTrack>,
+    next: u64,
+    template: Voter,
+    /// Monotonic time for the voter's timestamps.
+    epoch: Instant,
+    pub min_iou: f32,
+    pub max_missed: u32,
+    /// OCR runs, for the metrics.
+    pub reads: u64,
+}
+
+impl PlateTracker {
+    pub fn new(s: &domain::gate::policy::Settings) -> Self {
+        let template = Voter::new(s.plate_votes, s.plate_sure, s.plate_gone_after).with_province_min(s.plate_province_min);
+        PlateTracker { tracks: Vec::new(), next: 1, template, epoch: Instant::now(), min_iou: 0.3, max_missed: 3, reads: 0 }
+    }
+
+    /// Associate this frame's plate boxes with the open tracks; returns the
+    /// track id of each box, in order.
+    pub fn update(&mut self, boxes: &[[f32; 4]]) -> Vec<u64> {
+        let (box_track, taken) = associate(boxes, self.tracks.iter().map(|t| t.bbox), self.min_iou);
+        for (t, tr) in self.tracks.iter_mut().enumerate() {
+            tr.missed = if taken[t] { 0 } else { tr.missed + 1 };
+        }
+        let mut ids = Vec::with_capacity(boxes.len());
+        for (b, bx) in boxes.iter().enumerate() {
+            match box_track[b] {
+                Some(t) => {
+                    self.tracks[t].bbox = *bx;
+                    ids.push(self.tracks[t].id);
+                }
+                None => {
+                    let id = self.next;
+                    self.next += 1;
+                    self.tracks.push(PlateTrack { id, bbox: *bx, missed: 0, voter: self.template.clone(), confirmed: false, last_read: None });
+                    ids.push(id);
+                }
+            }
+        }
+        let max = self.max_missed;
+        self.tracks.retain(|t| t.missed <= max);
+        ids
+    }
+
+    /// Whether this plate is worth the OCR now.
+    pub fn wants_read(&self, id: u64, now: Instant) -> bool {
+        self.tracks.iter().find(|t| t.id == id).is_none_or(|t| !t.confirmed || t.last_read.is_none_or(|r| now.saturating_duration_since(r) >= RECHECK))
+    }
+
+    /// Record a read (a GA 36-shaped one feeds the vote, as at the policy).
+    pub fn read(&mut self, id: u64, text: Option<(&str, f32, f32)>, at: Instant) {
+        self.reads += 1;
+        let now = chrono::DateTime::UNIX_EPOCH + chrono::Duration::from_std(at.saturating_duration_since(self.epoch)).unwrap_or_default();
+        if let Some(t) = self.tracks.iter_mut().find(|t| t.id == id) {
+            t.last_read = Some(at);
+            if let Some((plate, conf, province)) = text {
+                t.confirmed |= t.voter.read("", plate, conf, province, now);
+            }
+        }
+    }
+
+    /// A plate in view is not confirmed yet (the camera is worth the tracking rate).
+    pub fn undecided(&self) -> bool {
+        self.tracks.iter().any(|t| !t.confirmed)
+    }
+}
+
 /// The tracks of one camera.
 #[derive(Debug, Clone)]
 pub struct Tracker {
@@ -157,24 +269,7 @@ impl Tracker {
     /// overlap first), open a track for each box left over, and close tracks
     /// missing too long. Returns the track id of each box, in order.
     pub fn update(&mut self, boxes: &[[f32; 4]], at: Instant) -> Vec<u64> {
-        let mut pairs: Vec<(f32, usize, usize)> = Vec::new();
-        for (b, bx) in boxes.iter().enumerate() {
-            for (t, tr) in self.tracks.iter().enumerate() {
-                let o = iou(bx, &tr.bbox);
-                if o >= self.min_iou {
-                    pairs.push((o, b, t));
-                }
-            }
-        }
-        pairs.sort_by(|a, b| b.0.total_cmp(&a.0));
-        let mut box_track: Vec<Option<usize>> = vec![None; boxes.len()];
-        let mut taken = vec![false; self.tracks.len()];
-        for (_, b, t) in pairs {
-            if box_track[b].is_none() && !taken[t] {
-                box_track[b] = Some(t);
-                taken[t] = true;
-            }
-        }
+        let (box_track, taken) = associate(boxes, self.tracks.iter().map(|t| t.bbox), self.min_iou);
         for (t, tr) in self.tracks.iter_mut().enumerate() {
             if taken[t] {
                 tr.refound |= tr.missed > 0;
@@ -342,5 +437,35 @@ mod tests {
         }
         assert_eq!(tr.live, vec![0.4, 0.8, 0.9, 0.85]);
         assert!(!tr.wants_liveness(4, 0.5), "came closer and passed");
+    }
+
+    #[test]
+    fn a_plate_is_read_until_its_reads_confirm_it_then_once_a_second_and_a_doubtful_province_needs_more() {
+        let s = domain::gate::policy::Settings::default(); // 3 votes, sure at 0.97, province at 0.8
+        let mut t = PlateTracker::new(&s);
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + std::time::Duration::from_millis(ms);
+        let plate = |x: f32| [x, 400.0, 120.0, 40.0];
+        let id = t.update(&[plate(500.0)])[0];
+        // Two sure-province reads at 0.9, and one with a doubtful province: 2 + ½ votes.
+        for (i, province) in [0.95, 0.95, 0.5].into_iter().enumerate() {
+            assert!(t.wants_read(id, at(i as u64 * 100)));
+            t.read(id, Some(("川A35D98", 0.9, province)), at(i as u64 * 100));
+            assert_eq!(t.update(&[plate(503.0 + i as f32)])[0], id, "the car creeping forward is one track");
+        }
+        assert!(t.undecided() && t.wants_read(id, at(300)), "2½ votes of 3: read again");
+        t.read(id, Some(("川A35D98", 0.9, 0.95)), at(300));
+        assert!(!t.undecided(), "confirmed, as the policy's own voter would say");
+        assert!(!t.wants_read(id, at(400)) && !t.wants_read(id, at(1200)), "a car waiting costs only its detection");
+        assert!(t.wants_read(id, at(1300)), "…and one read a second while it stays");
+        assert_eq!(t.reads, 4);
+        // A read that is not a plate counts as a read but confirms nothing; another car is another track.
+        let other = t.update(&[plate(505.0), [100.0, 100.0, 120.0, 40.0]])[1];
+        assert_ne!(other, id);
+        t.read(other, None, at(1400));
+        assert!(t.undecided() && t.wants_read(other, at(1500)));
+        // One very sure read with a sure province confirms alone.
+        t.read(other, Some(("粤B12345", 0.99, 0.99)), at(1500));
+        assert!(!t.undecided());
     }
 }

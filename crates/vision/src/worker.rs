@@ -4,7 +4,7 @@
 use super::matcher::Gallery;
 use super::pipeline::{FacePipeline, Timings};
 use super::protocol::{EnrolResult, FaceOut, FromVision, PlateOut, ToVision};
-use super::track::{Identity, Tracker};
+use super::track::{Identity, PlateTracker, Tracker};
 use crate::capture::Camera;
 use base64::Engine as _;
 use config::Config;
@@ -21,6 +21,14 @@ pub use vision_protocol::QR_PREFIX;
 pub fn decode_qr(bgr: &opencv::core::Mat) -> Vec<String> {
     let mut grey = opencv::core::Mat::default();
     if opencv::imgproc::cvt_color(bgr, &mut grey, opencv::imgproc::COLOR_BGR2GRAY, 0).is_err() {
+        return vec![];
+    }
+    decode_qr_grey(&grey)
+}
+
+/// `decode_qr` on a frame already in grey.
+pub fn decode_qr_grey(grey: &opencv::core::Mat) -> Vec<String> {
+    if grey.typ() != opencv::core::CV_8UC1 || !grey.is_continuous() {
         return vec![];
     }
     let (w, h) = (grey.cols() as usize, grey.rows() as usize);
@@ -165,6 +173,7 @@ struct Feed {
     last_at: Option<Instant>,
     motion: Motion,
     tracker: Tracker,
+    plate_tracker: PlateTracker,
     /// QR payloads sent, and when: a code held up to the camera is one
     /// credential per `access.cooldown`, not one per frame.
     qr_sent: HashMap<String, Instant>,
@@ -186,7 +195,7 @@ fn next_due(feeds: &[Feed], v: &config::VisionConfig, track_interval: Duration) 
         .enumerate()
         .filter_map(|(i, f)| {
             let at = f.cam.pending_after(f.last_seq)?;
-            let tracking = f.tracker.undecided(v.track_liveness_frames, v.liveness_threshold);
+            let tracking = f.tracker.undecided(v.track_liveness_frames, v.liveness_threshold) || f.plate_tracker.undecided();
             let interval = if tracking { f.interval.min(track_interval) } else { f.interval };
             let due = f.last_at.is_none_or(|l| at.saturating_duration_since(l) >= interval.mul_f32(0.9));
             let urgency = if tracking { at.checked_sub(TRACK_PRIORITY).unwrap_or(at) } else { at };
@@ -199,6 +208,35 @@ fn next_due(feeds: &[Feed], v: &config::VisionConfig, track_interval: Duration) 
 /// Time from the track's first capture to this frame's (for the debug log).
 fn age_ms(tr: &super::track::Track, frame: &crate::capture::Frame) -> u64 {
     frame.at.saturating_duration_since(tr.born).as_millis() as u64
+}
+
+/// The plates of one frame that are worth reading: every plate is detected,
+/// and read until its track's reads confirm it (then once a second).
+/// Returns the reads, and whether any plate is in view.
+fn plates_in(reader: &mut super::plate::PlateReader, tracker: &mut PlateTracker, frame: &crate::capture::Frame) -> super::Result<(Vec<PlateOut>, bool)> {
+    let dets = reader.detect(&frame.mat)?;
+    let seen = !dets.is_empty();
+    let boxes: Vec<[f32; 4]> = dets.iter().map(|d| d.bbox).collect();
+    let ids = tracker.update(&boxes);
+    let mut out = Vec::new();
+    for (d, id) in dets.into_iter().zip(ids) {
+        if !tracker.wants_read(id, frame.at) {
+            continue;
+        }
+        let x = reader.read_detection(&frame.mat, d)?;
+        let plate = domain::gate::plate::validate(&x.text).is_ok();
+        tracker.read(id, plate.then_some((x.text.as_str(), x.confidence, x.province_confidence)), frame.at);
+        if plate {
+            out.push(PlateOut {
+                text: x.text,
+                confidence: x.confidence,
+                province_confidence: x.province_confidence,
+                colour: x.colour,
+                double_layer: x.double_layer,
+            });
+        }
+    }
+    Ok((out, seen))
 }
 
 /// `vision.intra_threads`, resolved for this box's cameras and cores.
@@ -294,18 +332,20 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
                 last_at: None,
                 motion: Motion::default(),
                 tracker: Tracker::default(),
+                plate_tracker: PlateTracker::new(&settings),
                 qr_sent: HashMap::new(),
             });
         }
     }
     // QR codes are read on a thread of their own, off the face path (about
-    // 10 ms a 720p frame). Full-queue policy: the frame's QR read is dropped
-    // (counted); the code is still in front of the camera on the next frame.
-    let (qr_tx, qr_in) = mpsc::sync_channel::<(usize, opencv::core::Mat)>(feeds.len().max(1));
+    // 10 ms a 720p frame), from the grey frame. Full-queue policy (2 frames):
+    // the frame's QR read is dropped (counted); the code is still in front of
+    // the camera on the next frame.
+    let (qr_tx, qr_in) = mpsc::sync_channel::<(usize, opencv::core::Mat)>(2);
     let (qr_found, qr_rx) = mpsc::sync_channel::<(usize, Vec<String>)>(16);
     std::thread::Builder::new().name("vision-qr".into()).spawn(move || {
-        for (feed, bgr) in qr_in {
-            let codes = decode_qr(&bgr);
+        for (feed, grey) in qr_in {
+            let codes = decode_qr_grey(&grey);
             // Blocks while the worker is behind: codes found are never dropped.
             if !codes.is_empty() && qr_found.send((feed, codes)).is_err() {
                 break;
@@ -386,6 +426,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
                     still: f.motion.still,
                     tracks: f.tracker.opened,
                     embeddings: f.tracker.embedded,
+                    plate_reads: f.plate_tracker.reads,
                 };
                 if !send(&mut out, &m) {
                     break;
@@ -419,25 +460,12 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
             vec![]
         };
         let faces_done = Instant::now();
-        let plate_reads: Vec<PlateOut> = match (&mut plates, f.plates) {
-            (Some(r), true) => match r.read(&frame.mat) {
-                Ok(rs) => rs
-                    .into_iter()
-                    .filter(|x| domain::gate::plate::validate(&x.text).is_ok())
-                    .map(|x| PlateOut {
-                        text: x.text,
-                        confidence: x.confidence,
-                        province_confidence: x.province_confidence,
-                        colour: x.colour,
-                        double_layer: x.double_layer,
-                    })
-                    .collect(),
-                Err(e) => {
-                    tracing::error!(gate = %f.gate, error = %e, "plate reading failed");
-                    vec![]
-                }
-            },
-            _ => vec![],
+        let (plate_reads, plates_seen) = match (&mut plates, f.plates) {
+            (Some(r), true) => plates_in(r, &mut f.plate_tracker, &frame).unwrap_or_else(|e| {
+                tracing::error!(gate = %f.gate, error = %e, "plate reading failed");
+                (vec![], false)
+            }),
+            _ => (vec![], false),
         };
         let plates_done = Instant::now();
         let unknown_track = faces.first().filter(|x| x.person.is_none()).map(|x| x.track);
@@ -462,13 +490,20 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
             snapshot_ms = ms(plates_done.elapsed()),
             "frame analysed"
         );
-        if let Err(mpsc::TrySendError::Full(_)) = qr_tx.try_send((i, frame.mat)) {
-            qr_dropped += 1;
+        let mut grey = opencv::core::Mat::default();
+        if opencv::imgproc::cvt_color(&frame.mat, &mut grey, opencv::imgproc::COLOR_BGR2GRAY, 0).is_ok() {
+            if let Err(mpsc::TrySendError::Full(_)) = qr_tx.try_send((i, grey)) {
+                qr_dropped += 1;
+            }
+        }
+        // Someone or some car is there: keep looking though nothing moves
+        // (a car waiting at the barrier is followed, and read once a second).
+        if !faces.is_empty() || plates_seen {
+            f.motion.hold = v.motion_hold_frames;
         }
         if faces.is_empty() && plate_reads.is_empty() {
             continue;
         }
-        f.motion.hold = v.motion_hold_frames;
         if !send(&mut out, &FromVision::Frame { gate: f.gate.clone(), faces, qr: vec![], snapshot, plates: plate_reads }) {
             break Ok(());
         }

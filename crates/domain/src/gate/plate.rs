@@ -126,7 +126,7 @@ pub fn match_plate<'a>(read: &str, enrolled: impl IntoIterator<Item = &'a String
 /// province character is doubtful (below `province_min`) is never sure on
 /// its own, and such reads count half: the province is the OCR's most
 /// common slip, so a doubtful one asks for more frames instead of a guess.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Voter {
     pub k: usize,
     pub sure: f32,

@@ -15,6 +15,7 @@
 //!
 //! `bash deploy/gw.sh bench` runs it; alone:
 //! `target/release/gatewarden-bench-cameras --cameras 1,2,4,8 --secs 40 --python target/bench-venv/bin/python`
+//! (`--plate-gates K`: the last K gates also read plates; `--keep-logs DIR`: keep the daemon's logs).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -125,8 +126,15 @@ async fn gatewarden_run(gw: &Path, dir: &Path, models: &Path, mqtt: u16, clips: 
     let http = free_port();
     let cfg = dir.join("gw.toml");
     let mut gates = String::new();
+    // `--plate-gates K`: the last K gates also read plates (barrier cameras),
+    // so every model is loaded and the plate path runs on their frames.
+    let plate_gates: usize = arg("--plate-gates", "0").parse()?;
     for (i, (clip, _)) in clips.iter().enumerate() {
-        gates.push_str(&format!("[[gates]]\nname = \"cam{i}\"\ncamera = \"{}\"\nmax_fps = 5.0\nactuator = {{ kind = \"log\" }}\n", clip.display()));
+        let plates = i + plate_gates >= clips.len();
+        gates.push_str(&format!(
+            "[[gates]]\nname = \"cam{i}\"\ncamera = \"{}\"\nmax_fps = 5.0\nread_plates = {plates}\nactuator = {{ kind = \"log\" }}\n",
+            clip.display()
+        ));
     }
     std::fs::write(&cfg, daemon_config(dir, http, mqtt, models, &gates))?;
     let log = dir.join(format!("daemon-{}.log", clips.len()));

@@ -88,6 +88,8 @@ pub struct CameraStat {
     /// Face tracks opened and embeddings computed.
     pub tracks: u64,
     pub embeddings: u64,
+    /// Plate OCR runs.
+    pub plate_reads: u64,
     /// When the vision process last reported it: a frozen process reports
     /// nothing, and its cameras go silent with it.
     pub updated: Option<Instant>,
@@ -240,8 +242,20 @@ impl VisionSupervisor {
                 // Frames are replaceable: if the gate task is behind, drop this one.
                 let _ = self.gates.try_send(GateMsg::Frame { gate, faces, qr, snapshot, plates, face_since });
             }
-            FromVision::Camera { gate, frames, connected, reconnects, finished, silent_ms, analysed, still, tracks, embeddings } => {
-                let s = CameraStat { frames, connected, reconnects, finished, silent_ms, analysed, still, tracks, embeddings, updated: Some(Instant::now()) };
+            FromVision::Camera { gate, frames, connected, reconnects, finished, silent_ms, analysed, still, tracks, embeddings, plate_reads } => {
+                let s = CameraStat {
+                    frames,
+                    connected,
+                    reconnects,
+                    finished,
+                    silent_ms,
+                    analysed,
+                    still,
+                    tracks,
+                    embeddings,
+                    plate_reads,
+                    updated: Some(Instant::now()),
+                };
                 self.stats.lock().expect("camera stats").insert(gate, s);
             }
             FromVision::Pong { .. } => {}
@@ -481,6 +495,7 @@ impl GateTask {
             m.camera_frames_still.get_or_create(&l).set(cam.still as i64);
             m.camera_face_tracks.get_or_create(&l).set(cam.tracks as i64);
             m.camera_face_embeddings.get_or_create(&l).set(cam.embeddings as i64);
+            m.camera_plate_reads.get_or_create(&l).set(cam.plate_reads as i64);
             m.camera_connected.get_or_create(&l).set(cam.connected as i64);
             m.camera_reconnects.get_or_create(&l).set(cam.reconnects as i64);
             if cam.finished {
