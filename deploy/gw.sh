@@ -116,6 +116,8 @@ case "$cmd" in
     rm -f "$frame"
     echo "== cameras per box: N cameras with people walking up (vs the Python reference, one process per stream)"
     target/release/gatewarden-bench-cameras --cameras 1,2,4,8 --secs 30 --python "$venv/bin/python"
+    echo "== cameras per box with every model loaded (the last 2 of 8 gates also read plates)"
+    target/release/gatewarden-bench-cameras --cameras 8 --secs 30 --plate-gates 2
     echo "== store: backup (writers paused) and restore on a compound-sized store"
     target/release/gatewarden-bench-store
     ;;
