@@ -37,7 +37,7 @@ impl Camera {
         Arc::new(Camera { name: name.into(), epoch: Some(Instant::now()), ..Default::default() })
     }
 
-    fn put(&self, mat: Mat) {
+    pub(crate) fn put(&self, mat: Mat) {
         let seq = self.frames.fetch_add(1, Ordering::Relaxed) + 1;
         let now = Instant::now();
         self.last_frame_ms.store(now.duration_since(self.epoch.expect("epoch")).as_millis() as u64 + 1, Ordering::Relaxed);

@@ -19,9 +19,34 @@ pub fn init(library: &Path) -> Result<&'static ort::environment::Environment> {
             return Err(format!("{} does not exist", library.display()));
         }
         let b = ort::init_from(library).map_err(|e| e.to_string())?;
-        b.with_name("gatewarden").build().map_err(|e| e.to_string())
+        let env = b.with_name("gatewarden").build().map_err(|e| e.to_string())?;
+        if let Err(e) = share_one_arena(&env) {
+            tracing::warn!(error = %e, "ONNX Runtime: no shared CPU arena; each model keeps its own");
+        }
+        Ok(env)
     });
     r.as_ref().map_err(|reason| VisionError::Runtime { path: library.to_owned(), reason: reason.clone() })
+}
+
+/// One CPU arena for every session of the process. The vision loop runs
+/// one model at a time, so the activations of the seven models can share
+/// one arena sized to the largest, instead of each keeping its own peak.
+fn share_one_arena(env: &ort::environment::Environment) -> std::result::Result<(), String> {
+    use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+    use ort::AsPointer;
+    let info = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Arena, MemoryType::Default).map_err(|e| e.to_string())?;
+    let api = ort::api();
+    // SAFETY: both pointers come from live ort objects; a null arena config
+    // means ONNX Runtime's defaults; the returned status is read and released here.
+    unsafe {
+        let status = (api.CreateAndRegisterAllocator)(env.ptr().cast_mut(), info.ptr(), std::ptr::null());
+        if status.0.is_null() {
+            return Ok(());
+        }
+        let msg = std::ffi::CStr::from_ptr((api.GetErrorMessage)(status.0)).to_string_lossy().into_owned();
+        (api.ReleaseStatus)(status.0);
+        Err(msg)
+    }
 }
 
 /// Hash-check a model file against its pin.
@@ -43,6 +68,8 @@ pub fn session(env: &ort::environment::Environment, models_dir: &Path, file: &st
     let b = b.with_intra_op_spinning(false).map_err(|e| err(e.into()))?;
     // Memory patterns pre-plan each input shape's buffers and keep them:
     // 25 MB of peak RSS at 8 cameras for no measurable speed (BENCHMARKS.md).
-    let mut b = b.with_memory_pattern(false).map_err(|e| err(e.into()))?;
+    let b = b.with_memory_pattern(false).map_err(|e| err(e.into()))?;
+    // The process's shared arena (`share_one_arena`), when it was registered.
+    let mut b = b.with_env_allocators().map_err(|e| err(e.into()))?;
     b.commit_from_file(&path).map_err(err)
 }

@@ -539,6 +539,58 @@ mod tests {
         assert!(decode_qr(&blank).is_empty());
     }
 
+    fn feed(gate: &str) -> Feed {
+        Feed {
+            gate: gate.into(),
+            cam: Camera::new(gate),
+            interval: Duration::from_millis(200),
+            faces: true,
+            plates: false,
+            last_seq: 0,
+            last_at: None,
+            motion: Motion::default(),
+            tracker: Tracker::default(),
+            plate_tracker: PlateTracker::new(&Default::default()),
+            qr_sent: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn the_next_frame_is_the_oldest_due_one_and_an_undecided_face_goes_first_but_cannot_starve_the_rest() {
+        let v = config::VisionConfig::default();
+        let track = Duration::from_secs_f32(1.0 / v.track_fps);
+        let frame = || Mat::new_rows_cols_with_default(36, 64, CV_8UC3, Scalar::all(100.0)).unwrap();
+        let take = |f: &mut Feed| {
+            let x = f.cam.latest_after(f.last_seq).unwrap();
+            (f.last_seq, f.last_at) = (x.seq, Some(x.at));
+        };
+        let mut feeds = vec![feed("north"), feed("south")];
+        assert_eq!(next_due(&feeds, &v, track), None, "no frame yet");
+        feeds[0].cam.put(frame());
+        std::thread::sleep(Duration::from_millis(5));
+        feeds[1].cam.put(frame());
+        assert_eq!(next_due(&feeds, &v, track), Some(0), "the older frame first");
+        // South has a face in view, not yet identified: its newer frame goes first.
+        feeds[1].tracker.update(&[[100.0, 100.0, 80.0, 80.0]], Instant::now());
+        assert_eq!(next_due(&feeds, &v, track), Some(1));
+        // …but by TRACK_PRIORITY at most: a north frame older than that goes before it.
+        feeds.iter_mut().for_each(|f| (f.last_seq, f.last_at) = (f.cam.frames.load(Ordering::Relaxed), None));
+        feeds[0].cam.put(frame());
+        std::thread::sleep(TRACK_PRIORITY + Duration::from_millis(20));
+        feeds[1].cam.put(frame());
+        assert_eq!(next_due(&feeds, &v, track), Some(0));
+        take(&mut feeds[0]);
+        assert_eq!(next_due(&feeds, &v, track), Some(1));
+        take(&mut feeds[1]);
+        // Due by capture time: a frame 100 ms after the last one taken is not
+        // due at the gate's 5 fps, and is at the tracking rate (10 fps).
+        feeds[0].cam.put(frame());
+        feeds[0].last_at = Some(Instant::now() - Duration::from_millis(100));
+        assert_eq!(next_due(&feeds, &v, track), None, "north is idle, and south has no new frame");
+        feeds[0].tracker.update(&[[10.0, 10.0, 80.0, 80.0]], Instant::now());
+        assert_eq!(next_due(&feeds, &v, track), Some(0), "north now follows a face at the tracking rate");
+    }
+
     #[test]
     fn a_still_scene_is_analysed_once_and_motion_wakes_the_networks() {
         let still = Mat::new_rows_cols_with_default(720, 1280, CV_8UC3, Scalar::all(120.0)).unwrap();
