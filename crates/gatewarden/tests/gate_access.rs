@@ -106,6 +106,25 @@ fn out(o: &std::process::Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
+/// Restart the daemon (`base`: the test config) with one gate, "north",
+/// whose camera plays `video` at 5 fps analysis, at log `level`, and wait
+/// until the clip has played (`frames` frames, to its end).
+async fn play_at_north(d: &mut Daemon, base: &str, video: &Path, frames: f64, level: &str) {
+    let gates = format!("[[gates]]\nname = \"north\"\ncamera = \"{}\"\nmax_fps = 5.0\nactuator = {{ kind = \"log\" }}\n", video.display());
+    let text = format!("{base}{}", gate_config(&gates)).replace("level = \"info\"", &format!("level = \"{level}\""));
+    std::fs::write(&d.config, text).unwrap();
+    d.restart().await;
+    let m = async |k: &str| d.metric(&format!("gatewarden_camera_{k}{{camera=\"north\"}}")).await;
+    eventually("the clip played", 60, async || (m("frames").await >= frames && m("connected").await == 0.0).then_some(())).await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+}
+
+/// Enrol a resident from a photo, with their consent on record.
+fn enrol(d: &Daemon, id: &str, name: &str, photo: &Path) {
+    let o = d.cli(&["resident", "add", "--name", name, "--id", id, "--photo", photo.to_str().unwrap(), "--consent-by", name, "--consent-how", "paper form"]);
+    assert!(o.status.success(), "{}", out(&o));
+}
+
 async fn entries(d: &Daemon) -> Vec<serde_json::Value> {
     d.get("/log").await.as_array().unwrap().clone()
 }
@@ -356,12 +375,8 @@ async fn a_visitor_pass_shown_to_the_camera_opens_once_while_it_is_held_up() {
     let mut c = Command::new(ffmpeg());
     c.args(["-y", "-loglevel", "error", "-loop", "1", "-i"]).arg(&still).args(["-t", "4", "-r", "10"]);
     h264(c, &video);
-    let gates = format!("[[gates]]\nname = \"north\"\ncamera = \"{}\"\nmax_fps = 5.0\nactuator = {{ kind = \"log\" }}\n", video.display());
-    std::fs::write(&d.config, config(dir.path(), broker.port, http, &gate_config(&gates))).unwrap();
-    d.restart().await;
+    play_at_north(&mut d, &config(dir.path(), broker.port, http, ""), &video, 40.0, "info").await;
     let m = async |k: &str| d.metric(&format!("gatewarden_camera_{k}{{camera=\"north\"}}")).await;
-    eventually("the clip played", 60, async || (m("frames").await >= 40.0 && m("connected").await == 0.0).then_some(())).await;
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     let log = entries(&d).await;
     assert_eq!(log.len(), 1, "one decision for a code held up for 4 s: {log:?}");
     let e = &log[0]["entry"];
@@ -556,35 +571,14 @@ async fn a_tracked_person_is_embedded_once_per_track_and_still_opens_the_gate() 
     let broker = Mosquitto::start();
     let http = free_port();
     let mut d = Daemon::start(dir.path(), &config(dir.path(), broker.port, http, &gate_config("")), http).await;
-    let photo = faces.join("img1.jpg");
-    let o =
-        d.cli(&["resident", "add", "--name", "张三", "--id", "R1", "--photo", photo.to_str().unwrap(), "--consent-by", "张三", "--consent-how", "paper form"]);
-    assert!(o.status.success(), "{}", out(&o));
+    enrol(&d, "R1", "张三", &faces.join("img1.jpg"));
     // Someone else enrolled too, so the margin over the next person is real.
-    let o = d.cli(&[
-        "resident",
-        "add",
-        "--name",
-        "李四",
-        "--id",
-        "R2",
-        "--photo",
-        faces.join("img26.jpg").to_str().unwrap(),
-        "--consent-by",
-        "李四",
-        "--consent-how",
-        "paper form",
-    ]);
-    assert!(o.status.success(), "{}", out(&o));
+    enrol(&d, "R2", "李四", &faces.join("img26.jpg"));
     assert!(d.terminate().success());
     let video = dir.path().join("walk.mp4");
     walk_up(&faces.join("img2.jpg"), &video, 5); // another photo of the same person
-    let gates = format!("[[gates]]\nname = \"north\"\ncamera = \"{}\"\nmax_fps = 5.0\nactuator = {{ kind = \"log\" }}\n", video.display());
-    std::fs::write(&d.config, config(dir.path(), broker.port, http, &gate_config(&gates))).unwrap();
-    d.restart().await;
+    play_at_north(&mut d, &config(dir.path(), broker.port, http, ""), &video, 60.0, "info").await;
     let m = async |k: &str| d.metric(&format!("gatewarden_camera_{k}{{camera=\"north\"}}")).await;
-    eventually("the clip played", 60, async || (m("frames").await >= 60.0 && m("connected").await == 0.0).then_some(())).await;
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     let log = entries(&d).await;
     let opened: Vec<_> = log.iter().filter(|e| e["entry"]["opened"] == true).collect();
     assert_eq!(opened.len(), 1, "{log:?}");
@@ -606,23 +600,14 @@ async fn a_person_live_on_most_frames_is_let_in_though_the_first_frames_look_lik
     let broker = Mosquitto::start();
     let http = free_port();
     let mut d = Daemon::start(dir.path(), &config(dir.path(), broker.port, http, &gate_config("")), http).await;
-    let photo = faces.join("img1.jpg");
-    let o =
-        d.cli(&["resident", "add", "--name", "张三", "--id", "R1", "--photo", photo.to_str().unwrap(), "--consent-by", "张三", "--consent-how", "paper form"]);
-    assert!(o.status.success(), "{}", out(&o));
+    enrol(&d, "R1", "张三", &faces.join("img1.jpg"));
     assert!(d.terminate().success());
     // The camera's IR-cut filter switches as the person arrives: the first two
     // frames with the face are monochrome, which the liveness pair scores as
     // a reproduction. Every frame after is in colour.
     let video = dir.path().join("walk.mp4");
     walk_up_with(&faces.join("img2.jpg"), &video, 5, "hue=s=0:enable='lt(t,0.15)'");
-    let gates = format!("[[gates]]\nname = \"north\"\ncamera = \"{}\"\nmax_fps = 5.0\nactuator = {{ kind = \"log\" }}\n", video.display());
-    let text = config(dir.path(), broker.port, http, &gate_config(&gates)).replace("level = \"info\"", "level = \"info,gatewarden_vision::worker=debug\"");
-    std::fs::write(&d.config, text).unwrap();
-    d.restart().await;
-    let m = async |k: &str| d.metric(&format!("gatewarden_camera_{k}{{camera=\"north\"}}")).await;
-    eventually("the clip played", 60, async || (m("frames").await >= 60.0 && m("connected").await == 0.0).then_some(())).await;
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    play_at_north(&mut d, &config(dir.path(), broker.port, http, ""), &video, 60.0, "info,gatewarden_vision::worker=debug").await;
     // The low frames were judged: the vision process logged their scores.
     let scores: Vec<f32> = d
         .log()

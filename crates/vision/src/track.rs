@@ -130,14 +130,30 @@ pub fn median(v: &[f32]) -> Option<f32> {
     Some(if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 })
 }
 
-/// Greedy IoU association, best overlap first: for each box the index of
-/// the track it continues (if any), and for each track whether it was taken.
-fn associate(boxes: &[[f32; 4]], tracks: impl Iterator<Item = [f32; 4]>, min_iou: f32) -> (Vec<Option<usize>>, Vec<bool>) {
-    let tracks: Vec<[f32; 4]> = tracks.collect();
+/// A face or a plate followed across frames.
+trait Followed {
+    fn bbox(&self) -> [f32; 4];
+    fn moved(&mut self, to: [f32; 4]);
+    /// Matched a box in this frame, or missed it; how many frames it has missed since.
+    fn seen(&mut self, matched: bool) -> u32;
+    fn id(&self) -> u64;
+}
+
+/// Associate a frame's boxes with the open tracks (greedy IoU, best overlap
+/// first), open a track for each box left over, and close the tracks missing
+/// for more than `max_missed` frames. Returns the track id of each box.
+fn follow<T: Followed>(
+    tracks: &mut Vec<T>,
+    next: &mut u64,
+    boxes: &[[f32; 4]],
+    min_iou: f32,
+    max_missed: u32,
+    mut open: impl FnMut(u64, [f32; 4]) -> T,
+) -> Vec<u64> {
     let mut pairs: Vec<(f32, usize, usize)> = Vec::new();
     for (b, bx) in boxes.iter().enumerate() {
-        for (t, tb) in tracks.iter().enumerate() {
-            let o = iou(bx, tb);
+        for (t, tr) in tracks.iter().enumerate() {
+            let o = iou(bx, &tr.bbox());
             if o >= min_iou {
                 pairs.push((o, b, t));
             }
@@ -152,7 +168,66 @@ fn associate(boxes: &[[f32; 4]], tracks: impl Iterator<Item = [f32; 4]>, min_iou
             taken[t] = true;
         }
     }
-    (box_track, taken)
+    let missed: Vec<u32> = tracks.iter_mut().zip(&taken).map(|(t, &k)| t.seen(k)).collect();
+    let mut keep: Vec<bool> = missed.iter().map(|&m| m <= max_missed).collect();
+    let ids = boxes
+        .iter()
+        .zip(box_track)
+        .map(|(bx, t)| match t {
+            Some(t) => {
+                tracks[t].moved(*bx);
+                tracks[t].id()
+            }
+            None => {
+                let id = *next;
+                *next += 1;
+                tracks.push(open(id, *bx));
+                keep.push(true);
+                id
+            }
+        })
+        .collect();
+    let mut k = keep.into_iter();
+    tracks.retain(|_| k.next().unwrap_or(true));
+    ids
+}
+
+impl Followed for Track {
+    fn bbox(&self) -> [f32; 4] {
+        self.bbox
+    }
+    fn moved(&mut self, to: [f32; 4]) {
+        self.bbox = to;
+    }
+    fn seen(&mut self, matched: bool) -> u32 {
+        if matched {
+            // Lost for a frame or more and found again: maybe someone else.
+            self.refound |= self.missed > 0;
+            self.missed = 0;
+        } else {
+            self.missed += 1;
+        }
+        self.missed
+    }
+    fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl Followed for PlateTrack {
+    fn bbox(&self) -> [f32; 4] {
+        self.bbox
+    }
+    fn moved(&mut self, to: [f32; 4]) {
+        self.bbox = to;
+    }
+    fn seen(&mut self, matched: bool) -> u32 {
+        self.missed = if matched { 0 } else { self.missed + 1 };
+        self.missed
+    }
+    fn id(&self) -> u64 {
+        self.id
+    }
 }
 
 /// One plate followed across frames.
@@ -194,28 +269,15 @@ impl PlateTracker {
     /// Associate this frame's plate boxes with the open tracks; returns the
     /// track id of each box, in order.
     pub fn update(&mut self, boxes: &[[f32; 4]]) -> Vec<u64> {
-        let (box_track, taken) = associate(boxes, self.tracks.iter().map(|t| t.bbox), self.min_iou);
-        for (t, tr) in self.tracks.iter_mut().enumerate() {
-            tr.missed = if taken[t] { 0 } else { tr.missed + 1 };
-        }
-        let mut ids = Vec::with_capacity(boxes.len());
-        for (b, bx) in boxes.iter().enumerate() {
-            match box_track[b] {
-                Some(t) => {
-                    self.tracks[t].bbox = *bx;
-                    ids.push(self.tracks[t].id);
-                }
-                None => {
-                    let id = self.next;
-                    self.next += 1;
-                    self.tracks.push(PlateTrack { id, bbox: *bx, missed: 0, voter: self.template.clone(), confirmed: false, last_read: None });
-                    ids.push(id);
-                }
-            }
-        }
-        let max = self.max_missed;
-        self.tracks.retain(|t| t.missed <= max);
-        ids
+        let template = &self.template;
+        follow(&mut self.tracks, &mut self.next, boxes, self.min_iou, self.max_missed, |id, bbox| PlateTrack {
+            id,
+            bbox,
+            missed: 0,
+            voter: template.clone(),
+            confirmed: false,
+            last_read: None,
+        })
     }
 
     /// Whether this plate is worth the OCR now.
@@ -269,45 +331,11 @@ impl Tracker {
     /// overlap first), open a track for each box left over, and close tracks
     /// missing too long. Returns the track id of each box, in order.
     pub fn update(&mut self, boxes: &[[f32; 4]], at: Instant) -> Vec<u64> {
-        let (box_track, taken) = associate(boxes, self.tracks.iter().map(|t| t.bbox), self.min_iou);
-        for (t, tr) in self.tracks.iter_mut().enumerate() {
-            if taken[t] {
-                tr.refound |= tr.missed > 0;
-                tr.missed = 0;
-            } else {
-                tr.missed += 1;
-            }
-        }
-        let mut ids = Vec::with_capacity(boxes.len());
-        for (b, bx) in boxes.iter().enumerate() {
-            match box_track[b] {
-                Some(t) => {
-                    self.tracks[t].bbox = *bx;
-                    ids.push(self.tracks[t].id);
-                }
-                None => {
-                    let id = self.next;
-                    self.next += 1;
-                    self.opened += 1;
-                    self.tracks.push(Track {
-                        id,
-                        bbox: *bx,
-                        born: at,
-                        missed: 0,
-                        refound: false,
-                        embeds: 0,
-                        last_embed: None,
-                        identity: None,
-                        live: Vec::new(),
-                        snapshot_at: None,
-                    });
-                    ids.push(id);
-                }
-            }
-        }
-        let max = self.max_missed;
-        self.tracks.retain(|t| t.missed <= max);
-        ids
+        let opened = &mut self.opened;
+        follow(&mut self.tracks, &mut self.next, boxes, self.min_iou, self.max_missed, |id, bbox| {
+            *opened += 1;
+            Track { id, bbox, born: at, missed: 0, refound: false, embeds: 0, last_embed: None, identity: None, live: Vec::new(), snapshot_at: None }
+        })
     }
 
     /// The gallery changed: every open track is identified again.
