@@ -239,6 +239,9 @@ pub struct PlateTrack {
     /// The gate policy's own vote counter, fed this track's reads: once it
     /// confirms, the policy (fed the same reads) has confirmed too.
     voter: Voter,
+    /// The last read is of a plate the voter has confirmed. A read of another
+    /// plate (another car took this place, or an OCR slip) clears it until
+    /// a confirmed plate is read again.
     pub confirmed: bool,
     last_read: Option<Instant>,
 }
@@ -292,7 +295,8 @@ impl PlateTracker {
         if let Some(t) = self.tracks.iter_mut().find(|t| t.id == id) {
             t.last_read = Some(at);
             if let Some((plate, conf, province)) = text {
-                t.confirmed |= t.voter.read("", plate, conf, province, now);
+                t.voter.read("", plate, conf, province, now);
+                t.confirmed = t.voter.is_confirmed("", plate);
             }
         }
     }
@@ -495,5 +499,13 @@ mod tests {
         // One very sure read with a sure province confirms alone.
         t.read(other, Some(("粤B12345", 0.99, 0.99)), at(1500));
         assert!(!t.undecided());
+        // Another car pulls into the first one's place: its plate is read at
+        // full rate until confirmed, not once a second.
+        t.read(id, Some(("川A88888", 0.9, 0.95)), at(1600));
+        assert!(t.undecided() && t.wants_read(id, at(1700)));
+        // An OCR slip on a confirmed car is not another car for long: the next
+        // read of the confirmed plate settles the track again.
+        t.read(id, Some(("川A35D98", 0.9, 0.95)), at(1700));
+        assert!(!t.undecided() && !t.wants_read(id, at(1800)));
     }
 }

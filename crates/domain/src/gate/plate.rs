@@ -172,6 +172,11 @@ impl Voter {
         }
         false
     }
+
+    /// This plate is confirmed at this gate and still there (read within `gone_after`).
+    pub fn is_confirmed(&self, gate: &str, plate: &str) -> bool {
+        self.confirmed.contains_key(&(gate.to_string(), plate.to_string()))
+    }
 }
 
 #[cfg(test)]
