@@ -345,7 +345,15 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
     let (qr_found, qr_rx) = mpsc::sync_channel::<(usize, Vec<String>)>(16);
     std::thread::Builder::new().name("vision-qr".into()).spawn(move || {
         for (feed, grey) in qr_in {
-            let codes = decode_qr_grey(&grey);
+            // A frame that makes the decoder panic costs that frame's read, not
+            // the QR reading of every camera from then on.
+            let codes = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode_qr_grey(&grey))) {
+                Ok(codes) => codes,
+                Err(_) => {
+                    tracing::error!("the QR decoder failed on a frame; skipped");
+                    continue;
+                }
+            };
             // Blocks while the worker is behind: codes found are never dropped.
             if !codes.is_empty() && qr_found.send((feed, codes)).is_err() {
                 break;
@@ -492,8 +500,12 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
         );
         let mut grey = opencv::core::Mat::default();
         if opencv::imgproc::cvt_color(&frame.mat, &mut grey, opencv::imgproc::COLOR_BGR2GRAY, 0).is_ok() {
-            if let Err(mpsc::TrySendError::Full(_)) = qr_tx.try_send((i, grey)) {
-                qr_dropped += 1;
+            match qr_tx.try_send((i, grey)) {
+                Ok(()) => {}
+                Err(mpsc::TrySendError::Full(_)) => qr_dropped += 1,
+                // Never while the loop runs; if it did, exit and be restarted
+                // by the supervisor rather than go on without QR codes.
+                Err(mpsc::TrySendError::Disconnected(_)) => break Err(anyhow::anyhow!("the QR reader thread stopped")),
             }
         }
         // Someone or some car is there: keep looking though nothing moves
