@@ -171,6 +171,8 @@ struct Feed {
     /// The last frame taken, and its capture time.
     last_seq: u64,
     last_at: Option<Instant>,
+    /// Since when a due frame has been waiting for the loop.
+    due_since: Option<Instant>,
     motion: Motion,
     tracker: Tracker,
     plate_tracker: PlateTracker,
@@ -180,26 +182,36 @@ struct Feed {
 }
 
 /// While a face is in view and undecided, its camera's frames go before
-/// the others' by this much of their age: the decision is waiting on them.
+/// the others' by this much of their waiting: the decision waits on them.
 /// Bounded, so a busy gate cannot starve the rest.
 const TRACK_PRIORITY: Duration = Duration::from_millis(150);
 
-/// The camera whose frame to analyse next, if any is due. A frame is due
-/// when its capture time is an interval after the last one taken (paced by
-/// capture time, so it is taken as soon as it arrives, not up to a frame
-/// late; 10 % slack for the camera's jitter). Among the due ones, the
-/// oldest goes first, an undecided track's counting `TRACK_PRIORITY` older.
-fn next_due(feeds: &[Feed], v: &config::VisionConfig, track_interval: Duration) -> Option<usize> {
+/// The camera whose frame to analyse next, if any is due. A camera is due
+/// when its newest frame was captured an interval after the last one taken
+/// (paced by capture time, so a frame is taken as soon as it arrives, not up
+/// to a frame late; 10 % slack for the camera's jitter). Among the due
+/// ones, the one that has been due the longest goes first, an undecided
+/// track's counting `TRACK_PRIORITY` longer. Waiting is counted from when
+/// the camera became due, not from its newest frame's capture: a camera
+/// keeps only its newest frame, so a starved camera's frame always looks
+/// fresh, and would never win against a busy one.
+fn next_due(feeds: &mut [Feed], v: &config::VisionConfig, track_interval: Duration, now: Instant) -> Option<usize> {
     feeds
-        .iter()
+        .iter_mut()
         .enumerate()
         .filter_map(|(i, f)| {
-            let at = f.cam.pending_after(f.last_seq)?;
+            let due = f.cam.pending_after(f.last_seq).is_some_and(|at| {
+                let tracking = f.tracker.undecided(v.track_liveness_frames, v.liveness_threshold) || f.plate_tracker.undecided();
+                let interval = if tracking { f.interval.min(track_interval) } else { f.interval };
+                f.last_at.is_none_or(|l| at.saturating_duration_since(l) >= interval.mul_f32(0.9))
+            });
+            if !due {
+                f.due_since = None;
+                return None;
+            }
+            let since = *f.due_since.get_or_insert(now);
             let tracking = f.tracker.undecided(v.track_liveness_frames, v.liveness_threshold) || f.plate_tracker.undecided();
-            let interval = if tracking { f.interval.min(track_interval) } else { f.interval };
-            let due = f.last_at.is_none_or(|l| at.saturating_duration_since(l) >= interval.mul_f32(0.9));
-            let urgency = if tracking { at.checked_sub(TRACK_PRIORITY).unwrap_or(at) } else { at };
-            due.then_some((i, urgency))
+            Some((i, if tracking { since.checked_sub(TRACK_PRIORITY).unwrap_or(since) } else { since }))
         })
         .min_by_key(|(_, u)| *u)
         .map(|(i, _)| i)
@@ -330,6 +342,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
                 plates: g.read_plates,
                 last_seq: 0,
                 last_at: None,
+                due_since: None,
                 motion: Motion::default(),
                 tracker: Tracker::default(),
                 plate_tracker: PlateTracker::new(&settings),
@@ -441,13 +454,14 @@ pub fn run(cfg: &Config) -> anyhow::Result<()> {
                 }
             }
         }
-        let Some(i) = next_due(&feeds, v, track_interval) else {
+        let Some(i) = next_due(&mut feeds, v, track_interval, Instant::now()) else {
             if !busy {
                 std::thread::sleep(Duration::from_millis(2));
             }
             continue;
         };
         let f = &mut feeds[i];
+        f.due_since = None;
         let Some(frame) = f.cam.latest_after(f.last_seq) else { continue };
         f.last_seq = frame.seq;
         f.last_at = Some(frame.at);
@@ -560,6 +574,7 @@ mod tests {
             plates: false,
             last_seq: 0,
             last_at: None,
+            due_since: None,
             motion: Motion::default(),
             tracker: Tracker::default(),
             plate_tracker: PlateTracker::new(&Default::default()),
@@ -568,39 +583,52 @@ mod tests {
     }
 
     #[test]
-    fn the_next_frame_is_the_oldest_due_one_and_an_undecided_face_goes_first_but_cannot_starve_the_rest() {
+    fn the_camera_due_longest_goes_next_an_undecided_face_first_and_a_camera_the_others_keep_busy_is_not_starved() {
         let v = config::VisionConfig::default();
         let track = Duration::from_secs_f32(1.0 / v.track_fps);
         let frame = || Mat::new_rows_cols_with_default(36, 64, CV_8UC3, Scalar::all(100.0)).unwrap();
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let mut feeds = vec![feed("north"), feed("south")];
         let take = |f: &mut Feed| {
             let x = f.cam.latest_after(f.last_seq).unwrap();
-            (f.last_seq, f.last_at) = (x.seq, Some(x.at));
+            (f.last_seq, f.last_at, f.due_since) = (x.seq, Some(x.at), None);
         };
-        let mut feeds = vec![feed("north"), feed("south")];
-        assert_eq!(next_due(&feeds, &v, track), None, "no frame yet");
+        assert_eq!(next_due(&mut feeds, &v, track, t0), None, "no frame yet");
         feeds[0].cam.put(frame());
-        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(next_due(&mut feeds, &v, track, t0), Some(0));
         feeds[1].cam.put(frame());
-        assert_eq!(next_due(&feeds, &v, track), Some(0), "the older frame first");
-        // South has a face in view, not yet identified: its newer frame goes first.
-        feeds[1].tracker.update(&[[100.0, 100.0, 80.0, 80.0]], Instant::now());
-        assert_eq!(next_due(&feeds, &v, track), Some(1));
-        // …but by TRACK_PRIORITY at most: a north frame older than that goes before it.
-        feeds.iter_mut().for_each(|f| (f.last_seq, f.last_at) = (f.cam.frames.load(Ordering::Relaxed), None));
-        feeds[0].cam.put(frame());
-        std::thread::sleep(TRACK_PRIORITY + Duration::from_millis(20));
-        feeds[1].cam.put(frame());
-        assert_eq!(next_due(&feeds, &v, track), Some(0));
-        take(&mut feeds[0]);
-        assert_eq!(next_due(&feeds, &v, track), Some(1));
+        assert_eq!(next_due(&mut feeds, &v, track, t0 + ms(5)), Some(0), "north has been due longer");
+        // South has a face in view, not yet identified: it goes first.
+        feeds[1].tracker.update(&[[100.0, 100.0, 80.0, 80.0]], t0);
+        assert_eq!(next_due(&mut feeds, &v, track, t0 + ms(10)), Some(1));
         take(&mut feeds[1]);
+        // South stays busy (a new frame every time it is served), north keeps
+        // only its newest frame: north is still served once it has waited
+        // TRACK_PRIORITY longer than south's latest wait.
+        let mut served = vec![];
+        for k in 1..=12u64 {
+            std::thread::sleep(ms(2));
+            feeds.iter().for_each(|f| f.cam.put(frame()));
+            feeds[1].last_at = Some(Instant::now() - ms(200)); // south is always due again
+            let now = t0 + ms(10 + 40 * k);
+            let i = next_due(&mut feeds, &v, track, now).unwrap();
+            served.push(i);
+            take(&mut feeds[i]);
+            if i == 0 {
+                break;
+            }
+        }
+        assert_eq!(served.last(), Some(&0), "north was starved: {served:?}");
+        assert!(served.len() <= 6, "north waited {} turns", served.len());
         // Due by capture time: a frame 100 ms after the last one taken is not
         // due at the gate's 5 fps, and is at the tracking rate (10 fps).
         feeds[0].cam.put(frame());
-        feeds[0].last_at = Some(Instant::now() - Duration::from_millis(100));
-        assert_eq!(next_due(&feeds, &v, track), None, "north is idle, and south has no new frame");
+        feeds[0].last_at = Some(Instant::now() - ms(100));
+        feeds[1].last_at = Some(Instant::now());
+        assert_eq!(next_due(&mut feeds, &v, track, Instant::now()), None, "north is idle, south was just served");
         feeds[0].tracker.update(&[[10.0, 10.0, 80.0, 80.0]], Instant::now());
-        assert_eq!(next_due(&feeds, &v, track), Some(0), "north now follows a face at the tracking rate");
+        assert_eq!(next_due(&mut feeds, &v, track, Instant::now()), Some(0), "north now follows a face at the tracking rate");
     }
 
     #[test]
