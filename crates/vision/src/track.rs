@@ -1,6 +1,7 @@
-//! Face tracks across frames: IoU association with a short memory, so that a
-//! person walking up is one track, embedded once and judged for liveness over
-//! several frames, instead of a full network pass on every frame.
+//! Face and plate tracks across frames: IoU association with a short memory,
+//! so that a person walking up is one track, embedded once and judged for
+//! liveness over several frames, and a car is read until its plate is
+//! confirmed, instead of a full network pass on every frame.
 //!
 //! Pure bookkeeping (boxes in, track ids out): the worker runs the networks
 //! and asks each track what it still needs.

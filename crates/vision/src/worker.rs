@@ -200,17 +200,14 @@ fn next_due(feeds: &mut [Feed], v: &config::VisionConfig, track_interval: Durati
         .iter_mut()
         .enumerate()
         .filter_map(|(i, f)| {
-            let due = f.cam.pending_after(f.last_seq).is_some_and(|at| {
-                let tracking = f.tracker.undecided(v.track_liveness_frames, v.liveness_threshold) || f.plate_tracker.undecided();
-                let interval = if tracking { f.interval.min(track_interval) } else { f.interval };
-                f.last_at.is_none_or(|l| at.saturating_duration_since(l) >= interval.mul_f32(0.9))
-            });
+            let tracking = f.tracker.undecided(v.track_liveness_frames, v.liveness_threshold) || f.plate_tracker.undecided();
+            let interval = if tracking { f.interval.min(track_interval) } else { f.interval };
+            let due = f.cam.pending_after(f.last_seq).is_some_and(|at| f.last_at.is_none_or(|l| at.saturating_duration_since(l) >= interval.mul_f32(0.9)));
             if !due {
                 f.due_since = None;
                 return None;
             }
             let since = *f.due_since.get_or_insert(now);
-            let tracking = f.tracker.undecided(v.track_liveness_frames, v.liveness_threshold) || f.plate_tracker.undecided();
             Some((i, if tracking { since.checked_sub(TRACK_PRIORITY).unwrap_or(since) } else { since }))
         })
         .min_by_key(|(_, u)| *u)

@@ -73,11 +73,7 @@ async fn main() -> anyhow::Result<()> {
     let gw = exe_dir.join("gatewarden");
     anyhow::ensure!(gw.exists(), "build the daemon first: cargo build --release --bins");
     let dir = tempfile::tempdir()?;
-    let mport = free_port();
-    let mconf = dir.path().join("m.conf");
-    std::fs::write(&mconf, format!("listener {mport} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nmax_inflight_messages 0\n"))?;
-    let _broker = Kill(Command::new("mosquitto").arg("-c").arg(&mconf).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (mport, _broker) = bench_util::mosquitto(dir.path(), "max_queued_messages 0\nmax_inflight_messages 0\n")?;
 
     let hport = free_port();
     let cfg = dir.path().join("gw.toml");

@@ -1,7 +1,7 @@
 //! What the bench binaries share: ports, arguments, child processes that die
 //! with the bench, and a process's CPU time and memory from /proc.
 
-use std::process::Child;
+use std::process::{Child, Command, Stdio};
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -43,4 +43,20 @@ pub fn proc_kb(pid: u32, field: &str) -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// A mosquitto on a free loopback port, configured in `dir` (`extra`: more
+/// config lines), once it accepts connections; killed with the handle.
+pub fn mosquitto(dir: &std::path::Path, extra: &str) -> anyhow::Result<(u16, Kill)> {
+    let port = free_port();
+    let conf = dir.join("m.conf");
+    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{extra}"))?;
+    let broker = Kill(Command::new("mosquitto").arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok((port, broker));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    anyhow::bail!("mosquitto did not start on port {port}")
 }
